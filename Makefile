@@ -1,0 +1,35 @@
+# One entry for every routine task. `make test` and `make demo` set everything up on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-all lint format bench results clean
+
+$(STAMP): pyproject.toml constraints/ci.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints/ci.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)  ## fast checks, what CI runs
+	$(BIN)/pytest -m "not slow"
+
+test-all: $(STAMP)  ## including slow checks (needs ../shared/data)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_inference.py
+
+results: $(STAMP)  ## re-measure docs/results.md (about 30 min on 2 cores)
+	bash benchmarks/results.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

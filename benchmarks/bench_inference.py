@@ -1,0 +1,86 @@
+"""Benchmark: inference throughput (windows/s) of the shipped default and `seed-lstm` on 10 s windows at 125 Hz.
+
+    python benchmarks/bench_inference.py [--batch-sizes 1,32,256] [--seconds 3] [--device cpu] [--out results.json]
+
+Two figures per model and batch size: the network alone (prepared input), and for the default model the
+whole `Estimator.predict` path too (resampling, band-pass, normalisation included). Both models run in the
+same process, so their ratio is a like-for-like comparison on whatever machine this runs on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+from p2p_stream import Estimator
+from p2p_stream.estimator import resolve_device
+from p2p_stream.models import build_model
+
+WINDOW = 1250  # 10 s at 125 Hz
+
+
+def rate(fn, batch: int, seconds: float) -> tuple[float, float]:
+    """(windows/s, mean ms per call) of `fn()` processing `batch` windows, after one warm-up call."""
+    fn()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or calls < 2:
+        fn()
+        calls += 1
+    elapsed = time.perf_counter() - start
+    return calls * batch / elapsed, 1000 * elapsed / calls
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-sizes", default="1,8,32,128,256")
+    p.add_argument("--seconds", type=float, default=3.0, help="measuring time per point")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--out", help="write results as JSON here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    est = Estimator.load(device=str(device))
+    seed = build_model("seed-lstm", {"outputs": 1}).to(device).eval()
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        raw = (rng.normal(size=(batch, WINDOW)) + 2000).astype(np.float32)
+        x = torch.from_numpy(est.prepare(raw, 125.0)).to(device)
+        meta = torch.zeros(batch, 4, device=device)
+        with torch.inference_mode():
+            cases = {  # bind this batch's tensors now (default arguments), not at call time
+                "default (network)": lambda x=x, meta=meta: est.model(x, meta),
+                "default (Estimator.predict)": lambda raw=raw: est.predict(raw, 125.0),
+                "seed-lstm (network)": lambda x=x: seed(x),
+            }
+            for name, fn in cases.items():
+                if name.startswith("seed") and batch > 32 and device.type == "cpu":
+                    continue  # ~0.1 s per window on a small CPU: larger batches only add minutes
+                wps, ms = rate(fn, batch, args.seconds)
+                rows.append(
+                    {"model": name, "batch": batch, "windows_per_s": round(wps, 1), "ms_per_batch": round(ms, 2)}
+                )
+                print(f"{name:30s} batch {batch:4d}: {wps:9.1f} windows/s  {ms:9.2f} ms/batch", flush=True)
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "device": str(device),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+    }
+    print("\n| model | batch | windows/s | ms/batch |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['batch']} | {r['windows_per_s']:.1f} | {r['ms_per_batch']:.2f} |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"machine": machine, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Datasets: loaders that read each public dataset as published and yield one common `WindowSet`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DatasetError
+from .four_wavelength import load_four_wavelength
+from .ppg_bp import load_ppg_bp
+from .pulsedb import load_pulsedb
+from .replay_csv import load_replay_csv, read_replay_csv, write_replay_csv
+from .windows import WindowSet
+
+LOADERS = {
+    "ppg_bp": load_ppg_bp,
+    "four_wavelength": load_four_wavelength,
+    "pulsedb": load_pulsedb,
+    "replay_csv": load_replay_csv,
+}
+
+
+def load_dataset(name: str, path: str | Path, **options) -> WindowSet:
+    """Load dataset `name` from `path`; `options` go to its loader (fs, window_s, hop_s, channel, limit...)."""
+    if name not in LOADERS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {sorted(LOADERS)}")
+    try:
+        return LOADERS[name](path, **options)
+    except TypeError as exc:
+        raise DatasetError(f"dataset {name!r}: bad options {options} ({exc})") from exc
+
+
+__all__ = [
+    "LOADERS",
+    "WindowSet",
+    "load_dataset",
+    "load_four_wavelength",
+    "load_ppg_bp",
+    "load_pulsedb",
+    "load_replay_csv",
+    "read_replay_csv",
+    "write_replay_csv",
+]

@@ -1,0 +1,125 @@
+"""Training: prepare a WindowSet and fit one model on one split (Adam, StepLR, early stopping, clipping)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .datasets import WindowSet
+from .demographics import meta_features
+from .estimator import TARGETS, run_model
+from .models import build_model
+from .preprocess import PreprocessConfig, ppg_prepare
+from .quality import QualityConfig, ppg_quality
+from .train_config import OptimConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+LOSSES = {"mse": nn.functional.mse_loss, "huber": nn.functional.smooth_l1_loss, "l1": nn.functional.l1_loss}
+
+
+@dataclass
+class Prepared:
+    """A WindowSet ready for the model: inputs, features, labels and the quality verdicts."""
+
+    windows: WindowSet
+    x: np.ndarray  # (N, T) band-passed, z-scored at the model rate
+    meta: np.ndarray  # (N, 4) demographics features
+    y: np.ndarray  # (N, 2) SBP, DBP mmHg
+    ok: np.ndarray  # (N,) bool, passed the quality gate
+    reason: np.ndarray  # (N,) str, rejection reason or ""
+
+
+def prepare(ws: WindowSet, pre: PreprocessConfig, quality: QualityConfig = QualityConfig()) -> Prepared:
+    checks = [ppg_quality(w, ws.fs, quality, pre) for w in ws.x]
+    return Prepared(
+        windows=ws,
+        x=ppg_prepare(ws.x, ws.fs, pre),
+        meta=meta_features(ws.age, ws.sex),
+        y=np.stack([ws.sbp, ws.dbp], axis=1).astype(np.float32),
+        ok=np.array([q.ok for q in checks]),
+        reason=np.array([q.reason or "" for q in checks]),
+    )
+
+
+def label_stats(y: np.ndarray) -> dict:
+    """Mean and SD of the training labels: targets are standardised with them; the mean is the mean predictor."""
+    return {
+        f"{t}_{k}": float(f(y[:, i])) for i, t in enumerate(TARGETS) for k, f in (("mean", np.mean), ("std", np.std))
+    }
+
+
+def _augment(
+    x: torch.Tensor, meta: torch.Tensor, cfg: OptimConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if cfg.augment:
+        length = x.shape[1]
+        crop = int(length * (0.8 + 0.2 * torch.rand(1, generator=gen).item()))
+        start = int(torch.randint(0, length - crop + 1, (1,), generator=gen).item())
+        x = x[:, start : start + crop]
+        x = x + 0.05 * torch.randn(x.shape, generator=gen)
+    if cfg.demographics_dropout > 0:
+        keep = (torch.rand(meta.shape[0], 1, generator=gen) >= cfg.demographics_dropout).float()
+        meta = meta * keep
+    return x, meta
+
+
+def fit(
+    config: TrainConfig,
+    data: Prepared,
+    train: np.ndarray,
+    val: np.ndarray,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> tuple[nn.Module, dict, list[dict]]:
+    """Train on rows `train`, early-stop on rows `val`; returns the best model, label stats and per-epoch history."""
+    cfg = config.optim
+    torch.manual_seed(config.split.seed)
+    gen = torch.Generator().manual_seed(config.split.seed)
+    model = build_model(config.model.name, config.model.params)
+    outputs = model.config.outputs
+    stats = label_stats(data.y[train])
+    mean = torch.tensor([stats["sbp_mean"], stats["dbp_mean"]])[:outputs]
+    std = torch.tensor([stats["sbp_std"], stats["dbp_std"]])[:outputs]
+    x = torch.from_numpy(data.x[train])
+    meta = torch.from_numpy(data.meta[train])
+    y = (torch.from_numpy(data.y[train][:, :outputs]) - mean) / std  # (N, outputs), standardised
+
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    best, best_mae, since_best, history = copy.deepcopy(model.state_dict()), float("inf"), 0, []
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        order = torch.randperm(len(x), generator=gen)
+        total, seen = 0.0, 0
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            xb, mb = _augment(x[idx], meta[idx], cfg, gen)
+            opt.zero_grad()
+            loss = LOSSES[cfg.loss](model(xb, mb), y[idx])
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            opt.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+        sched.step()
+        pred = run_model(model, data.x[val], data.meta[val], stats)
+        val_mae = float(np.nanmean(np.abs(pred[:, :outputs] - data.y[val][:, :outputs])))
+        row = {"epoch": epoch, "train_mse": total / seen, "val_mae": val_mae, "lr": sched.get_last_lr()[0]}
+        history.append(row)
+        if on_epoch:
+            on_epoch(epoch, row)
+        if val_mae < best_mae - 1e-4:
+            best, best_mae, since_best = copy.deepcopy(model.state_dict()), val_mae, 0
+        else:
+            since_best += 1
+            if since_best >= cfg.patience:
+                log.info("early stop at epoch %d (best val MAE %.2f mmHg)", epoch, best_mae)
+                break
+    model.load_state_dict(best)
+    return model.eval(), stats, history

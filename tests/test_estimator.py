@@ -1,0 +1,73 @@
+"""The shipped default model through the public API: loads with no argument, predicts plausibly on real PPG."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import read_segment
+
+from p2p_stream import Estimator
+from p2p_stream.checkpoint import METADATA, WEIGHTS, sha256_file
+from p2p_stream.datasets import load_ppg_bp
+from p2p_stream.errors import CheckpointError
+from p2p_stream.estimator import default_model_path
+
+
+@pytest.fixture(scope="module")
+def est() -> Estimator:
+    return Estimator.load()
+
+
+def test_shipped_model_is_small_and_self_describing(est):
+    path = default_model_path()
+    assert (path / WEIGHTS).stat().st_size < 3_000_000
+    meta = json.loads((path / METADATA).read_text())
+    assert meta["weights"]["sha256"] == sha256_file(path / WEIGHTS)
+    assert meta["split"]["protocol"] == "subject" and meta["data"]["dataset"] == "ppg_bp"
+    assert est.name.startswith("conv-lstm@") and est.fs == 125.0 and est.uses_demographics
+
+
+def test_predictions_on_real_windows_are_physiological(est, ppg_bp_sample):
+    ws = load_ppg_bp(ppg_bp_sample)
+    pred = est.predict(ws.x, fs=ws.fs)
+    assert pred.shape == (len(ws), 2) and pred.dtype == np.float32
+    assert (pred[:, 0] > 70).all() and (pred[:, 0] < 200).all()
+    assert (pred[:, 1] > 35).all() and (pred[:, 1] < pred[:, 0]).all()
+
+
+def test_predict_resamples_inside(est):
+    raw = read_segment("2_1")  # 1 kHz
+    at_1k = est.predict(raw, fs=1000.0)
+    from p2p_stream.preprocess import resample
+
+    at_125 = est.predict(resample(raw, 1000.0, 125.0), fs=125.0)
+    np.testing.assert_allclose(at_1k, at_125, atol=0.5)
+
+
+def test_demographics_change_the_estimate(est):
+    raw = read_segment("3_1")
+    young = est.predict(raw, 1000.0, meta={"age": 25, "sex": "F"})
+    old = est.predict(raw, 1000.0, meta={"age": 80, "sex": "M"})
+    none = est.predict(raw, 1000.0)
+    assert old[0, 0] > young[0, 0] + 3  # SBP rises with age in PPG-BP; the model learned it
+    assert np.isfinite(none).all()
+
+
+def test_long_streaming_windows_work(est):
+    # A 10 s window at 125 Hz: three real 2.1 s segments of subject 2 joined, plus more.
+    raw = np.concatenate([read_segment(f"2_{k}") for k in (1, 2, 3)] * 2)[:10_000]
+    pred = est.predict(raw, fs=1000.0)
+    assert pred.shape == (1, 2) and 70 < pred[0, 0] < 200
+
+
+def test_load_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no model.json"):
+        Estimator.load(tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(CheckpointError, match="CUDA is not available; use 'cpu' or 'auto'"):
+        Estimator.load(device="cuda")
+    assert Estimator.load(device="auto").model.head[1].weight.device.type == "cpu"

@@ -1,0 +1,89 @@
+"""The quality gate: every rejection reason on real and constructed windows, and physiology on simulated pulses."""
+
+import numpy as np
+import openpyxl
+import pytest
+from conftest import SAMPLE, read_segment
+
+from p2p_stream.preprocess import resample
+from p2p_stream.quality import REASONS, ppg_quality
+
+FS = 125.0
+
+
+def real(name: str) -> np.ndarray:
+    """A real PPG-BP segment at the model rate."""
+    return resample(read_segment(name), 1000.0, FS).astype(np.float64)
+
+
+def simulated_ppg(hr_bpm: float, seconds: float = 10.0, fs: float = FS, seed: int = 0) -> np.ndarray:
+    """Systolic wave plus a delayed, smaller dicrotic wave per beat, with mild noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * fs)) / fs
+    phase = (t * hr_bpm / 60.0) % 1.0
+    beat = np.exp(-((phase - 0.15) ** 2) / 0.005) + 0.4 * np.exp(-((phase - 0.45) ** 2) / 0.01)
+    return 1000 + 200 * beat + 2 * rng.normal(size=t.size)
+
+
+def sheet_hr(subject: int) -> float:
+    ws = openpyxl.load_workbook(SAMPLE / "PPG-BP dataset.xlsx", read_only=True).active
+    return next(r[8] for r in ws.iter_rows(min_row=3, values_only=True) if r[1] == subject)
+
+
+@pytest.mark.parametrize("hr", [45.0, 60.0, 75.0, 90.0, 120.0, 160.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_simulated_pulse_passes_with_correct_rate(hr, seed):
+    q = ppg_quality(simulated_ppg(hr, seed=seed), FS)
+    assert q.ok and q.reason is None
+    assert q.hr_bpm == pytest.approx(hr, abs=1.0)
+    assert 0.5 <= q.sqi <= 1.0
+
+
+@pytest.mark.parametrize("name,subject", [("2_1", 2), ("3_1", 3), ("6_2", 6), ("403_1", 403)])
+def test_real_segments_pass_with_sheet_heart_rate(name, subject):
+    q = ppg_quality(real(name), FS)
+    assert q.ok, q
+    assert q.hr_bpm == pytest.approx(sheet_hr(subject), abs=10.0)
+
+
+def test_too_short_real_and_constructed():
+    assert ppg_quality(real("2_1")[:200], FS).reason == "too_short"  # 1.6 s of real PPG
+    assert ppg_quality(np.ones(10), FS).reason == "too_short"
+
+
+def test_nan_real_and_constructed():
+    x = real("2_1")
+    x[100] = np.nan
+    assert ppg_quality(x, FS).reason == "nan"
+    y = simulated_ppg(70)
+    y[5] = np.inf
+    assert ppg_quality(y, FS).reason == "nan"
+
+
+def test_flatline_real_and_constructed():
+    x = simulated_ppg(70)
+    x[300:400] = x[300]  # 0.8 s of lost contact mid-window
+    assert ppg_quality(x, FS).reason == "flatline"
+    assert ppg_quality(np.full(1250, 2048.0), FS).reason == "flatline"
+    r = real("3_2")
+    r[50:130] = np.median(r)  # 0.64 s stuck at mid-level in a real segment
+    assert ppg_quality(r, FS).reason == "flatline"
+
+
+def test_clipping_real_and_constructed():
+    # 125_2 touches the 12-bit rail (4095) for most of its systolic peaks.
+    assert read_segment("125_2").max() == 4095
+    assert ppg_quality(real("125_2"), FS).reason == "clipping"
+    x = simulated_ppg(70)
+    assert ppg_quality(np.minimum(x, np.percentile(x, 85)), FS).reason == "clipping"
+
+
+def test_no_pulse_real_and_constructed(rng):
+    assert ppg_quality(real("136_1"), FS).reason == "no_pulse"
+    noise = rng.normal(size=1250)
+    q = ppg_quality(noise, FS)
+    assert q.reason == "no_pulse" and q.hr_bpm is None and q.sqi < 0.5
+
+
+def test_reasons_are_the_wire_names():
+    assert set(REASONS) == {"too_short", "nan", "flatline", "clipping", "no_pulse"}
