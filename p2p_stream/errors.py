@@ -18,4 +18,8 @@ class CheckpointError(P2PError):
 
 
 class ProtocolError(P2PError):
-    """A wire message does not follow the protocol."""
+    """A wire message breaks the contract; `reason` names the counter it is dropped under."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -13,7 +13,7 @@ from torch import nn
 from .checkpoint import load_checkpoint
 from .demographics import parse_meta
 from .errors import CheckpointError
-from .preprocess import PreprocessConfig, ppg_prepare
+from .preprocess import PreprocessConfig, ppg_condition, ppg_prepare, resample
 from .quality import Quality, QualityConfig, ppg_quality
 
 TARGETS = ("sbp", "dbp")
@@ -38,6 +38,7 @@ def run_model(
 ) -> np.ndarray:
     """Prepared windows (N, T) and meta features (N, 4) → (N, 2) mmHg; an output the model lacks is NaN."""
     device = next(model.parameters()).device
+    cuda = device.type == "cuda"
     mean = np.array([label_stats[f"{t}_mean"] for t in TARGETS], dtype=np.float32)
     std = np.array([label_stats[f"{t}_std"] for t in TARGETS], dtype=np.float32)
     out = np.full((len(x), 2), np.nan, dtype=np.float32)
@@ -45,8 +46,10 @@ def run_model(
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
-            mb = torch.from_numpy(np.ascontiguousarray(meta[start : start + batch_size])).to(device)
+            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
+            mb = torch.from_numpy(np.ascontiguousarray(meta[start : start + batch_size]))
+            if cuda:  # pinned host memory lets the copy overlap with the previous batch's kernels
+                xb, mb = xb.pin_memory().to(device, non_blocking=True), mb.pin_memory().to(device, non_blocking=True)
             y = model(xb, mb).float().cpu().numpy()  # (B, outputs), standardised
             k = y.shape[1]
             out[start : start + len(y), :k] = y * std[:k] + mean[:k]
@@ -94,6 +97,15 @@ class Estimator:
     def quality(self, window: np.ndarray, fs: float) -> Quality:
         """The shared quality check on one raw window at `fs` Hz."""
         return ppg_quality(window, fs, self.quality_config, self.preprocess)
+
+    def assess(self, window: np.ndarray, fs: float) -> tuple[Quality, np.ndarray | None]:
+        """One raw window → (quality at the model rate, model input or None when rejected); resamples once.
+
+        The model input is exactly what `prepare` gives, so the daemon and `predict` agree.
+        """
+        x = resample(np.asarray(window, dtype=np.float32), fs, self.fs)
+        q = ppg_quality(x, self.fs, self.quality_config, self.preprocess)
+        return q, (ppg_condition(x[None], self.preprocess)[0] if q.ok else None)
 
     def predict_prepared(self, x: np.ndarray, meta_features: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Already-prepared windows (N, T) and (N, 4) meta features → (N, 2) mmHg."""

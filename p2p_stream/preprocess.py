@@ -78,8 +78,12 @@ def ppg_normalize(windows: np.ndarray) -> np.ndarray:
     return ((windows - mean) / np.maximum(std, 1e-6)).astype(np.float32)
 
 
+def ppg_condition(windows: np.ndarray, config: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
+    """Windows already at `config.fs` → model input: band-pass, then normalise."""
+    return ppg_normalize(ppg_bandpass(windows, config.fs, config))
+
+
 def ppg_prepare(windows: np.ndarray, fs: float, config: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
     """Raw windows (N, T) at `fs` Hz → model input (N, T') at `config.fs`: resample, band-pass, normalise."""
     x = np.atleast_2d(np.asarray(windows, dtype=np.float32))
-    x = resample(x, fs, config.fs, axis=-1)
-    return ppg_normalize(ppg_bandpass(x, config.fs, config))
+    return ppg_condition(resample(x, fs, config.fs, axis=-1), config)

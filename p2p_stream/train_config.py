@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
+from .config import apply_layers, parse_override
 from .errors import ConfigError
 
 
@@ -68,43 +67,6 @@ PROTOCOLS = ("subject", "seed")
 LOSSES = ("mse", "huber", "l1")
 
 
-def _apply(target: Any, values: dict, where: str) -> None:
-    names = {f.name: f for f in fields(target)}
-    for key, value in values.items():
-        if key not in names:
-            raise ConfigError(f"unknown key {where}{key!r}; valid keys: {sorted(names)}")
-        current = getattr(target, key)
-        if is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}{key} must be a table")
-            _apply(current, value, f"{where}{key}.")
-        elif isinstance(current, dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}{key} must be a table")
-            current.update(value)
-        else:
-            setattr(target, key, _coerce(value, type(current), f"{where}{key}"))
-
-
-def _coerce(value: Any, kind: type, where: str) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-    elif kind in (int, float) and not isinstance(value, bool):
-        try:
-            number = kind(value)
-        except (TypeError, ValueError):
-            pass
-        else:
-            if kind is float or float(value) == number:
-                return number
-    elif kind is str and isinstance(value, str):
-        return value
-    raise ConfigError(f"{where} must be a {kind.__name__}, got {value!r}")
-
-
 def _validate(c: TrainConfig) -> None:
     checks = [
         (c.split.protocol in PROTOCOLS, f"split.protocol must be one of {PROTOCOLS}, got {c.split.protocol!r}"),
@@ -124,36 +86,12 @@ def _validate(c: TrainConfig) -> None:
             raise ConfigError(message)
 
 
-def parse_override(text: str) -> dict:
-    """`section.key=value` (value read as TOML, else as a string) → nested dict."""
-    if "=" not in text:
-        raise ConfigError(f"--set expects section.key=value, got {text!r}")
-    dotted, raw = text.split("=", 1)
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    out: dict = {}
-    node = out
-    keys = dotted.strip().split(".")
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-    node[keys[-1]] = value
-    return out
-
-
 def load_train_config(path: str | Path | None = None, overrides: list[dict] | None = None) -> TrainConfig:
     """Defaults, then the TOML file (if any), then each override dict, in order; validated at the end."""
     config = TrainConfig()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found")
-        try:
-            _apply(config, tomllib.loads(path.read_text()), "")
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
-    for o in overrides or []:
-        _apply(config, o, "")
+    apply_layers(config, path, overrides)
     _validate(config)
     return config
+
+
+__all__ = ["TrainConfig", "load_train_config", "parse_override"]

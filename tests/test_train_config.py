@@ -28,7 +28,7 @@ def test_every_shipped_config_loads():
     "override,message",
     [
         ("optim.epoch=3", r"unknown key optim\.'epoch'; valid keys: \[.*'epochs'"),
-        ("optim.epochs=3.5", "optim.epochs must be a int"),
+        ("optim.epochs=3.5", "optim.epochs must be an integer, got 3.5"),
         ("split.protocol='random'", r"split.protocol must be one of \('subject', 'seed'\)"),
         ("optim.loss='mae'", "optim.loss must be one of"),
         ("split.folds=1", "split.folds must be ≥ 2"),

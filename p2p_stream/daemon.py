@@ -1,0 +1,197 @@
+"""Daemon: wires the stages — SUB → ring buffers → batcher → inference worker → PUB — plus the control socket.
+
+The ingest loop (this thread) validates every message, feeds the device's ring buffer and hands finished
+windows to the batcher; it never waits on the model. The inference worker thread owns the PUB socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+
+import torch
+import zmq
+
+from .batcher import DynamicBatcher
+from .calibration import Calibrations
+from .daemon_config import DaemonConfig
+from .devices import DeviceLimitError, DeviceTable
+from .errors import ConfigError, P2PError, ProtocolError
+from .estimator import Estimator
+from .monitor import Monitor
+from .protocol import DEVICE_RE, decode_ingest, decode_map, pack
+from .ratelimit import RateLimitedLog
+from .ring_buffer import Window
+from .worker import InferenceWorker
+
+log = logging.getLogger(__name__)
+DRAIN_PER_POLL = 2000  # messages read per wake-up before control and housekeeping get a turn
+COMMANDS = ("ping", "stats", "calibrate", "forget")
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, estimator: Estimator | None = None) -> None:
+        self.config = config
+        if config.model.threads:
+            torch.set_num_threads(config.model.threads)
+        self.estimator = estimator or Estimator.load(config.model.path or None, device=config.model.device)
+        w, b, lim = config.windowing, config.batching, config.limits
+        self.devices = DeviceTable(
+            w.window_s, w.hop_s, lim.max_chunk_samples, w.gap_tolerance_s, lim.max_devices, lim.device_idle_s
+        )
+        self.batcher = DynamicBatcher(b.max_batch, b.max_wait_ms, b.max_queue)
+        self.monitor = Monitor()
+        self.calibrations = Calibrations()
+        self.stop_event = threading.Event()
+        self.warn = RateLimitedLog(log, period_s=10.0)
+        self.ctx = zmq.Context()
+        self.sub = self._bind(zmq.SUB, config.sockets.ingest, "sockets.ingest")
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"ppg.")
+        self.sub.setsockopt(zmq.RCVHWM, 100_000)
+        self.pub = self._bind(zmq.PUB, config.sockets.publish, "sockets.publish")
+        self.pub.setsockopt(zmq.SNDHWM, 100_000)
+        self.rep = self._bind(zmq.REP, config.sockets.control, "sockets.control")
+        self.worker = InferenceWorker(
+            self.estimator,
+            self.batcher,
+            self.pub,
+            self.calibrations,
+            self.monitor,
+            lambda: len(self.devices),
+            config.operation.heartbeat_s,
+            w.window_s,
+            self.stop_event,
+        )
+
+    def _bind(self, kind: int, address: str, key: str) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as exc:
+            sock.close()
+            self.ctx.destroy(linger=0)
+            raise ConfigError(f"{key}: cannot bind {address} ({exc}); is another daemon running there?") from exc
+        return sock
+
+    # ---------------------------------------------------------------- ingest
+
+    def on_ingest(self, frames: list[bytes], arrival: float) -> None:
+        """One message: validate, buffer, enqueue finished windows. Never raises for bad input."""
+        self.monitor.message()
+        try:
+            msg = decode_ingest(frames)
+            result = self.devices.push(msg, arrival)
+        except ProtocolError as exc:
+            self.monitor.reject(exc.reason)
+            self.warn.warning(exc.reason, "dropped a malformed message (%s): %s", exc.reason, exc)
+            return
+        except DeviceLimitError as exc:
+            self.monitor.reject("too_many_devices")
+            self.warn.warning("too_many_devices", "dropped a message from a new device: %s", exc)
+            return
+        if result.dropped:
+            self.monitor.reject(result.dropped)
+            return
+        for reason in result.breaks:
+            self.monitor.reject(reason)
+        if result.breaks:
+            stream = self.devices.streams[msg.device]
+            marker = Window(
+                msg.device, None, stream.fs, result.break_t or msg.t0, arrival, stream.ref, None, reason="gap"
+            )
+            self._enqueue(marker)
+        for window in result.windows:
+            self._enqueue(window)
+
+    def _enqueue(self, window: Window) -> None:
+        if not self.batcher.put(window):
+            self.monitor.reject("overloaded")
+            self.warn.warning("overloaded", "the model is behind: window queue full, shedding windows")
+
+    # ---------------------------------------------------------------- control
+
+    def on_control(self, frames: list[bytes]) -> dict:
+        """A control request → its reply map; every failure is an `ok: false` reply with a clear error."""
+        if len(frames) != 1:
+            return {"ok": False, "error": f"a request is one frame holding a msgpack map, got {len(frames)} frames"}
+        try:
+            req = decode_map(frames[0])
+        except ProtocolError as exc:
+            return {"ok": False, "error": f"malformed request: {exc}"}
+        cmd = req.get("cmd")
+        if cmd == "ping":
+            return {"ok": True}
+        if cmd == "stats":
+            return {"ok": True, **self.worker.status()}
+        if cmd in ("calibrate", "forget"):
+            device = req.get("device")
+            if not isinstance(device, str) or not DEVICE_RE.match(device):
+                return {"ok": False, "error": f"{cmd} needs 'device', 1–64 characters of [A-Za-z0-9_.:-]"}
+            if cmd == "forget":
+                known = self.devices.forget(device)
+                self.calibrations.forget(device)
+                return {"ok": True, "known": known}
+            values = [req.get(k) for k in ("sbp", "dbp")]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+                return {"ok": False, "error": "calibrate needs numeric 'sbp' and 'dbp' in mmHg"}
+            sbp, dbp = float(values[0]), float(values[1])
+            if not (50 <= sbp <= 260 and 25 <= dbp <= 160 and dbp < sbp):
+                return {
+                    "ok": False,
+                    "error": f"implausible cuff reading {sbp}/{dbp} mmHg: need SBP 50–260, DBP 25–160, DBP < SBP",
+                }
+            applied = self.calibrations.calibrate(device, sbp, dbp)
+            return {"ok": True, "applied": applied}
+        return {"ok": False, "error": f"unknown cmd {cmd!r}; valid: {', '.join(COMMANDS)}"}
+
+    # ---------------------------------------------------------------- loop
+
+    def run(self) -> None:
+        """Serve until `stop()`; then finish the batch in flight, publish it, close the sockets."""
+        self.worker.start()
+        log.info(
+            "p2p-daemon: ingest %s, estimates %s, control %s; model %s on %s",
+            self.config.sockets.ingest,
+            self.config.sockets.publish,
+            self.config.sockets.control,
+            self.estimator.name,
+            self.worker.est_device,
+        )
+        poller = zmq.Poller()
+        poller.register(self.sub, zmq.POLLIN)
+        poller.register(self.rep, zmq.POLLIN)
+        next_evict = time.monotonic() + 1.0
+        try:
+            while not self.stop_event.is_set():
+                ready = dict(poller.poll(timeout=50))
+                if self.sub in ready:
+                    for _ in range(DRAIN_PER_POLL):
+                        try:
+                            frames = self.sub.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self.on_ingest(frames, time.monotonic())
+                if self.rep in ready:
+                    self.rep.send(pack(self.on_control(self.rep.recv_multipart())))
+                if time.monotonic() >= next_evict:
+                    for device in self.devices.evict_idle():
+                        self.calibrations.forget(device)
+                        log.info("forgot idle device %s", device)
+                    next_evict = time.monotonic() + 1.0
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.worker.join(timeout=1.5)  # the worker finishes and publishes its batch in flight
+        for sock in (self.sub, self.rep, self.pub):
+            sock.close(linger=0)
+        self.ctx.term()
+        if self.worker.error is not None:
+            raise P2PError(f"inference worker failed: {self.worker.error}")

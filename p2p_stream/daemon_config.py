@@ -1,0 +1,112 @@
+"""Daemon configuration: every knob with its default and accepted range; configs/default.toml mirrors it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .config import apply_layers
+from .errors import ConfigError
+
+
+@dataclass
+class Sockets:
+    ingest: str = "tcp://127.0.0.1:5555"  # SUB, binds; wearables connect a PUB
+    publish: str = "tcp://127.0.0.1:5556"  # PUB, binds; estimates and the heartbeat
+    control: str = "tcp://127.0.0.1:5557"  # REP, binds; ping, stats, calibrate, forget
+
+
+@dataclass
+class Windowing:
+    window_s: float = 10.0  # window length, s
+    hop_s: float = 2.0  # a new window every hop, s
+    gap_tolerance_s: float = 0.2  # a message's t0 this far from where the last ended breaks the window, s
+
+
+@dataclass
+class Batching:
+    max_batch: int = 64  # windows per model call at most
+    max_wait_ms: float = 20.0  # the oldest window waits at most this long for company
+    max_queue: int = 20_000  # windows waiting for the model; beyond it windows are shed (counted "overloaded")
+
+
+@dataclass
+class Model:
+    path: str = ""  # checkpoint folder; empty = the shipped default
+    device: str = "auto"  # cpu | cuda | cuda:N | auto (CUDA when present)
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+
+
+@dataclass
+class Limits:
+    max_devices: int = 10_000  # devices tracked at once; more are refused (counted "too_many_devices")
+    device_idle_s: float = 60.0  # a device silent this long is forgotten
+    max_chunk_samples: int = 4096  # ring-buffer slack per device; longer messages are fed in pieces
+
+
+@dataclass
+class Operation:
+    log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR
+    heartbeat_s: float = 1.0  # the `status` heartbeat period, s
+
+
+@dataclass
+class DaemonConfig:
+    sockets: Sockets = field(default_factory=Sockets)
+    windowing: Windowing = field(default_factory=Windowing)
+    batching: Batching = field(default_factory=Batching)
+    model: Model = field(default_factory=Model)
+    limits: Limits = field(default_factory=Limits)
+    operation: Operation = field(default_factory=Operation)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# key → (low, high) inclusive; the message names both, so a wrong value says what would be right.
+RANGES = {
+    "windowing.window_s": (2.0, 120.0),
+    "windowing.hop_s": (0.1, 120.0),
+    "windowing.gap_tolerance_s": (0.0, 10.0),
+    "batching.max_batch": (1, 4096),
+    "batching.max_wait_ms": (0.0, 10_000.0),
+    "batching.max_queue": (1, 10_000_000),
+    "model.threads": (0, 256),
+    "limits.max_devices": (1, 1_000_000),
+    "limits.device_idle_s": (1.0, 86_400.0),
+    "limits.max_chunk_samples": (16, 100_000),
+    "operation.heartbeat_s": (0.05, 60.0),
+}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ADDRESS_SCHEMES = ("tcp://", "ipc://", "inproc://")
+
+
+def _validate(c: DaemonConfig) -> None:
+    for key, (lo, hi) in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(c, section), name)
+        if not lo <= value <= hi:
+            raise ConfigError(f"{key} must be within [{lo}, {hi}], got {value}")
+    if c.windowing.hop_s > c.windowing.window_s:
+        raise ConfigError(
+            f"windowing.hop_s ({c.windowing.hop_s}) must not exceed windowing.window_s ({c.windowing.window_s})"
+        )
+    for f in fields(c.sockets):
+        address = getattr(c.sockets, f.name)
+        if not address.startswith(ADDRESS_SCHEMES):
+            raise ConfigError(f"sockets.{f.name} must start with one of {ADDRESS_SCHEMES}, got {address!r}")
+    addresses = [getattr(c.sockets, f.name) for f in fields(c.sockets)]
+    if len(set(addresses)) != len(addresses):
+        raise ConfigError(f"sockets.ingest, publish and control must differ, got {addresses}")
+    device = c.model.device
+    if device not in ("cpu", "cuda", "auto") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise ConfigError(f"model.device must be cpu, cuda, cuda:N or auto, got {device!r}")
+    if c.operation.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"operation.log_level must be one of {LOG_LEVELS}, got {c.operation.log_level!r}")
+
+
+def load_daemon_config(path: str | Path | None = None, overrides: list[dict] | None = None) -> DaemonConfig:
+    config = DaemonConfig()
+    apply_layers(config, path, overrides)
+    _validate(config)
+    return config

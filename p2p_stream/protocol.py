@@ -1,0 +1,176 @@
+"""Protocol: the wire contract v1 (../shared/PROTOCOL.md) as pure encode/decode pairs, validating before anything acts.
+
+Every message is two frames, ``[topic, msgpack map]``:
+
+    ppg.<device>  ingest     {v, device, seq, t0, fs, ppg, ref?, meta?}
+    sbp.<device>  estimate   {v, device, seq, t, window_s, sbp, dbp, ok, reason?, sqi, hr, calibrated, model,
+                              latency_ms, ref_sbp?, ref_dbp?}
+    status        heartbeat  {uptime_s, devices, windows_total, windows_per_s, batch_mean, latency_p50_ms,
+                              latency_p99_ms, rejected, ...}
+
+`decode_ingest` raises `ProtocolError` whose `reason` is a short name counted in the heartbeat's `rejected`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+
+from .errors import ProtocolError
+
+VERSION = 1
+INGEST_PREFIX = b"ppg."
+ESTIMATE_PREFIX = b"sbp."
+STATUS_TOPIC = b"status"
+DEVICE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MIN_FS_HZ = 1.0  # below this no pulse can be seen
+MAX_FS_HZ = 10_000.0  # above this it is not a PPG sensor
+MAX_SAMPLES = 100_000  # per message; a wearable sends tens to hundreds
+MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: bigger payloads are refused before unpacking
+
+
+@dataclass
+class Ingest:
+    """One validated ingest message."""
+
+    device: str
+    seq: int
+    t0: float  # Unix time of the first sample, s
+    fs: float  # Hz
+    ppg: np.ndarray  # (n,) float32; may hold NaN/Inf (a gap), never empty
+    ref: tuple[float, float] | None  # (sbp, dbp) mmHg
+    meta: dict | None
+
+
+def _unpack(payload: bytes) -> object:
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("oversized", f"payload of {len(payload)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        return msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated exception types for garbage
+        raise ProtocolError("not_msgpack", f"payload is not msgpack ({type(exc).__name__})") from exc
+
+
+def _number(msg: dict, key: str) -> float:
+    value = msg.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError("bad_type", f"{key!r} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _samples(value: object) -> np.ndarray:
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) % 4:
+            raise ProtocolError("bad_samples", f"'ppg' bytes length {len(value)} is not a multiple of 4 (float32)")
+        x = np.frombuffer(value, dtype="<f4")
+    elif isinstance(value, list):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ProtocolError("bad_samples", "'ppg' array must hold only numbers")
+        x = np.asarray(value, dtype=np.float32)
+    else:
+        raise ProtocolError("bad_type", f"'ppg' must be float32 bytes or an array, got {type(value).__name__}")
+    if x.size == 0:
+        raise ProtocolError("empty_samples", "'ppg' holds no samples")
+    if x.size > MAX_SAMPLES:
+        raise ProtocolError("oversized", f"'ppg' holds {x.size} samples, more than {MAX_SAMPLES}")
+    return x
+
+
+def decode_ingest(frames: list[bytes]) -> Ingest:
+    """Validate and decode ``[topic, payload]`` from a wearable; raises ProtocolError(reason, message)."""
+    if len(frames) != 2:
+        raise ProtocolError("bad_frames", f"expected 2 frames [topic, payload], got {len(frames)}")
+    topic, payload = frames
+    if not topic.startswith(INGEST_PREFIX):
+        raise ProtocolError("bad_topic", f"topic {topic[:80]!r} does not start with 'ppg.'")
+    msg = _unpack(payload)
+    if not isinstance(msg, dict):
+        raise ProtocolError("bad_type", f"payload must be a map, got {type(msg).__name__}")
+    for key in ("v", "device", "seq", "t0", "fs", "ppg"):
+        if key not in msg:
+            raise ProtocolError("missing_key", f"payload lacks {key!r}")
+    if msg["v"] != VERSION or isinstance(msg["v"], bool):
+        raise ProtocolError("bad_version", f"protocol version {msg['v']!r}, this daemon speaks {VERSION}")
+    device = msg["device"]
+    if not isinstance(device, str) or not DEVICE_RE.match(device):
+        raise ProtocolError("bad_device", f"device id {str(device)[:80]!r} is not 1–64 of [A-Za-z0-9_.:-]")
+    if topic[len(INGEST_PREFIX) :] != device.encode():
+        raise ProtocolError("bad_device", f"topic {topic[:80]!r} does not match device {device!r}")
+    seq = msg["seq"]
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise ProtocolError("bad_type", f"'seq' must be an integer ≥ 0, got {seq!r}")
+    t0, fs = _number(msg, "t0"), _number(msg, "fs")
+    if not math.isfinite(t0):
+        raise ProtocolError("bad_time", f"'t0' must be finite, got {t0}")
+    if not (math.isfinite(fs) and MIN_FS_HZ <= fs <= MAX_FS_HZ):
+        raise ProtocolError("bad_fs", f"'fs' must be within {MIN_FS_HZ}–{MAX_FS_HZ} Hz, got {fs}")
+    ref = None
+    if msg.get("ref") is not None:
+        r = msg["ref"]
+        if not isinstance(r, dict):
+            raise ProtocolError("bad_type", "'ref' must be a map {sbp, dbp}")
+        ref = (_number(r, "sbp"), _number(r, "dbp"))
+    meta = msg.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise ProtocolError("bad_type", "'meta' must be a map")
+    return Ingest(device, seq, t0, fs, _samples(msg["ppg"]), ref, meta)
+
+
+def encode_ingest(
+    device: str,
+    seq: int,
+    t0: float,
+    fs: float,
+    ppg: np.ndarray,
+    ref: tuple[float, float] | None = None,
+    meta: dict | None = None,
+) -> list[bytes]:
+    """Frames of one ingest message, samples as little-endian float32 bytes."""
+    msg: dict = {
+        "v": VERSION,
+        "device": device,
+        "seq": seq,
+        "t0": t0,
+        "fs": fs,
+        "ppg": np.ascontiguousarray(ppg, dtype="<f4").tobytes(),
+    }
+    if ref is not None:
+        msg["ref"] = {"sbp": float(ref[0]), "dbp": float(ref[1])}
+    if meta:
+        msg["meta"] = meta
+    return [INGEST_PREFIX + device.encode(), msgpack.packb(msg, use_bin_type=True)]
+
+
+def encode_estimate(estimate: dict) -> list[bytes]:
+    """Frames of one estimate; `estimate` holds the contract's keys (see the module docstring)."""
+    return [ESTIMATE_PREFIX + estimate["device"].encode(), msgpack.packb(estimate, use_bin_type=True)]
+
+
+def decode_estimate(frames: list[bytes]) -> dict:
+    """For subscribers and tests: ``[topic, payload]`` → the estimate map."""
+    if len(frames) != 2 or not frames[0].startswith(ESTIMATE_PREFIX):
+        raise ProtocolError("bad_frames", "not an estimate message")
+    msg = _unpack(frames[1])
+    if not isinstance(msg, dict) or msg.get("v") != VERSION:
+        raise ProtocolError("bad_version", "estimate is not a v1 map")
+    return msg
+
+
+def encode_status(status: dict) -> list[bytes]:
+    return [STATUS_TOPIC, msgpack.packb(status, use_bin_type=True)]
+
+
+def decode_map(payload: bytes) -> dict:
+    """A msgpack map (heartbeat, control request or reply)."""
+    msg = _unpack(payload)
+    if not isinstance(msg, dict):
+        raise ProtocolError("bad_type", f"expected a map, got {type(msg).__name__}")
+    return msg
+
+
+def pack(msg: dict) -> bytes:
+    return msgpack.packb(msg, use_bin_type=True)

@@ -1,0 +1,130 @@
+"""Inference worker: batch → quality gate → model → calibration → PUB, off the ingest thread; sends the heartbeat."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import zmq
+
+from .batcher import DynamicBatcher
+from .calibration import Calibrations
+from .demographics import parse_meta
+from .estimator import Estimator
+from .monitor import Monitor
+from .protocol import VERSION, encode_estimate, encode_status
+from .ring_buffer import Window
+
+log = logging.getLogger(__name__)
+
+
+class InferenceWorker(threading.Thread):
+    """Owns the PUB socket: every estimate and heartbeat leaves from this thread."""
+
+    def __init__(
+        self,
+        estimator: Estimator,
+        batcher: DynamicBatcher,
+        pub: zmq.Socket,
+        calibrations: Calibrations,
+        monitor: Monitor,
+        device_count: Callable[[], int],
+        heartbeat_s: float,
+        window_s: float,
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name="p2p-inference", daemon=True)
+        self.est, self.batcher, self.pub = estimator, batcher, pub
+        self.calibrations, self.monitor, self.device_count = calibrations, monitor, device_count
+        self.heartbeat_s, self.window_s, self.stop = heartbeat_s, window_s, stop
+        self._seq: dict[str, int] = {}
+        self.model_name = estimator.name
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        next_beat = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                batch = self.batcher.next_batch(timeout_s=max(0.0, min(0.05, next_beat - time.monotonic())))
+                if batch:
+                    self.publish(self.process(batch))
+                if time.monotonic() >= next_beat:
+                    self.pub.send_multipart(encode_status(self.status()))
+                    next_beat = time.monotonic() + self.heartbeat_s
+        except BaseException as exc:  # surfaced by the daemon, which then stops: a dead worker must not go unnoticed
+            log.exception("inference worker failed")
+            self.error = exc
+            self.stop.set()
+
+    def status(self) -> dict:
+        return self.monitor.snapshot(
+            self.device_count(),
+            {"model": self.model_name, "queue": self.batcher.qsize(), "device": str(self.est_device)},
+        )
+
+    @property
+    def est_device(self) -> str:
+        return str(next(self.est.model.parameters()).device)
+
+    def _estimate(self, w: Window, ok: bool, reason: str | None, sqi: float, hr: float | None) -> dict:
+        seq = self._seq.get(w.device, -1) + 1
+        self._seq[w.device] = seq
+        e = {
+            "v": VERSION,
+            "device": w.device,
+            "seq": seq,
+            "t": w.t_last,
+            "window_s": round(len(w.x) / w.fs, 6) if w.x is not None else self.window_s,
+            "sbp": None,
+            "dbp": None,
+            "ok": ok,
+            "sqi": round(float(sqi), 4),
+            "hr": None if hr is None else round(float(hr), 2),
+            "calibrated": False,
+            "model": self.model_name,
+            "latency_ms": 0.0,
+        }
+        if reason:
+            e["reason"] = reason
+        if w.ref is not None:
+            e["ref_sbp"], e["ref_dbp"] = float(w.ref[0]), float(w.ref[1])
+        return e
+
+    def process(self, batch: list[Window]) -> list[tuple[Window, dict]]:
+        """Quality-gate each window, run the model once per window length on those that pass."""
+        out: list[tuple[Window, dict]] = []
+        passed: list[tuple[Window, dict, np.ndarray]] = []
+        for w in batch:
+            if w.reason:
+                e = self._estimate(w, False, w.reason, 0.0, None)
+            else:
+                q, x = self.est.assess(w.x, w.fs)
+                e = self._estimate(w, q.ok, q.reason, q.sqi, q.hr_bpm)
+                if q.ok:
+                    passed.append((w, e, x))
+                else:
+                    self.monitor.reject(q.reason)
+            out.append((w, e))  # in arrival order, so each device's seq goes out in order
+        for length in {len(x) for _, _, x in passed}:
+            group = [(w, e, x) for w, e, x in passed if len(x) == length]
+            features = (
+                parse_meta([w.meta for w, _, _ in group], len(group))
+                if self.est.uses_demographics
+                else np.zeros((len(group), 4), dtype=np.float32)
+            )
+            pred = self.est.predict_prepared(np.stack([x for _, _, x in group]), features, batch_size=len(group))
+            for (w, e, _), (sbp, dbp) in zip(group, pred):
+                sbp, dbp, calibrated = self.calibrations.apply(w.device, float(sbp), float(dbp))
+                e["sbp"], e["dbp"], e["calibrated"] = round(sbp, 2), round(dbp, 2), calibrated
+        return out
+
+    def publish(self, results: list[tuple[Window, dict]]) -> None:
+        latencies = []
+        for w, e in results:
+            e["latency_ms"] = round(1000.0 * (time.monotonic() - w.arrival), 3)
+            self.pub.send_multipart(encode_estimate(e))
+            latencies.append(e["latency_ms"])
+        self.monitor.batch(sum(1 for w, _ in results if not w.reason), latencies)

@@ -1,0 +1,80 @@
+"""Dynamic batching, calibration offsets, heartbeat counters and rate-limited warnings."""
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+from p2p_stream.batcher import DynamicBatcher
+from p2p_stream.calibration import Calibrations
+from p2p_stream.monitor import Monitor
+from p2p_stream.ratelimit import RateLimitedLog
+from p2p_stream.ring_buffer import Window
+
+
+def window(i=0):
+    return Window(f"d{i}", np.zeros(10, np.float32), 125.0, 0.0, time.monotonic())
+
+
+def test_full_batch_goes_at_once_and_the_rest_waits():
+    b = DynamicBatcher(max_batch=4, max_wait_ms=10_000, max_queue=100)
+    for i in range(6):
+        assert b.put(window(i))
+    assert [w.device for w in b.next_batch(1.0)] == ["d0", "d1", "d2", "d3"]
+
+
+def test_a_lone_window_goes_after_max_wait():
+    b = DynamicBatcher(max_batch=64, max_wait_ms=30, max_queue=100)
+    b.put(window())
+    got = b.next_batch(5.0)
+    assert len(got) == 1  # did not wait for 64
+
+
+def test_late_arrivals_join_before_the_deadline():
+    b = DynamicBatcher(max_batch=64, max_wait_ms=2000, max_queue=100)
+    b.put(window(0))
+    threading.Timer(0.05, lambda: [b.put(window(i)) for i in (1, 2, 3)] and None).start()
+    batch = b.next_batch(5.0)
+    while len(batch) < 4:  # the deadline is long: everything that came meanwhile is in
+        batch += b.next_batch(5.0)
+    assert [w.device for w in batch] == ["d0", "d1", "d2", "d3"]
+
+
+def test_full_queue_refuses_without_blocking():
+    b = DynamicBatcher(max_batch=4, max_wait_ms=0, max_queue=2)
+    assert b.put(window()) and b.put(window()) and not b.put(window())
+    assert len(b.next_batch(0.01)) == 2
+
+
+def test_empty_queue_returns_nothing_after_timeout():
+    assert DynamicBatcher(4, 0, 4).next_batch(0.01) == []
+
+
+def test_calibration_offsets():
+    c = Calibrations()
+    assert c.apply("d", 120.0, 80.0) == (120.0, 80.0, False)
+    assert c.calibrate("d", 130.0, 75.0)  # against the latest estimate: +10, -5
+    assert c.apply("d", 124.0, 82.0) == (134.0, 77.0, True)
+    assert not c.calibrate("new", 110.0, 70.0)  # no estimate yet: pending
+    assert c.apply("new", 100.0, 60.0) == (110.0, 70.0, True)
+    c.forget("d")
+    assert c.apply("d", 120.0, 80.0) == (120.0, 80.0, False)
+
+
+def test_monitor_snapshot():
+    m = Monitor()
+    m.reject("not_msgpack")
+    m.reject("not_msgpack")
+    m.batch(3, [10.0, 20.0, 30.0])
+    s = m.snapshot(devices=2)
+    assert s["rejected"] == {"not_msgpack": 2} and s["windows_total"] == 3 and s["batch_mean"] == 3.0
+    assert s["latency_p50_ms"] == 20.0 and s["devices"] == 2 and s["windows_per_s"] > 0
+
+
+def test_repeated_warnings_are_rate_limited(caplog):
+    log = RateLimitedLog(logging.getLogger("t"), period_s=60)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(100):
+            log.warning("k", "bad message %d", 1)
+    assert len(caplog.records) == 1

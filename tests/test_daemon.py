@@ -1,0 +1,177 @@
+"""The daemon on real ZeroMQ sockets: streamed estimates equal offline ones; gaps, duplicates, NaN, rates, control."""
+
+import numpy as np
+import pytest
+from conftest import read_segment, simulated_ppg
+from zmq_helpers import client, running_daemon
+
+from p2p_stream import Estimator
+from p2p_stream.preprocess import cut_windows
+
+FS = 125.0
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture(scope="module")
+def est() -> Estimator:
+    return Estimator.load()
+
+
+def of(device):
+    return lambda e: e["device"] == device
+
+
+def offline(est, x, fs, window_s=4.0, hop_s=1.0):
+    windows = cut_windows(np.asarray(x, dtype=np.float32), int(round(window_s * fs)), int(round(hop_s * fs)))
+    return windows, est.predict(windows, fs)
+
+
+def test_streamed_recording_matches_offline_estimator(est):
+    x = simulated_ppg(72, 12, FS, seed=1)
+    windows, expected = offline(est, x, FS)
+    with running_daemon(est) as (daemon, addresses), client(addresses) as c:
+        c.stream("watch-1", x, FS, chunk=25, ref=(121.0, 79.0))
+        got = c.estimates(lambda g: len(g) >= len(windows))
+    assert [e["seq"] for e in got] == list(range(len(windows)))
+    assert all(e["ok"] and e["device"] == "watch-1" for e in got)
+    np.testing.assert_allclose([[e["sbp"], e["dbp"]] for e in got], expected, atol=0.02)
+    ends = 4 * FS + np.arange(len(windows)) * FS  # run length at each window's end
+    np.testing.assert_allclose([e["t"] for e in got], T0 + (ends - 1) / FS)
+    e = got[0]
+    assert e["window_s"] == 4.0 and e["hr"] == pytest.approx(72, abs=2) and 0.5 <= e["sqi"] <= 1
+    assert (e["ref_sbp"], e["ref_dbp"]) == (121.0, 79.0) and not e["calibrated"]
+    assert e["model"] == est.name and e["latency_ms"] >= 0
+
+
+def test_real_1khz_recording_odd_chunks(est):
+    x = read_segment("231_1")  # 4.2 s of real PPG at 1 kHz
+    windows, expected = offline(est, x, 1000.0)
+    with running_daemon(est) as (daemon, addresses), client(addresses) as c:
+        c.stream("finger", x, 1000.0, chunk=333)
+        got = c.estimates(lambda g: len(g) >= len(windows))
+    np.testing.assert_allclose([[e["sbp"], e["dbp"]] for e in got], expected, atol=0.02)
+
+
+@pytest.mark.parametrize("fs", [100.0, 200.0])
+def test_devices_at_other_rates(est, fs):
+    x = simulated_ppg(66, 8, fs, seed=2)
+    windows, expected = offline(est, x, fs)
+    with running_daemon(est) as (daemon, addresses), client(addresses) as c:
+        c.stream(f"dev-{int(fs)}", x, fs, chunk=int(fs // 5))
+        got = c.estimates(lambda g: len(g) >= len(windows))
+    assert all(e["ok"] and e["window_s"] == 4.0 for e in got)
+    assert got[0]["hr"] == pytest.approx(66, abs=2)
+    np.testing.assert_allclose([[e["sbp"], e["dbp"]] for e in got], expected, atol=0.02)
+
+
+def test_seq_gap_breaks_the_window(est):
+    x = simulated_ppg(70, 12, FS, seed=3)
+    with running_daemon(est) as (daemon, addresses), client(addresses) as c:
+        # 5 s, then a lost message (seq jumps by 2, samples 625-649 never arrive), then the rest.
+        seq = c.stream("d", x[:625], FS)
+        c.stream("d", x[650:], FS, t0=T0 + 650 / FS, seq0=seq + 1)
+        got = c.estimates(lambda g: any(e["ok"] and e["t"] > T0 + 10 for e in g))
+        stats = c.control({"cmd": "stats"})
+    gap = [e for e in got if e.get("reason") == "gap"]
+    assert len(gap) == 1 and gap[0]["sbp"] is None and not gap[0]["ok"]
+    after = [e for e in got if e["ok"] and e["seq"] > gap[0]["seq"]]
+    # No window spans the hole: the first one after it ends a full window after the resume.
+    assert after[0]["t"] == pytest.approx(T0 + 650 / FS + 4.0 - 1 / FS)
+    assert stats["rejected"]["seq_gap"] == 1
+
+
+def test_time_gap_nan_duplicates_and_reordering(est):
+    x = simulated_ppg(70, 16, FS, seed=4)
+    with running_daemon(est) as (daemon, addresses), client(addresses) as c:
+        seq = c.stream("d", x[:500], FS)  # 20 messages
+        c.stream("d", x[475:500], FS, t0=T0 + 475 / FS, seq0=seq - 1)  # the last message again
+        c.stream("d", x[450:475], FS, t0=T0 + 450 / FS, seq0=seq - 2)  # an older one, late
+        # Contiguous seq but the clock jumped 3 s: a time gap.
+        seq = c.stream("d", x[500:1000], FS, t0=T0 + 3 + 500 / FS, seq0=seq)
+        bad = x[1000:1025].copy()
+        bad[10] = np.nan
+        c.stream("d", bad, FS, t0=T0 + 3 + 1000 / FS, seq0=seq)
+        c.stream("d", x[1025:1800], FS, t0=T0 + 3 + 1025 / FS, seq0=seq + 1)
+        got = c.estimates(lambda g: any(e["ok"] and e["t"] > T0 + 3 + 13 for e in g))
+        rejected = c.control({"cmd": "stats"})["rejected"]
+    assert rejected["duplicate"] == 1 and rejected["out_of_order"] == 1
+    assert rejected["time_gap"] == 1 and rejected["nan"] == 1
+    assert [e["reason"] for e in got if not e["ok"]] == ["gap", "gap"]
+    ok_t = [e["t"] for e in got if e["ok"]]
+    # Windows only from contiguous stretches: ending 4 s after the start, after the time gap, after the NaN.
+    assert ok_t[0] == pytest.approx(T0 + 499 / FS)
+    assert T0 + 3 + 500 / FS + 4 - 1 / FS - 1e-6 <= ok_t[1]
+    nan_t = T0 + 3 + 1010 / FS
+    assert all(not (t - 4 + 0.5 / FS < nan_t <= t) for t in ok_t)  # no window holds the NaN sample
+
+
+def test_quality_rejections_are_published_with_reason(est):
+    flat = np.full(int(6 * FS), 2048.0)
+    with running_daemon(est) as (daemon, addresses), client(addresses) as c:
+        c.stream("loose", flat, FS)
+        got = c.estimates(lambda g: len(g) >= 2)
+    assert all(not e["ok"] and e["reason"] == "flatline" and e["sbp"] is None and e["dbp"] is None for e in got)
+
+
+def test_control_commands_and_calibration(est):
+    x = simulated_ppg(75, 14, FS, seed=5)
+    with running_daemon(est) as (daemon, addresses), client(addresses) as c:
+        assert c.control({"cmd": "ping"}) == {"ok": True}
+        stats = c.control({"cmd": "stats"})
+        for key in (
+            "uptime_s",
+            "devices",
+            "windows_total",
+            "windows_per_s",
+            "batch_mean",
+            "latency_p50_ms",
+            "latency_p99_ms",
+            "rejected",
+        ):
+            assert key in stats
+        seq = c.stream("cuffed", x[:750], FS)
+        first = c.estimates(lambda g: len([e for e in g if e["device"] == "cuffed"]) >= 3)
+        raw = first[-1]
+        assert c.control({"cmd": "calibrate", "device": "cuffed", "sbp": raw["sbp"] + 10, "dbp": raw["dbp"] - 5}) == {
+            "ok": True,
+            "applied": True,
+        }
+        c.stream("cuffed", x[750:], FS, t0=T0 + 750 / FS, seq0=seq)
+        later = c.estimates(lambda g: len(g) >= 3)
+        assert all(e["calibrated"] for e in later)
+        _, expected = offline(est, x, FS)
+        offset = np.array([10.0, -5.0])
+        idx = [e["seq"] for e in later]
+        np.testing.assert_allclose([[e["sbp"], e["dbp"]] for e in later], expected[idx] + offset, atol=0.05)
+        assert c.control({"cmd": "stats"})["devices"] >= 1
+        assert c.control({"cmd": "forget", "device": "cuffed"})["ok"]
+        assert "cuffed" not in daemon.devices.streams
+        c.stream("cuffed", x[:625], FS, t0=T0 + 100)
+        fresh = c.estimates(lambda g: len(g) >= 1)
+        assert not fresh[0]["calibrated"]  # forgetting dropped the calibration too
+
+
+@pytest.mark.parametrize(
+    "request_,error",
+    [
+        ({"cmd": "reboot"}, "unknown cmd 'reboot'; valid: ping, stats, calibrate, forget"),
+        ({"nocmd": 1}, "unknown cmd None"),
+        ({"cmd": "calibrate", "sbp": 120, "dbp": 80}, "calibrate needs 'device'"),
+        ({"cmd": "calibrate", "device": "d", "sbp": "120", "dbp": 80}, "numeric 'sbp' and 'dbp'"),
+        ({"cmd": "calibrate", "device": "d", "sbp": 80, "dbp": 120}, "implausible cuff reading"),
+        ({"cmd": "forget", "device": "bad id!"}, "forget needs 'device'"),
+        (b"\xc1not msgpack", "malformed request"),
+        (b"\x93\x01\x02\x03", "expected a map"),
+    ],
+)
+def test_control_errors_are_clear(est, request_, error):
+    with running_daemon(est) as (daemon, addresses), client(addresses) as c:
+        reply = c.control(request_)
+        assert reply["ok"] is False and error in reply["error"]
+        assert c.control({"cmd": "ping"}) == {"ok": True}  # and the daemon carries on
+
+
+def test_heartbeat(est):
+    with running_daemon(est, operation={"heartbeat_s": 0.2}) as (daemon, addresses), client(addresses) as c:
+        beat = c.heartbeat()
+    assert beat["model"] == est.name and isinstance(beat["rejected"], dict) and beat["uptime_s"] > 0

@@ -1,0 +1,176 @@
+"""The daemon as a real process: end to end, a malformed barrage that changes nothing, SIGTERM, refused configs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from conftest import simulated_ppg
+from zmq_helpers import client, ipc_addresses
+
+from p2p_stream import Estimator
+from p2p_stream.cli_daemon import main as daemon_main
+from p2p_stream.preprocess import cut_windows
+from p2p_stream.protocol import encode_ingest
+
+FS = 125.0
+T0 = 1_700_000_000.0
+
+
+def malformed(i: int) -> list[bytes]:
+    """One of many ways a message can be wrong."""
+    good = msgpack.unpackb(encode_ingest("evil", i, T0, FS, np.ones(25))[1])
+    variants = [
+        [b"ppg.evil", b"\xc1\xc1 not msgpack"],
+        [b"ppg.evil"],
+        [b"ppg.evil", msgpack.packb([1, 2, 3])],
+        [b"ppg.evil", msgpack.packb({**good, "v": 2})],
+        [b"ppg.evil", msgpack.packb({k: v for k, v in good.items() if k != "fs"})],
+        [b"ppg.evil", msgpack.packb({**good, "fs": float("nan")})],
+        [b"ppg.evil", msgpack.packb({**good, "fs": 1e9})],
+        [b"ppg.evil", msgpack.packb({**good, "ppg": b""})],
+        [b"ppg.evil", msgpack.packb({**good, "ppg": b"\x00\x01\x02"})],
+        [b"ppg.evil", msgpack.packb({**good, "ppg": ["a", "b"]})],
+        [b"ppg.evil", msgpack.packb({**good, "ppg": np.zeros(200_000, "<f4").tobytes()})],
+        [b"ppg.evil", msgpack.packb({**good, "device": "other"})],
+        [b"ppg.bad id", msgpack.packb({**good, "device": "bad id"})],
+        [b"ppg.evil", msgpack.packb({**good, "seq": -1})],
+        [b"ppg.evil", msgpack.packb({**good, "seq": "7"})],
+        [b"ppg.evil", msgpack.packb({**good, "t0": "now"})],
+        [b"ppg.evil", msgpack.packb({**good, "ref": [120, 80]})],
+    ]
+    return variants[i % len(variants)]
+
+
+@pytest.fixture
+def daemon_process():
+    with ipc_addresses() as addresses:
+        cmd = [
+            sys.executable,
+            "daemon.py",
+            "--device",
+            "cpu",
+            "--window-s",
+            "4",
+            "--hop-s",
+            "1",
+            "--ingest",
+            addresses["ingest"],
+            "--publish",
+            addresses["publish"],
+            "--control",
+            addresses["control"],
+        ]
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            yield proc, addresses
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_real_daemon_process_barrage_and_sigterm(daemon_process):
+    proc, addresses = daemon_process
+    est = Estimator.load()
+    x = simulated_ppg(80, 10, FS, seed=7)
+    windows = cut_windows(x.astype(np.float32), 500, 125)
+    expected = est.predict(windows, FS)
+    with client(addresses) as c:
+        # The good device's messages interleaved with 170 malformed ones from elsewhere.
+        for i, start in enumerate(range(0, len(x), 25)):
+            c.pub.send_multipart(encode_ingest("good", i, T0 + start / FS, FS, x[start : start + 25]))
+            for k in range(4):
+                c.pub.send_multipart(malformed(4 * i + k))
+        got = c.estimates(lambda g: len([e for e in g if e["device"] == "good"]) >= len(windows), timeout_s=60)
+        stats = c.control({"cmd": "stats"})
+        assert c.control({"cmd": "ping"}) == {"ok": True}
+        good = [e for e in got if e["device"] == "good"]
+        np.testing.assert_allclose([[e["sbp"], e["dbp"]] for e in good], expected, atol=0.02)
+        assert all(e["device"] == "good" for e in got)  # nothing published for the malformed senders
+        rejected = stats["rejected"]
+        for reason in (
+            "not_msgpack",
+            "bad_frames",
+            "bad_type",
+            "bad_version",
+            "missing_key",
+            "bad_fs",
+            "empty_samples",
+            "bad_samples",
+            "oversized",
+            "bad_device",
+        ):
+            assert rejected.get(reason, 0) > 0, reason
+        assert sum(rejected.values()) == 4 * len(range(0, len(x), 25))
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        code = proc.wait(timeout=10)
+        elapsed = time.monotonic() - start
+    assert code == 0
+    assert elapsed < 2.0, f"took {elapsed:.2f} s to stop"
+
+
+def test_port_in_use_fails_at_start_up(capsys):
+    ctx = zmq.Context()
+    squatter = ctx.socket(zmq.PUB)
+    port = squatter.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        with ipc_addresses() as a:
+            code = daemon_main(
+                [
+                    "--publish",
+                    f"tcp://127.0.0.1:{port}",
+                    "--ingest",
+                    a["ingest"],
+                    "--control",
+                    a["control"],
+                    "--device",
+                    "cpu",
+                ]
+            )
+    finally:
+        squatter.close(0)
+        ctx.term()
+    assert code == 2
+    assert f"sockets.publish: cannot bind tcp://127.0.0.1:{port}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--max-batch", "0"], "batching.max_batch must be within [1, 4096], got 0"),
+        (["--window-s", "1"], "windowing.window_s must be within [2.0, 120.0], got 1.0"),
+        (["--hop-s", "20"], "windowing.hop_s (20.0) must not exceed windowing.window_s (10.0)"),
+        (["--device", "tpu"], "model.device must be cpu, cuda, cuda:N or auto, got 'tpu'"),
+        (["--ingest", "udp://x"], "sockets.ingest must start with one of"),
+        (["--set", "limits.max_device=3"], "unknown key limits.'max_device'; valid keys: ['device_idle_s'"),
+        (["--log-level", "LOUD"], "operation.log_level must be one of"),
+    ],
+)
+def test_bad_configuration_is_refused_with_the_valid_range(argv, message, capsys):
+    assert daemon_main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_model_path_is_refused(tmp_path, capsys):
+    with ipc_addresses() as a:
+        code = daemon_main(
+            ["--model", str(tmp_path), "--ingest", a["ingest"], "--publish", a["publish"], "--control", a["control"]]
+        )
+    assert code == 2 and "no model.json" in capsys.readouterr().err
+
+
+def test_default_config_file_matches_the_built_in_defaults():
+    from pathlib import Path
+
+    from p2p_stream.daemon_config import DaemonConfig, load_daemon_config
+
+    path = Path(__file__).parent.parent / "configs" / "default.toml"
+    assert load_daemon_config(path) == DaemonConfig()

@@ -1,0 +1,75 @@
+"""Ring buffer and device table: windows by sample count, breaks on holes, drops of replays, limits and eviction."""
+
+import numpy as np
+import pytest
+
+from p2p_stream.devices import DeviceLimitError, DeviceTable
+from p2p_stream.protocol import Ingest
+from p2p_stream.ring_buffer import DeviceStream
+
+FS = 100.0
+
+
+def msg(seq, start, n, fs=FS, device="d", values=None):
+    x = np.arange(start, start + n, dtype=np.float32) if values is None else np.asarray(values, np.float32)
+    return Ingest(device, seq, start / fs, fs, x, None, None)
+
+
+def stream(window_s=2.0, hop_s=0.5, max_chunk=64):
+    return DeviceStream("d", FS, window_s, hop_s, max_chunk, gap_tolerance_s=0.05)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 25, 50, 64, 300])
+def test_windows_every_hop_whatever_the_chunking(chunk):
+    s = stream()
+    windows = []
+    for seq, start in enumerate(range(0, 1000, chunk)):
+        windows += s.push(msg(seq, start, min(chunk, 1000 - start)), arrival=0.0).windows
+    ends = [int(w.x[-1]) for w in windows]
+    assert ends == list(range(199, 1000, 50))  # every 0.5 s once 2 s have arrived
+    for w in windows:
+        np.testing.assert_array_equal(w.x, np.arange(w.x[-1] - 199, w.x[-1] + 1))
+        assert w.t_last == pytest.approx(w.x[-1] / FS)
+
+
+def test_seq_gap_time_gap_and_fs_change_restart_the_run():
+    s = stream()
+    s.push(msg(0, 0, 150), 0.0)
+    r = s.push(msg(2, 150, 100), 0.0)  # seq 1 lost
+    assert r.breaks == ["seq_gap"] and r.windows == [] and r.break_t == pytest.approx(1.49)
+    r = s.push(msg(3, 400, 100), 0.0)  # 1.5 s later than expected
+    assert r.breaks == ["time_gap"]
+    r = s.push(Ingest("d", 4, 5.0, 200.0, np.ones(10, np.float32), None, None), 0.0)
+    assert r.breaks == ["fs_change"] and s.fs == 200.0 and s.length == 400
+
+
+def test_duplicates_out_of_order_and_counter_restart():
+    s = stream()
+    s.push(msg(0, 0, 50), 0.0)
+    s.push(msg(1, 50, 50), 0.0)
+    assert s.push(msg(1, 50, 50), 0.0).dropped == "duplicate"
+    assert s.push(msg(0, 0, 50), 0.0).dropped == "out_of_order"
+    r = s.push(msg(0, 100, 50), 0.0)  # seq went back but time carries on: the device rebooted
+    assert r.dropped is None and r.breaks == ["seq_reset"]
+
+
+def test_nan_is_a_hole():
+    s = stream()
+    values = np.arange(300, dtype=np.float32)
+    values[250] = np.nan
+    r = s.push(msg(0, 0, 300, values=values), 0.0)
+    assert r.breaks == ["nan"]
+    assert all(np.isfinite(w.x).all() for w in r.windows)
+    assert [int(w.x[-1]) for w in r.windows] == [199, 249]  # both before the hole; 251-299 is too short
+    assert s.run == 49
+
+
+def test_device_table_limit_and_eviction():
+    t = DeviceTable(2.0, 0.5, 64, 0.05, max_devices=2, idle_s=10.0)
+    t.push(msg(0, 0, 10, device="a"), arrival=0.0)
+    t.push(msg(0, 0, 10, device="b"), arrival=5.0)
+    with pytest.raises(DeviceLimitError):
+        t.push(msg(0, 0, 10, device="c"), arrival=5.0)
+    assert t.evict_idle(now=12.0) == ["a"] and len(t) == 1
+    t.push(msg(0, 0, 10, device="c"), arrival=12.0)
+    assert t.forget("b") and not t.forget("b")

@@ -1,0 +1,130 @@
+"""Real-socket helpers for daemon tests: short ipc:// addresses, a daemon in a thread, receives that time out."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import zmq
+
+from p2p_stream.daemon import Daemon
+from p2p_stream.daemon_config import load_daemon_config
+from p2p_stream.estimator import Estimator
+from p2p_stream.protocol import decode_estimate, decode_map, encode_ingest, pack
+
+
+@contextmanager
+def ipc_addresses() -> Iterator[dict[str, str]]:
+    folder = tempfile.mkdtemp(prefix="p2p")  # ipc paths must stay short (about 100 bytes)
+    try:
+        yield {k: f"ipc://{folder}/{k}" for k in ("ingest", "publish", "control")}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def running_daemon(estimator: Estimator, **sections) -> Iterator[tuple[Daemon, dict[str, str]]]:
+    """A real Daemon on ipc:// sockets, its loop in a thread; `sections` override config tables."""
+    with ipc_addresses() as addresses:
+        overrides = [{"sockets": addresses, "windowing": {"window_s": 4.0, "hop_s": 1.0}}, sections]
+        daemon = Daemon(load_daemon_config(None, overrides), estimator)
+        thread = threading.Thread(target=daemon.run, daemon=True)
+        thread.start()
+        try:
+            yield daemon, addresses
+        finally:
+            daemon.stop()
+            thread.join(timeout=5)
+
+
+class Client:
+    """PUB to ingest, SUB to estimates, REQ to control; every socket closed on exit, linger 0."""
+
+    def __init__(self, addresses: dict[str, str]) -> None:
+        self.ctx = zmq.Context()
+        self.pub = self._socket(zmq.PUB, addresses["ingest"])
+        self.sub = self._socket(zmq.SUB, addresses["publish"])
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.req = self._socket(zmq.REQ, addresses["control"])
+        self.req.setsockopt(zmq.RCVTIMEO, 30_000)
+
+    def _socket(self, kind: int, address: str) -> zmq.Socket:
+        s = self.ctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(address)
+        return s
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
+
+    def control(self, request: dict | bytes) -> dict:
+        self.req.send(request if isinstance(request, bytes) else pack(request))
+        return decode_map(self.req.recv())
+
+    def join(self, timeout_s: float = 30.0) -> None:
+        """Beat the PUB/SUB slow joiner: send probes until the daemon has counted one, then forget the probe."""
+        deadline = time.monotonic() + timeout_s
+        seq = 0
+        while time.monotonic() < deadline:
+            self.pub.send_multipart(encode_ingest("probe", seq, time.time(), 125.0, [0.0]))
+            seq += 1
+            if self.control({"cmd": "stats"})["messages_total"] > 0:
+                self.control({"cmd": "forget", "device": "probe"})
+                self._wait_subscribed(deadline)
+                return
+            time.sleep(0.02)
+        raise TimeoutError("daemon never received a probe")
+
+    def _wait_subscribed(self, deadline: float) -> None:
+        # The SUB side joins too: a heartbeat arriving proves estimates will reach us.
+        while time.monotonic() < deadline:
+            if self.sub.poll(100) and self.sub.recv_multipart()[0] == b"status":
+                return
+        raise TimeoutError("no heartbeat on the estimates socket")
+
+    def stream(
+        self, device: str, x, fs: float, chunk: int = 25, t0: float = 1_700_000_000.0, seq0: int = 0, **extra
+    ) -> int:
+        """Publish `x` in chunks; returns the next seq."""
+        seq = seq0
+        for i in range(0, len(x), chunk):
+            self.pub.send_multipart(encode_ingest(device, seq, t0 + i / fs, fs, x[i : i + chunk], **extra))
+            seq += 1
+        return seq
+
+    def estimates(self, until: Callable[[list[dict]], bool], timeout_s: float = 30.0) -> list[dict]:
+        """Collect estimates (not heartbeats) until `until(collected)` is true; fail on timeout, never hang."""
+        got: list[dict] = []
+        deadline = time.monotonic() + timeout_s
+        while not until(got):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"only {len(got)} estimates after {timeout_s} s: {got[-3:]}")
+            if self.sub.poll(min(100, int(remaining * 1000) + 1)):
+                frames = self.sub.recv_multipart()
+                if frames[0] != b"status":
+                    got.append(decode_estimate(frames))
+        return got
+
+    def heartbeat(self, timeout_s: float = 10.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.sub.poll(100):
+                frames = self.sub.recv_multipart()
+                if frames[0] == b"status":
+                    return decode_map(frames[1])
+        raise TimeoutError("no heartbeat")
+
+
+@contextmanager
+def client(addresses: dict[str, str]) -> Iterator[Client]:
+    c = Client(addresses)
+    try:
+        c.join()
+        yield c
+    finally:
+        c.close()
