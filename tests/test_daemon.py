@@ -175,3 +175,18 @@ def test_heartbeat(est):
     with running_daemon(est, operation={"heartbeat_s": 0.2}) as (daemon, addresses), client(addresses) as c:
         beat = c.heartbeat()
     assert beat["model"] == est.name and isinstance(beat["rejected"], dict) and beat["uptime_s"] > 0
+
+
+def test_demographics_in_meta_reach_the_model(est):
+    x = simulated_ppg(70, 6, FS, seed=6)
+    windows = cut_windows(x.astype(np.float32), 500, 125)
+    with running_daemon(est) as (daemon, addresses), client(addresses) as c:
+        c.stream("old", x, FS, meta={"age": 80, "sex": "M"})
+        c.stream("young", x, FS, meta={"age": 25, "sex": "F"})
+        got = c.estimates(lambda g: len(g) >= 2 * len(windows))
+    for device, meta in (("old", {"age": 80, "sex": "M"}), ("young", {"age": 25, "sex": "F"})):
+        mine = [[e["sbp"], e["dbp"]] for e in got if e["device"] == device]
+        np.testing.assert_allclose(mine, est.predict(windows, FS, meta=meta), atol=0.02)
+    old = np.mean([e["sbp"] for e in got if e["device"] == "old"])
+    young = np.mean([e["sbp"] for e in got if e["device"] == "young"])
+    assert old > young + 3
