@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-all lint format bench results clean
+.PHONY: setup demo test test-all lint format bench results clean
 
 $(STAMP): pyproject.toml constraints/ci.txt
 	$(PY) -m venv $(VENV)
@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml constraints/ci.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+demo: $(STAMP)  ## daemon + replay of bundled real recordings + live dashboard, until Ctrl-C
+	$(BIN)/p2p-demo
 
 test: $(STAMP)  ## fast checks, what CI runs
 	$(BIN)/pytest -m "not slow"

@@ -1,0 +1,237 @@
+"""Dashboard: `p2p-monitor`, a live terminal view of every device's estimates and the daemon's heartbeat.
+
+The view is a pure function, `render(state, now)`, fed to rich's `Live`; the state is updated from the
+estimates socket. Devices needing attention sort first, so the top rows matter even with 1,000 devices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import zmq
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from .bp_category import CATEGORIES, bp_category
+from .errors import ProtocolError
+from .protocol import STATUS_TOPIC, decode_estimate, decode_map
+
+SPARK = "▁▂▃▄▅▆▇█"
+STALE_S = 10.0  # an estimate older than this is shown as stale
+HEARTBEAT_LOST_S = 3.0  # no heartbeat for this long: the daemon is unreachable
+
+
+@dataclass
+class DeviceRow:
+    latest: dict
+    received: float  # time.monotonic() of the latest estimate
+    history: deque = field(default_factory=lambda: deque(maxlen=24))  # recent SBP estimates
+    last_ok: dict | None = None
+
+
+@dataclass
+class DashboardState:
+    address: str
+    devices: dict[str, DeviceRow] = field(default_factory=dict)
+    heartbeat: dict | None = None
+    heartbeat_at: float | None = None
+    started: float = field(default_factory=time.monotonic)
+    estimates: int = 0
+    rejected: Counter = field(default_factory=Counter)  # reason → estimates published with ok: false
+    errors: list = field(default_factory=list)  # (SBP, DBP) estimate − reference, for estimates with a reference
+
+    def update(self, frames: list[bytes], now: float) -> None:
+        """Apply one message from the estimates socket; anything unreadable is ignored."""
+        try:
+            if frames[0] == STATUS_TOPIC:
+                self.heartbeat, self.heartbeat_at = decode_map(frames[1]), now
+                return
+            e = decode_estimate(frames)
+        except (ProtocolError, IndexError):
+            return
+        self.estimates += 1
+        row = self.devices.get(e["device"])
+        if row is None:
+            row = self.devices[e["device"]] = DeviceRow(e, now)
+        row.latest, row.received = e, now
+        if e.get("ok") and e.get("sbp") is not None:
+            row.history.append(e["sbp"])
+            row.last_ok = e
+            if e.get("ref_sbp") is not None:
+                self.errors.append((e["sbp"] - e["ref_sbp"], e["dbp"] - e["ref_dbp"]))
+        else:
+            self.rejected[e.get("reason", "?")] += 1
+
+
+def sparkline(values: list[float]) -> str:
+    if not values:
+        return ""
+    lo, hi = min(values), max(values)
+    span = max(hi - lo, 1.0)
+    return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / span * (len(SPARK) - 1) + 0.5))] for v in values)
+
+
+def _attention(row: DeviceRow, now: float) -> tuple[int, str]:
+    e = row.latest
+    if now - row.received > STALE_S:
+        return 2, e["device"]
+    if not e.get("ok"):
+        return 2, e["device"]
+    return CATEGORIES[bp_category(e["sbp"], e["dbp"])][1], e["device"]
+
+
+def _header(state: DashboardState, now: float) -> Panel:
+    hb = state.heartbeat
+    if hb is None or state.heartbeat_at is None or now - state.heartbeat_at > HEARTBEAT_LOST_S:
+        waited = now - (state.heartbeat_at or state.started)
+        text = Text(
+            f"No daemon reachable at {state.address} (no heartbeat for {waited:.0f} s). "
+            "Is p2p-daemon running, and is this its estimates address?",
+            style="bold red",
+        )
+        return Panel(text, title="Pulse2Pressure")
+    rejected = hb.get("rejected") or {}
+    top = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1])[:4]) or "none"
+    p50, p99 = hb.get("latency_p50_ms"), hb.get("latency_p99_ms")
+    lat = f"{p50:.0f} / {p99:.0f} ms" if p50 is not None and p99 is not None else "—"
+    text = Text.assemble(
+        ("devices ", "dim"),
+        (f"{hb.get('devices', 0)}", "bold"),
+        ("   windows/s ", "dim"),
+        (f"{hb.get('windows_per_s', 0):.1f}", "bold"),
+        ("   batch ", "dim"),
+        (f"{hb.get('batch_mean', 0):.1f}", "bold"),
+        ("   latency p50/p99 ", "dim"),
+        (lat, "bold"),
+        ("   rejected ", "dim"),
+        (f"{sum(rejected.values())}", "bold"),
+        (f" ({top})", "dim"),
+        ("   model ", "dim"),
+        (str(hb.get("model", "?")), ""),
+    )
+    return Panel(text, title="Pulse2Pressure — live cuff-less blood pressure", subtitle=f"{state.address}")
+
+
+def render(state: DashboardState, now: float | None = None, max_rows: int = 40) -> Group:
+    """The whole screen for `state` at time `now` (monotonic): header and one row per device, worst first."""
+    now = time.monotonic() if now is None else now
+    table = Table(expand=True, header_style="bold")
+    for name, justify in (
+        ("device", "left"),
+        ("SBP/DBP mmHg", "right"),
+        ("trend (SBP)", "left"),
+        ("pulse", "right"),
+        ("SQI", "right"),
+        ("status", "left"),
+        ("reference", "right"),
+        ("error", "right"),
+        ("age", "right"),
+    ):
+        table.add_column(name, justify=justify, no_wrap=True)
+    rows = sorted(state.devices.values(), key=lambda r: _attention(r, now))
+    for row in rows[:max_rows]:
+        e = row.latest
+        age = now - row.received
+        shown = e if e.get("ok") else row.last_ok
+        if shown is not None:
+            category = bp_category(shown["sbp"], shown["dbp"])
+            bp = Text(f"{shown['sbp']:.0f}/{shown['dbp']:.0f}", style=CATEGORIES[category][0])
+        else:
+            category, bp = None, Text("—", style="dim")
+        if age > STALE_S:
+            status = Text("stale", style="magenta")
+        elif e.get("ok"):
+            status = Text(category + (" (cal)" if e.get("calibrated") else ""), style=CATEGORIES[category][0])
+        else:
+            status = Text(f"rejected: {e.get('reason', '?')}", style="bold magenta")
+        ref = error = ""
+        if e.get("ref_sbp") is not None:
+            ref = f"{e['ref_sbp']:.0f}/{e['ref_dbp']:.0f}"
+            if shown is not None:
+                error = f"{shown['sbp'] - e['ref_sbp']:+.0f}/{shown['dbp'] - e['ref_dbp']:+.0f}"
+        table.add_row(
+            e["device"],
+            bp,
+            sparkline(list(row.history)),
+            f"{e['hr']:.0f} bpm" if e.get("hr") else "—",
+            f"{e.get('sqi', 0):.2f}",
+            status,
+            ref,
+            error,
+            f"{age:.0f} s",
+        )
+    parts = [_header(state, now), table]
+    if len(rows) > max_rows:
+        parts.append(Text(f"… and {len(rows) - max_rows} more devices, needing less attention", style="dim"))
+    if not rows:
+        parts.append(Text("No estimates yet.", style="dim"))
+    return Group(*parts)
+
+
+def subscribe(address: str) -> tuple[zmq.Context, zmq.Socket]:
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"sbp.")
+    sub.setsockopt(zmq.SUBSCRIBE, STATUS_TOPIC)
+    sub.connect(address)
+    return ctx, sub
+
+
+def pump(sub: zmq.Socket, state: DashboardState, timeout_ms: int, limit: int = 10_000) -> None:
+    """Read what has arrived (waiting up to `timeout_ms` for the first message) into `state`."""
+    if not sub.poll(timeout_ms):
+        return
+    for _ in range(limit):
+        try:
+            frames = sub.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        state.update(frames, time.monotonic())
+
+
+def run_live(
+    state: DashboardState, sub: zmq.Socket, console: Console, duration_s: float | None = None, refresh_hz: float = 4.0
+) -> None:
+    start = time.monotonic()
+    rows = max(5, console.size.height - 8)
+    with Live(render(state, max_rows=rows), console=console, auto_refresh=False, screen=False) as live:
+        while duration_s is None or time.monotonic() - start < duration_s:
+            pump(sub, state, int(1000 / refresh_hz))
+            live.update(render(state, max_rows=max(5, console.size.height - 8)), refresh=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="p2p-monitor", description=__doc__)
+    p.add_argument("--connect", default="tcp://127.0.0.1:5556", help="the daemon's estimates address")
+    p.add_argument("--once", action="store_true", help="collect for --wait seconds, print one frame, exit")
+    p.add_argument("--wait", type=float, default=3.0, help="with --once: seconds to listen before printing")
+    p.add_argument("--rows", type=int, default=40, help="with --once: device rows to print")
+    args = p.parse_args(argv)
+    console = Console()
+    ctx, sub = subscribe(args.connect)
+    state = DashboardState(args.connect)
+    try:
+        if args.once:
+            deadline = time.monotonic() + args.wait
+            while time.monotonic() < deadline:
+                pump(sub, state, 100)
+            console.print(render(state, max_rows=args.rows))
+            return 0 if state.heartbeat is not None else 1
+        run_live(state, sub, console)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ctx.destroy(linger=0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The dashboard rendered into a recorded console: rows, order, colours and messages; p2p-monitor --once live."""
+
+import io
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import simulated_ppg
+from rich.console import Console
+from zmq_helpers import client, running_daemon
+
+from p2p_stream import Estimator
+from p2p_stream.bp_category import bp_category
+from p2p_stream.dashboard import DashboardState, render, sparkline
+from p2p_stream.protocol import encode_estimate, encode_status
+
+NOW = 1000.0
+
+
+def estimate(device, sbp, dbp, ok=True, reason=None, ref=None, seq=0):
+    e = {
+        "v": 1,
+        "device": device,
+        "seq": seq,
+        "t": 0.0,
+        "window_s": 10.0,
+        "sbp": sbp if ok else None,
+        "dbp": dbp if ok else None,
+        "ok": ok,
+        "sqi": 0.9,
+        "hr": 72.0,
+        "calibrated": False,
+        "model": "m",
+        "latency_ms": 5.0,
+    }
+    if reason:
+        e["reason"] = reason
+    if ref:
+        e["ref_sbp"], e["ref_dbp"] = ref
+    return encode_estimate(e)
+
+
+HEARTBEAT = {
+    "uptime_s": 5,
+    "devices": 7,
+    "windows_total": 70,
+    "windows_per_s": 3.5,
+    "batch_mean": 2.5,
+    "latency_p50_ms": 12.0,
+    "latency_p99_ms": 40.0,
+    "rejected": {"flatline": 2, "not_msgpack": 1},
+    "model": "conv-lstm@abcd",
+}
+
+
+def state_with_devices():
+    s = DashboardState("tcp://127.0.0.1:5556")
+    s.update(encode_status(HEARTBEAT), NOW)
+    for frames in (
+        estimate("normal-1", 112, 70, ref=(110, 72)),
+        estimate("elevated-1", 124, 75),
+        estimate("hypo-1", 85, 55),
+        estimate("stage1-1", 134, 82),
+        estimate("stage2-1", 150, 95),
+        estimate("crisis-1", 185, 100),
+        estimate("loose-1", 0, 0, ok=False, reason="flatline"),
+    ):
+        s.update(frames, NOW)
+    return s
+
+
+def text_of(renderable, color_system=None, width=160):
+    out = io.StringIO()
+    Console(file=out, width=width, color_system=color_system, force_terminal=color_system is not None).print(renderable)
+    return out.getvalue()
+
+
+def test_rows_sort_by_attention_and_show_everything():
+    text = text_of(render(state_with_devices(), now=NOW))
+    order = [text.index(d) for d in ("crisis-1", "stage2-1", "loose-1", "stage1-1", "hypo-1", "elevated-1", "normal-1")]
+    assert order == sorted(order)
+    assert "rejected: flatline" in text and "185/100" in text and "72 bpm" in text
+    assert "110/72" in text and "+2/-2" in text  # reference and error
+    assert "devices 7" in text and "windows/s 3.5" in text and "12 / 40 ms" in text and "flatline 2" in text
+
+
+def test_categories_have_their_colours():
+    text = text_of(render(state_with_devices(), now=NOW), color_system="standard")
+    codes = {
+        value: re.search(r"\x1b\[([0-9;]+)m *" + value, text).group(1)
+        for value in ("150/95", "112/70", "85/55", "185/100")
+    }
+    assert codes == {"150/95": "31", "112/70": "32", "85/55": "36", "185/100": "1;37;41"}  # red, green, cyan, crisis
+
+
+@pytest.mark.parametrize(
+    "sbp,dbp,category",
+    [
+        (185, 100, "crisis"),
+        (120, 125, "crisis"),
+        (145, 70, "stage 2"),
+        (120, 92, "stage 2"),
+        (132, 70, "stage 1"),
+        (115, 85, "stage 1"),
+        (85, 70, "hypotension"),
+        (110, 55, "hypotension"),
+        (125, 70, "elevated"),
+        (110, 70, "normal"),
+    ],
+)
+def test_aha_categories(sbp, dbp, category):
+    assert bp_category(sbp, dbp) == category
+
+
+def test_no_daemon_message():
+    s = DashboardState("tcp://127.0.0.1:5999")
+    text = text_of(render(s, now=s.started + 5))
+    assert "No daemon reachable at tcp://127.0.0.1:5999" in text and "No estimates yet" in text
+
+
+def test_stale_heartbeat_means_unreachable():
+    s = state_with_devices()
+    assert "No daemon reachable" in text_of(render(s, now=NOW + 10))
+
+
+def test_a_thousand_devices_stay_readable():
+    s = DashboardState("a")
+    s.update(encode_status(HEARTBEAT), NOW)
+    rng = np.random.default_rng(0)
+    for i in range(1000):
+        s.update(estimate(f"dev{i:04d}", float(rng.uniform(100, 125)), 70.0), NOW)
+    s.update(estimate("dev-crisis", 200, 110), NOW)
+    text = text_of(render(s, now=NOW, max_rows=20))
+    assert text.index("dev-crisis") < text.index("dev0")
+    assert "… and 981 more devices" in text
+    assert len(text.splitlines()) < 40
+
+
+def test_sparkline_follows_the_trend():
+    assert sparkline([100, 110, 120, 130]) == "▁▃▆█"
+    assert sparkline([]) == ""
+
+
+def test_garbage_on_the_socket_is_ignored():
+    s = DashboardState("a")
+    s.update([b"sbp.x", b"\xc1"], NOW)
+    s.update([b"status"], NOW)
+    assert s.devices == {} and s.heartbeat is None
+
+
+def test_monitor_once_against_a_live_daemon():
+    est = Estimator.load()
+    x = simulated_ppg(70, 300, 125.0, seed=8)
+    with running_daemon(est, operation={"heartbeat_s": 0.2}) as (daemon, addresses), client(addresses) as c:
+        monitor = subprocess.Popen(
+            [sys.executable, "-m", "p2p_stream.dashboard", "--connect", addresses["publish"], "--once", "--wait", "4"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={"COLUMNS": "160", "PATH": ""},
+        )
+        # Keep estimates coming while the monitor starts and listens: one second of PPG every 0.1 s.
+        seq = 0
+        while monitor.poll() is None and seq < len(x) // 25:
+            seq = c.stream(
+                "wrist-7", x[seq * 25 : seq * 25 + 125], 125.0, t0=1.7e9 + seq / 5, seq0=seq, ref=(118.0, 76.0)
+            )
+            time.sleep(0.1)  # pacing a live stream, not waiting for a result
+        out_text, err = monitor.communicate(timeout=60)
+    out = subprocess.CompletedProcess(monitor.args, monitor.returncode, out_text, err)
+    assert out.returncode == 0, out.stderr
+    assert "wrist-7" in out.stdout and "118/76" in out.stdout and "devices 1" in out.stdout
+
+
+def test_monitor_once_without_a_daemon():
+    out = subprocess.run(
+        [sys.executable, "-m", "p2p_stream.dashboard", "--connect", "ipc:///tmp/p2p-nobody", "--once", "--wait", "0.3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"COLUMNS": "160", "PATH": ""},
+    )
+    assert out.returncode == 1 and "No daemon reachable at ipc:///tmp/p2p-nobody" in out.stdout
