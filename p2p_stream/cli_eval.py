@@ -40,23 +40,9 @@ def evaluate_checkpoint(
     pred = est.predict_prepared(
         data.x[keep], data.meta[keep] if est.uses_demographics else np.zeros_like(data.meta[keep])
     )
-    n = int(keep.sum())
     table = predictions.new_table()
-    stats = est.label_stats
-    predictions.extend(
-        table,
-        fold=[0] * n,
-        subject=ws.subject[keep],
-        group=ws.group[keep],
-        record=ws.record[keep],
-        sbp_ref=data.y[keep, 0],
-        dbp_ref=data.y[keep, 1],
-        sbp_pred=pred[:, 0],
-        dbp_pred=pred[:, 1],
-        sbp_base=[stats["sbp_mean"]] * n,
-        dbp_base=[stats["dbp_mean"]] * n,
-    )
-    rejected = {r: int((data.reason == r).sum()) for r in np.unique(data.reason) if r}
+    predictions.add_scored(table, data, np.flatnonzero(keep), pred, est.label_stats, fold=0)
+    rejected = data.rejected()
     return table, {"model": est.name, "dataset": ws.summary(), "split": split, "quality_rejected": rejected}
 
 

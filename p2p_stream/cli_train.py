@@ -60,21 +60,7 @@ def run_split(config: TrainConfig, data: Prepared, split: Split, progress: Progr
     model, stats, history = fit(config, data, train, val, on_epoch)
     progress.update(task, completed=config.optim.epochs)
     pred = run_model(model, data.x[test], data.meta[test], stats)
-    ws = data.windows
-    n = len(test)
-    predictions.extend(
-        table,
-        fold=[split.fold] * n,
-        subject=ws.subject[test],
-        group=ws.group[test],
-        record=ws.record[test],
-        sbp_ref=data.y[test, 0],
-        dbp_ref=data.y[test, 1],
-        sbp_pred=pred[:, 0],
-        dbp_pred=pred[:, 1],
-        sbp_base=[stats["sbp_mean"]] * n,
-        dbp_base=[stats["dbp_mean"]] * n,
-    )
+    predictions.add_scored(table, data, test, pred, stats, split.fold)
     return model, stats, history, (train, val, test)
 
 
@@ -129,7 +115,7 @@ def train(config: TrainConfig, out: Path, report_dir: Path, folds: int, console:
     log.info("%s", ws.summary())
     pre = PreprocessConfig(fs=config.data.fs)
     data = prepare(ws, pre)
-    rejected = {r: int((data.reason == r).sum()) for r in np.unique(data.reason) if r}
+    rejected = data.rejected()
     log.info("quality gate: %d of %d windows pass; rejected %s", int(data.ok.sum()), len(ws), rejected)
     out.mkdir(parents=True, exist_ok=True)
     table = predictions.new_table()

@@ -143,10 +143,7 @@ def run(fleet: Fleet, sock, duration_s: float | None, t_wall0: float | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    import zmq
-
-    from .errors import P2PError
-    from .replay import wait_for_subscriber
+    from .replay import run_publisher
 
     p = argparse.ArgumentParser(prog="fleet.py", description=__doc__)
     p.add_argument("--devices", type=int, default=100)
@@ -173,25 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         motion_per_min=args.motion_per_min,
         dropout_per_min=args.dropout_per_min,
     )
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.XPUB)
-    sock.setsockopt(zmq.SNDHWM, 1_000_000)
-    sock.setsockopt(zmq.LINGER, 1000)
-    try:
-        sock.connect(args.connect)
-        wait_for_subscriber(sock, args.connect, None)
+
+    def publish(sock) -> int:
         log.info("fleet: %d devices at %s Hz to %s", args.devices, args.rates, args.connect)
-        sent = run(Fleet(config), sock, args.duration)
-        log.info("sent %d messages", sent)
-    except KeyboardInterrupt:
-        pass
-    except P2PError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        sock.close()
-        ctx.term()
-    return 0
+        return run(Fleet(config), sock, args.duration)
+
+    return run_publisher(args.connect, publish, None)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,25 @@ def extend(table: dict[str, list], **columns) -> None:
         table[name].extend(np.asarray(values).tolist())
 
 
+def add_scored(table: dict[str, list], data, rows: np.ndarray, pred: np.ndarray, stats: dict, fold: int) -> None:
+    """Append the windows `rows` of a prepared set (`training.Prepared`), their predictions (N, 2) and the mean
+    predictor (the training label means in `stats`)."""
+    ws, n = data.windows, len(rows)
+    extend(
+        table,
+        fold=[fold] * n,
+        subject=ws.subject[rows],
+        group=ws.group[rows],
+        record=ws.record[rows],
+        sbp_ref=data.y[rows, 0],
+        dbp_ref=data.y[rows, 1],
+        sbp_pred=pred[:, 0],
+        dbp_pred=pred[:, 1],
+        sbp_base=[stats["sbp_mean"]] * n,
+        dbp_base=[stats["dbp_mean"]] * n,
+    )
+
+
 def as_arrays(table: dict[str, list]) -> dict[str, np.ndarray]:
     return {c: np.asarray(table[c], dtype=object if t is str else t) for c, t in COLUMNS.items()}
 

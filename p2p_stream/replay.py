@@ -12,6 +12,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,30 @@ def wait_for_subscriber(sock: zmq.Socket, address: str, timeout_s: float | None)
         if now >= next_note:
             log.warning("waiting for a daemon at %s ...", address)
             next_note = now + 5.0
+
+
+def run_publisher(address: str, publish: Callable[[zmq.Socket], int], wait_s: float | None) -> int:
+    """Connect an XPUB to the daemon's ingest, wait for its subscription, then `publish(sock)`; an exit code.
+
+    Ctrl-C ends it cleanly (0); a daemon that never subscribes within `wait_s` is an error (2).
+    """
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.XPUB)
+    sock.setsockopt(zmq.LINGER, 2000)  # let queued messages reach the daemon on exit
+    sock.setsockopt(zmq.SNDHWM, 1_000_000)
+    try:
+        sock.connect(address)
+        wait_for_subscriber(sock, address, wait_s)
+        log.info("sent %d messages", publish(sock))
+    except KeyboardInterrupt:
+        log.info("stopped")
+    except P2PError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        sock.close()
+        ctx.term()
+    return 0
 
 
 class Replayer:
@@ -127,26 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.speed <= 0 or args.chunk < 1 or args.devices < 0:
         p.error("--speed must be > 0, --chunk ≥ 1 and --devices ≥ 0")
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.XPUB)
-    sock.setsockopt(zmq.LINGER, 2000)  # let queued messages reach the daemon on exit
-    sock.setsockopt(zmq.SNDHWM, 1_000_000)
     try:
         feeds = fan_out(read_replay_csv(args.csv, fs=args.fs), args.devices)
-        sock.connect(args.connect)
-        wait_for_subscriber(sock, args.connect, args.wait_s)
-        log.info("replaying %d device(s) from %s to %s at %gx", len(feeds), args.csv, args.connect, args.speed)
-        sent = Replayer(feeds, sock, args.chunk, args.speed, args.loop).run(args.duration)
-        log.info("sent %d messages", sent)
-    except KeyboardInterrupt:
-        log.info("stopped")
     except P2PError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        sock.close()
-        ctx.term()
-    return 0
+
+    def publish(sock: zmq.Socket) -> int:
+        log.info("replaying %d device(s) from %s to %s at %gx", len(feeds), args.csv, args.connect, args.speed)
+        return Replayer(feeds, sock, args.chunk, args.speed, args.loop).run(args.duration)
+
+    return run_publisher(args.connect, publish, args.wait_s)
 
 
 if __name__ == "__main__":

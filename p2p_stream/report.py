@@ -80,6 +80,10 @@ def _plots(table: dict[str, list], out_dir: Path, title: str) -> list[str]:
     return names
 
 
+def _r(value: float) -> str:
+    return "—" if not np.isfinite(value) else f"{value:.3f}"  # a constant predictor has no correlation
+
+
 def markdown(result: dict, title: str) -> str:
     lines = [
         f"# {title}",
@@ -97,7 +101,7 @@ def markdown(result: dict, title: str) -> str:
             m = result[t][who]
             b = m["bhs"]
             lines.append(
-                f"| {t.upper()} | {who.replace('_', ' ')} | {m['mae']:.2f} | {m['rmse']:.2f} | {m['r']:.3f} | "
+                f"| {t.upper()} | {who.replace('_', ' ')} | {m['mae']:.2f} | {m['rmse']:.2f} | {_r(m['r'])} | "
                 f"{m['me']:+.2f} ± {m['sd']:.2f} | {m['mase']:.3f} | {b['le5']:.0f}/{b['le10']:.0f}/{b['le15']:.0f} | "
                 f"{m['bhs_grade']} | {'pass' if m['aami_pass'] else 'fail'} | {m['ieee1708_grade']} |"
             )

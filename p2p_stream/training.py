@@ -35,6 +35,10 @@ class Prepared:
     ok: np.ndarray  # (N,) bool, passed the quality gate
     reason: np.ndarray  # (N,) str, rejection reason or ""
 
+    def rejected(self) -> dict[str, int]:
+        """Quality-gate rejections by reason."""
+        return {str(r): int((self.reason == r).sum()) for r in np.unique(self.reason) if r}
+
 
 def prepare(ws: WindowSet, pre: PreprocessConfig, quality: QualityConfig = QualityConfig()) -> Prepared:
     checks = [ppg_quality(w, ws.fs, quality, pre) for w in ws.x]

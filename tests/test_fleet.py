@@ -87,3 +87,31 @@ def test_fleet_through_the_daemon():
                 c.pub.send_multipart(encode_ingest(m.device, m.seq, 1.7e9 + m.t0, m.fs, m.ppg, ref=m.ref))
         got = c.estimates(lambda g: len({e["device"] for e in g}) == 30)
     assert all(e["ok"] for e in got) and {e["window_s"] for e in got} == {4.0}
+
+
+def test_fleet_cli_runs_against_a_daemon():
+    import os
+    import subprocess
+    import sys
+
+    from p2p_stream import Estimator
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with running_daemon(Estimator.load()) as (daemon, addresses), client(addresses) as c:
+        cmd = [
+            sys.executable,
+            "simulators/fleet.py",
+            "--devices",
+            "12",
+            "--duration",
+            "5",
+            "--connect",
+            addresses["ingest"],
+            "--motion-per-min",
+            "6",
+        ]
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        got = c.estimates(lambda g: len({e["device"] for e in g}) == 12)
+    assert "sent 300 messages" in proc.stderr  # 12 devices × 25 chunks of 0.2 s
+    assert {e["device"] for e in got} == {f"sim{i:05d}" for i in range(12)}

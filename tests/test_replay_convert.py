@@ -134,3 +134,15 @@ def test_replay_stops_on_request():
         assert Replayer(fan_out(recs, 0), sock, 25, 1.0, loop=True).run(stop=stop) <= len(recs)
     finally:
         ctx.destroy(linger=0)
+
+
+def test_converter_pulsedb_gives_per_window_references(tmp_path):
+    from test_datasets import write_pulsedb
+
+    mat = write_pulsedb(tmp_path / "VitalDB_CalFree_Test_Subset.mat")
+    recs = convert("pulsedb", str(mat), tmp_path / "p.csv", fs=125.0)
+    by_device = {r.device: r for r in read_replay_csv(tmp_path / "p.csv")}
+    assert set(by_device) == {"pulsedb-p000123", "pulsedb-p000456", "pulsedb-3001"} and len(recs) == 3
+    two = by_device["pulsedb-p000123"]  # two 10 s segments with their own ABP-derived labels
+    assert two.ppg.size == 2500
+    assert set(two.sbp_ref[:1250]) == {120.0} and set(two.sbp_ref[1250:]) == {121.0}
