@@ -1,0 +1,184 @@
+"""Benchmark: the whole path under load — N synthetic wearables → a real p2p-daemon → a subscriber.
+
+    python benchmarks/bench_daemon.py [--devices 100,250,500,1000] [--seconds 20] [--naive]
+
+For each N the fleet publishes N devices at 125 Hz in chunks of 25 samples (real-time paced) into a daemon
+started as its own process (10 s windows, 2 s hop); a subscriber thread collects every estimate. Reported:
+windows/s, latency p50/p99/max from the window's last sample to the estimate's arrival (sample time stamps are
+the wall-clock times at which the fleet sends them), windows lost, the daemon's CPU (% of one core) and peak
+RSS. "Sustained" means p99 ≤ 250 ms, nothing lost and a fleet that kept up. `--naive` runs the same with
+`--max-batch 1` (one window per inference call); both modes run in one invocation unless `--only` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from p2p_stream.fleet import Fleet, FleetConfig
+from p2p_stream.protocol import decode_estimate, decode_map, encode_ingest, pack
+
+WINDOW_S, HOP_S, FS = 10.0, 2.0, 125.0
+P99_LIMIT_MS = 250.0
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds used, RSS bytes) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    return cpu, rss
+
+
+def start_daemon(addresses: dict, max_batch: int, threads: int) -> subprocess.Popen:
+    flags = {"--device": "cpu", "--threads": threads, "--window-s": WINDOW_S, "--hop-s": HOP_S,
+             "--max-batch": max_batch, "--log-level": "WARNING", "--ingest": addresses["ingest"],
+             "--publish": addresses["publish"], "--control": addresses["control"]}  # fmt: skip
+    cmd = [sys.executable, "-m", "p2p_stream.cli_daemon", *(str(v) for kv in flags.items() for v in kv)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ctx = zmq.Context()
+    req = ctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(addresses["control"])
+    req.send(pack({"cmd": "ping"}))
+    if not req.poll(120_000):
+        proc.kill()
+        raise RuntimeError(f"daemon did not start: {proc.stderr.read()}")
+    decode_map(req.recv())
+    ctx.destroy(linger=0)
+    return proc
+
+
+def run_point(n: int, seconds: float, max_batch: int, threads: int) -> dict:
+    folder = tempfile.mkdtemp(prefix="p2pb")
+    addresses = {k: f"ipc://{folder}/{k}" for k in ("ingest", "publish", "control")}
+    daemon = start_daemon(addresses, max_batch, threads)
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"sbp.")
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.connect(addresses["publish"])
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.connect(addresses["ingest"])
+    while pub.recv()[:1] != b"\x01":  # the daemon has subscribed
+        pass
+    time.sleep(0.5)  # and our SUB has joined the daemon's PUB
+    received: list[tuple[str, float, float, float]] = []
+    stop = threading.Event()
+
+    def collect() -> None:
+        while not stop.is_set() or sub.poll(0):
+            if sub.poll(100):
+                e = decode_estimate(sub.recv_multipart())
+                received.append((e["device"], e["t"], time.time(), e["latency_ms"]))
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    fleet = Fleet(FleetConfig(devices=n, rates_hz=(FS,), chunk_s=25 / FS))
+    dt = fleet.config.chunk_s
+    cpu0, _ = proc_stats(daemon.pid)
+    peak_rss, worst_lag = 0, 0.0
+    t_wall0 = time.time()
+    start = time.monotonic()
+    ticks = int(seconds / dt)
+    for k in range(ticks):
+        for m in fleet.tick():
+            pub.send_multipart(encode_ingest(m.device, m.seq, t_wall0 + m.t0, m.fs, m.ppg))
+        lag = time.monotonic() - (start + (k + 1) * dt)
+        worst_lag = max(worst_lag, lag)
+        if lag < 0:
+            time.sleep(-lag)
+        if k % 25 == 0:
+            peak_rss = max(peak_rss, proc_stats(daemon.pid)[1])
+    elapsed = time.monotonic() - start
+    time.sleep(1.5)  # the last windows' estimates
+    cpu1, rss = proc_stats(daemon.pid)
+    stop.set()
+    collector.join()
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(timeout=10)
+    ctx.destroy(linger=0)
+    shutil.rmtree(folder, ignore_errors=True)
+
+    samples = ticks * 25
+    per_device = (samples - int(WINDOW_S * FS)) // int(HOP_S * FS) + 1
+    expected = n * per_device
+    latencies = np.array([(recv - t) * 1000 for _, t, recv, _ in received]) if received else np.array([np.nan])
+    daemon_ms = np.array([d for *_, d in received]) if received else np.array([np.nan])
+    result = {
+        "devices": n,
+        "threads": threads,
+        "max_batch": max_batch,
+        "seconds": round(elapsed, 1),
+        "windows": len(received),
+        "expected": expected,
+        "lost": max(0, expected - len(received)),
+        "windows_per_s": round(len(received) / (elapsed - WINDOW_S), 1),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 1),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 1),
+        "max_ms": round(float(np.max(latencies)), 1),
+        "daemon_p99_ms": round(float(np.percentile(daemon_ms, 99)), 1),
+        "daemon_cpu_pct": round(100 * (cpu1 - cpu0) / elapsed, 1),
+        "daemon_rss_mb": round(max(peak_rss, rss) / 2**20, 1),
+        "fleet_lag_s": round(worst_lag, 3),
+    }
+    result["sustained"] = bool(result["lost"] == 0 and result["p99_ms"] <= P99_LIMIT_MS and worst_lag < dt)
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--devices", default="100,250,500,1000,1500")
+    p.add_argument("--naive-devices", default="10,25,50,100,200")
+    p.add_argument("--seconds", type=float, default=24.0, help="fleet run per point (the first 10 s fill windows)")
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--only", choices=["batched", "naive"])
+    p.add_argument("--threads", type=int, default=0, help="the daemon's torch threads (0 = torch's default)")
+    p.add_argument("--out", help="JSON results here")
+    args = p.parse_args()
+    rows, best = [], {}
+    modes = [("batched", args.max_batch, args.devices), ("naive", 1, args.naive_devices)]
+    print("| mode | devices | windows/s | p50 ms | p99 ms | max ms | lost | daemon CPU % | RSS MB | sustained |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for mode, max_batch, devices in modes:
+        if args.only and mode != args.only:
+            continue
+        for n in (int(v) for v in devices.split(",")):
+            r = run_point(n, args.seconds, max_batch, args.threads)
+            r["mode"] = mode
+            rows.append(r)
+            print(
+                f"| {mode} | {n} | {r['windows_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | "
+                f"{r['lost']} | {r['daemon_cpu_pct']} | {r['daemon_rss_mb']} | {'yes' if r['sustained'] else 'no'} |",
+                flush=True,
+            )
+            if r["sustained"]:
+                best[mode] = n
+            else:
+                break
+    print(f"\nlargest N sustained: {best}")
+    if "batched" in best and "naive" in best:
+        print(f"dynamic batching sustains {best['batched'] / best['naive']:.1f}x the naive path's devices")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(
+                {"rows": rows, "sustained": best, "machine": os.uname().machine, "cpus": os.cpu_count()}, f, indent=2
+            )
+
+
+if __name__ == "__main__":
+    main()
