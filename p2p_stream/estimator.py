@@ -13,7 +13,7 @@ from torch import nn
 from .checkpoint import load_checkpoint
 from .demographics import parse_meta
 from .errors import CheckpointError
-from .preprocess import PreprocessConfig, ppg_condition, ppg_prepare, resample
+from .preprocess import PreprocessConfig, ppg_bandpass, ppg_normalize, ppg_prepare, resample
 from .quality import Quality, QualityConfig, ppg_quality
 
 TARGETS = ("sbp", "dbp")
@@ -101,11 +101,14 @@ class Estimator:
     def assess(self, window: np.ndarray, fs: float) -> tuple[Quality, np.ndarray | None]:
         """One raw window → (quality at the model rate, model input or None when rejected); resamples once.
 
-        The model input is exactly what `prepare` gives, so the daemon and `predict` agree.
+        The model input is what `prepare` gives (band-pass, then normalise), so the daemon and `predict` agree.
         """
         x = resample(np.asarray(window, dtype=np.float32), fs, self.fs)
-        q = ppg_quality(x, self.fs, self.quality_config, self.preprocess)
-        return q, (ppg_condition(x[None], self.preprocess)[0] if q.ok else None)
+        if not np.isfinite(x).all():
+            return ppg_quality(x, self.fs, self.quality_config, self.preprocess), None
+        filtered = ppg_bandpass(x, self.fs, self.preprocess)  # filtered once, for the gate and for the model
+        q = ppg_quality(x, self.fs, self.quality_config, self.preprocess, filtered=filtered)
+        return q, (ppg_normalize(filtered[None])[0] if q.ok else None)
 
     def predict_prepared(self, x: np.ndarray, meta_features: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Already-prepared windows (N, T) and (N, 4) meta features → (N, 2) mmHg."""

@@ -44,11 +44,9 @@ def _longest_run(mask: np.ndarray) -> int:
     return int((edges[1::2] - edges[::2]).max())
 
 
-def _pulse_periodicity(
-    x: np.ndarray, fs: float, config: QualityConfig, pre: PreprocessConfig
-) -> tuple[float, float | None]:
-    """(sqi, hr_bpm) from the unbiased, normalised autocorrelation of the band-passed window."""
-    y = ppg_bandpass(x, fs, pre).astype(np.float64)
+def _pulse_periodicity(y: np.ndarray, fs: float, config: QualityConfig) -> tuple[float, float | None]:
+    """(sqi, hr_bpm) from the unbiased, normalised autocorrelation of the band-passed window `y`."""
+    y = y.astype(np.float64)
     y = y - y.mean()
     n = y.size
     spectrum = np.fft.rfft(y, 2 * n)
@@ -81,8 +79,12 @@ def ppg_quality(
     fs: float,
     config: QualityConfig = QualityConfig(),
     preprocess: PreprocessConfig = PreprocessConfig(),
+    filtered: np.ndarray | None = None,
 ) -> Quality:
-    """Check one raw PPG window sampled at `fs` Hz; the first failing check names the reason."""
+    """Check one raw PPG window sampled at `fs` Hz; the first failing check names the reason.
+
+    `filtered` is the window already band-passed with `preprocess` (the daemon has it anyway); else it is computed.
+    """
     x = np.asarray(window, dtype=np.float64).ravel()
     if x.size < config.min_s * fs:
         return Quality(False, "too_short", 0.0, None)
@@ -98,7 +100,9 @@ def ppg_quality(
     flat = np.abs(np.diff(x)) <= config.flat_tolerance * span
     if _longest_run(flat) + 1 >= config.flat_s * fs:
         return Quality(False, "flatline", 0.0, None)
-    sqi, hr = _pulse_periodicity(x, fs, config, preprocess)
+    if filtered is None:
+        filtered = ppg_bandpass(x, fs, preprocess)
+    sqi, hr = _pulse_periodicity(filtered, fs, config)
     if hr is None or sqi < config.min_sqi:
         return Quality(False, "no_pulse", sqi, None)
     return Quality(True, None, sqi, hr)
