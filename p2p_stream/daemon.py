@@ -99,9 +99,8 @@ class Daemon:
             self.monitor.reject(reason)
         if result.breaks:
             stream = self.devices.streams[msg.device]
-            marker = Window(
-                msg.device, None, stream.fs, result.break_t or msg.t0, arrival, stream.ref, None, reason="gap"
-            )
+            marker = Window(msg.device, None, stream.fs, result.break_t or msg.t0, arrival, stream.ref, None,
+                            reason="gap", seq=stream.take_seq())  # fmt: skip
             self._enqueue(marker)
         for window in result.windows:
             self._enqueue(window)

@@ -27,6 +27,7 @@ class Window:
     meta: dict | None = None
     enqueued: float = field(default=0.0)  # time.monotonic() when it entered the batcher
     reason: str | None = None  # set for a marker that only reports a break ("gap"): no samples, no model
+    seq: int = 0  # the device's estimate counter, given when the window is cut, so estimates go out in order
 
 
 @dataclass
@@ -49,6 +50,7 @@ class DeviceStream:
         self.window_s, self.hop_s, self.max_chunk, self.gap_tolerance_s = window_s, hop_s, max_chunk, gap_tolerance_s
         self._configure(fs)
         self.last_seq: int | None = None
+        self.estimates = 0  # estimate `seq` numbers handed out so far
         self.meta: dict | None = None
         self.ref: tuple[float, float] | None = None
 
@@ -60,6 +62,11 @@ class DeviceStream:
         self.run = 0  # contiguous samples since the last break
         self.pos = 0  # ring index of the next sample
         self.next_t0: float | None = None  # expected t0 of the next message
+
+    def take_seq(self) -> int:
+        """The next estimate number of this device."""
+        self.estimates += 1
+        return self.estimates - 1
 
     def _restart(self) -> None:
         self.run = 0
@@ -91,7 +98,18 @@ class DeviceStream:
                 stop = (self.pos - back) % cap
                 idx = (stop - self.length + np.arange(self.length)) % cap
                 t_last = t0 + (end_run - 1 - run0) / self.fs
-                windows.append(Window(self.device, self.buf[idx].copy(), self.fs, t_last, arrival, self.ref, self.meta))
+                windows.append(
+                    Window(
+                        self.device,
+                        self.buf[idx].copy(),
+                        self.fs,
+                        t_last,
+                        arrival,
+                        self.ref,
+                        self.meta,
+                        seq=self.take_seq(),
+                    )
+                )
         return windows
 
     def push(self, msg: Ingest, arrival: float) -> PushResult:

@@ -40,7 +40,6 @@ class InferenceWorker(threading.Thread):
         self.est, self.batcher, self.pub = estimator, batcher, pub
         self.calibrations, self.monitor, self.device_count = calibrations, monitor, device_count
         self.heartbeat_s, self.window_s, self.stop = heartbeat_s, window_s, stop
-        self._seq: dict[str, int] = {}
         self.model_name = estimator.name
         self.error: BaseException | None = None
 
@@ -70,12 +69,10 @@ class InferenceWorker(threading.Thread):
         return str(next(self.est.model.parameters()).device)
 
     def _estimate(self, w: Window, ok: bool, reason: str | None, sqi: float, hr: float | None) -> dict:
-        seq = self._seq.get(w.device, -1) + 1
-        self._seq[w.device] = seq
         e = {
             "v": VERSION,
             "device": w.device,
-            "seq": seq,
+            "seq": w.seq,
             "t": w.t_last,
             "window_s": round(len(w.x) / w.fs, 6) if w.x is not None else self.window_s,
             "sbp": None,
