@@ -37,6 +37,12 @@ class Daemon:
         if config.model.threads:
             torch.set_num_threads(config.model.threads)
         self.estimator = estimator or Estimator.load(config.model.path or None, device=config.model.device)
+        min_s = self.estimator.quality_config.min_s
+        if config.windowing.window_s < min_s:
+            raise ConfigError(
+                f"windowing.window_s = {config.windowing.window_s} s is shorter than the {min_s} s the model's "
+                f"quality gate needs ({self.estimator.name}); use window_s ≥ {min_s}"
+            )
         w, b, lim = config.windowing, config.batching, config.limits
         self.devices = DeviceTable(
             w.window_s, w.hop_s, lim.max_chunk_samples, w.gap_tolerance_s, lim.max_devices, lim.device_idle_s

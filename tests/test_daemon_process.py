@@ -174,3 +174,24 @@ def test_default_config_file_matches_the_built_in_defaults():
 
     path = Path(__file__).parent.parent / "configs" / "default.toml"
     assert load_daemon_config(path) == DaemonConfig()
+
+
+def test_checkpoint_that_needs_longer_windows_is_refused(tmp_path, capsys):
+    import json
+    import shutil
+
+    from p2p_stream.estimator import default_model_path
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(default_model_path(), ckpt)
+    meta = json.loads((ckpt / "model.json").read_text())
+    meta["quality"]["min_s"] = 12.0
+    (ckpt / "model.json").write_text(json.dumps(meta))
+    with ipc_addresses() as a:
+        code = daemon_main(["--model", str(ckpt), "--window-s", "10", "--ingest", a["ingest"],
+                            "--publish", a["publish"], "--control", a["control"]])  # fmt: skip
+    assert code == 2
+    assert (
+        "windowing.window_s = 10.0 s is shorter than the 12.0 s the model's quality gate needs"
+        in capsys.readouterr().err
+    )
