@@ -88,7 +88,8 @@ def run_point(n: int, seconds: float, max_batch: int, threads: int) -> dict:
 
     collector = threading.Thread(target=collect)
     collector.start()
-    fleet = Fleet(FleetConfig(devices=n, rates_hz=(FS,), chunk_s=25 / FS))
+    # Devices switch on at random times over one hop, so their windows do not all fall due in the same instant.
+    fleet = Fleet(FleetConfig(devices=n, rates_hz=(FS,), chunk_s=25 / FS, stagger_s=HOP_S))
     dt = fleet.config.chunk_s
     cpu0, _ = proc_stats(daemon.pid)
     peak_rss, worst_lag = 0, 0.0
@@ -96,12 +97,14 @@ def run_point(n: int, seconds: float, max_batch: int, threads: int) -> dict:
     start = time.monotonic()
     ticks = int(seconds / dt)
     for k in range(ticks):
-        for m in fleet.tick():
+        messages = fleet.tick()
+        # A wearable sends a chunk once its last sample is measured: chunk k goes out at (k + 1) * dt.
+        wait = start + (k + 1) * dt - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        worst_lag = max(worst_lag, -wait)
+        for m in messages:
             pub.send_multipart(encode_ingest(m.device, m.seq, t_wall0 + m.t0, m.fs, m.ppg))
-        lag = time.monotonic() - (start + (k + 1) * dt)
-        worst_lag = max(worst_lag, lag)
-        if lag < 0:
-            time.sleep(-lag)
         if k % 25 == 0:
             peak_rss = max(peak_rss, proc_stats(daemon.pid)[1])
     elapsed = time.monotonic() - start
@@ -114,9 +117,8 @@ def run_point(n: int, seconds: float, max_batch: int, threads: int) -> dict:
     ctx.destroy(linger=0)
     shutil.rmtree(folder, ignore_errors=True)
 
-    samples = ticks * 25
-    per_device = (samples - int(WINDOW_S * FS)) // int(HOP_S * FS) + 1
-    expected = n * per_device
+    chunks = np.maximum(0, ticks - np.ceil(fleet.joins_at / dt)).astype(int)  # chunks each device sent
+    expected = int(np.maximum(0, (chunks * 25 - int(WINDOW_S * FS)) // int(HOP_S * FS) + 1).sum())
     latencies = np.array([(recv - t) * 1000 for _, t, recv, _ in received]) if received else np.array([np.nan])
     daemon_ms = np.array([d for *_, d in received]) if received else np.array([np.nan])
     result = {

@@ -99,16 +99,25 @@ class Estimator:
         return ppg_quality(window, fs, self.quality_config, self.preprocess)
 
     def assess(self, window: np.ndarray, fs: float) -> tuple[Quality, np.ndarray | None]:
-        """One raw window → (quality at the model rate, model input or None when rejected); resamples once.
+        """One raw window → (quality at the model rate, model input or None when rejected)."""
+        (q,), x = self.assess_batch(np.asarray(window)[None], fs)
+        return q, (x[0] if q.ok else None)
 
-        The model input is what `prepare` gives (band-pass, then normalise), so the daemon and `predict` agree.
+    def assess_batch(self, windows: np.ndarray, fs: float) -> tuple[list[Quality], np.ndarray]:
+        """Raw windows (N, T) at `fs` Hz → (quality of each at the model rate, model inputs (N, T')).
+
+        Resampling and band-pass run once for the whole batch (row by row they give the same numbers); the
+        band-passed rows serve the quality gate and, normalised, the model — exactly what `prepare` gives, so the
+        daemon and `predict` agree. Rows that fail the gate hold no usable input.
         """
-        x = resample(np.asarray(window, dtype=np.float32), fs, self.fs)
-        if not np.isfinite(x).all():
-            return ppg_quality(x, self.fs, self.quality_config, self.preprocess), None
-        filtered = ppg_bandpass(x, self.fs, self.preprocess)  # filtered once, for the gate and for the model
-        q = ppg_quality(x, self.fs, self.quality_config, self.preprocess, filtered=filtered)
-        return q, (ppg_normalize(filtered[None])[0] if q.ok else None)
+        x = resample(np.atleast_2d(np.asarray(windows, dtype=np.float32)), fs, self.fs, axis=-1)
+        filtered = ppg_bandpass(x, self.fs, self.preprocess)  # a NaN row stays a NaN row: rows are independent
+        qualities = [
+            ppg_quality(row, self.fs, self.quality_config, self.preprocess, filtered=band)
+            for row, band in zip(x, filtered)
+        ]
+        with np.errstate(invalid="ignore"):
+            return qualities, ppg_normalize(filtered)
 
     def predict_prepared(self, x: np.ndarray, meta_features: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Already-prepared windows (N, T) and (N, 4) meta features → (N, 2) mmHg."""

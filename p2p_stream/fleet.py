@@ -32,6 +32,7 @@ class FleetConfig:
     motion_per_min: float = 0.0  # motion artefacts per device per minute (1–3 s each)
     dropout_per_min: float = 0.0  # dropouts per device per minute (0.5–2 s of lost messages)
     sbp_mmhg: tuple[float, float] = (100.0, 160.0)  # per-device baseline SBP range
+    stagger_s: float = 0.0  # devices join at random times within this span, as real ones do (not all at once)
     seed: int = 0
 
 
@@ -66,6 +67,7 @@ class Fleet:
         self.t = 0.0  # seconds since start
         self.motion_left = np.zeros(n)  # seconds of artefact left
         self.dropout_left = np.zeros(n)
+        self.joins_at = rng.uniform(0, c.stagger_s, n) if c.stagger_s > 0 else np.zeros(n)
 
     def bp(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         """Each device's true SBP, DBP at time t (s)."""
@@ -108,6 +110,8 @@ class Fleet:
             x = self.offset[idx, None] + self.amplitude[idx, None] * x
             self.phase[idx] = phase[:, -1] % 1.0
             for row, i in enumerate(idx):
+                if self.t < self.joins_at[i]:
+                    continue  # not switched on yet: no message, no number used
                 if self.dropout_left[i] <= 0:
                     ref = (round(float(sbp[i]), 1), round(float(dbp[i]), 1))
                     out.append(

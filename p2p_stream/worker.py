@@ -94,11 +94,17 @@ class InferenceWorker(threading.Thread):
         """Quality-gate each window, run the model once per window length on those that pass."""
         out: list[tuple[Window, dict]] = []
         passed: list[tuple[Window, dict, np.ndarray]] = []
-        for w in batch:
+        checked: dict[int, tuple] = {}  # position in batch → (quality, model input)
+        shapes = {(w.fs, len(w.x)) for w in batch if not w.reason}
+        for fs, length in shapes:  # one vectorised resample + band-pass per device rate and window length
+            rows = [k for k, w in enumerate(batch) if not w.reason and w.fs == fs and len(w.x) == length]
+            qualities, inputs = self.est.assess_batch(np.stack([batch[k].x for k in rows]), fs)
+            checked.update({k: (q, x) for k, q, x in zip(rows, qualities, inputs)})
+        for k, w in enumerate(batch):
             if w.reason:
                 e = self._estimate(w, False, w.reason, 0.0, None)
             else:
-                q, x = self.est.assess(w.x, w.fs)
+                q, x = checked[k]
                 e = self._estimate(w, q.ok, q.reason, q.sqi, q.hr_bpm)
                 if q.ok:
                     passed.append((w, e, x))
