@@ -15,7 +15,7 @@ from . import predictions
 from .datasets import load_dataset
 from .errors import P2PError
 from .estimator import Estimator
-from .report import write_report
+from .report import summary_lines, write_report
 from .training import prepare
 
 
@@ -84,13 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     except P2PError as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
         return 2
-    for t in ("sbp", "dbp"):
-        if t in result:
-            m = result[t]["model"]
-            console.print(
-                f"{t.upper()}: MAE {m['mae']:.2f} ME {m['me']:+.2f} ± {m['sd']:.2f} r {m['r']:.3f} "
-                f"MASE {m['mase']:.3f} BHS {m['bhs_grade']} IEEE1708 {m['ieee1708_grade']}"
-            )
+    for line in summary_lines(result):
+        console.print(line, soft_wrap=True, highlight=False)
     console.print(f"wrote {args.out}/report.md")
     return 0
 

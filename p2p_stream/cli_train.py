@@ -21,7 +21,7 @@ from .errors import P2PError
 from .estimator import run_model
 from .preprocess import PreprocessConfig
 from .quality import QualityConfig
-from .report import write_report
+from .report import summary_lines, write_report
 from .splits import Split, cross_validation, holdout
 from .train_config import TrainConfig, load_train_config, parse_override
 from .training import Prepared, fit, prepare
@@ -184,13 +184,8 @@ def train(config: TrainConfig, out: Path, report_dir: Path, folds: int, console:
                 "torch": torch.__version__,
             },
         )
-    for t in ("sbp", "dbp"):
-        if t in result:
-            m, b = result[t]["model"], result[t]["mean_predictor"]
-            console.print(
-                f"{t.upper()}: MAE {m['mae']:.2f} (mean predictor {b['mae']:.2f}), ME {m['me']:+.2f} ± {m['sd']:.2f}, "
-                f"r {m['r']:.3f}, MASE {m['mase']:.3f}, BHS {m['bhs_grade']}"
-            )
+    for line in summary_lines(result):
+        console.print(line, soft_wrap=True, highlight=False)
     console.print(f"wrote {out if not folds else report_dir} in {extra['train_seconds']:.0f} s")
     return 0
 

@@ -116,6 +116,19 @@ def markdown(result: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_lines(result: dict) -> list[str]:
+    """One line per target for a terminal: the model against the mean predictor, and the clinical grades."""
+    lines = []
+    for t in TARGETS:
+        if t in result:
+            m, b = result[t]["model"], result[t]["mean_predictor"]
+            lines.append(
+                f"{t.upper()}: MAE {m['mae']:.2f} (mean predictor {b['mae']:.2f}), ME {m['me']:+.2f} ± {m['sd']:.2f}, "
+                f"r {_r(m['r'])}, MASE {m['mase']:.3f}, BHS {m['bhs_grade']}, IEEE 1708 {m['ieee1708_grade']}"
+            )
+    return lines
+
+
 def write_report(table: dict[str, list], out_dir: str | Path, title: str, extra: dict | None = None) -> dict:
     """Compute metrics and write report.json, report.md, per_subject.csv and the three PNGs under `out_dir`."""
     out_dir = Path(out_dir)
