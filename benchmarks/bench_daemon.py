@@ -96,15 +96,17 @@ def run_point(n: int, seconds: float, max_batch: int, threads: int) -> dict:
     t_wall0 = time.time()
     start = time.monotonic()
     ticks = int(seconds / dt)
+    # Each device's clock is offset by a random fraction of a chunk, so chunks arrive spread over time as from
+    # independent wearables, not in one burst per tick. A device sends a chunk once its last sample is measured.
+    offset = dict(zip(fleet.ids, np.random.default_rng(1).uniform(0, dt, n)))
     for k in range(ticks):
-        messages = fleet.tick()
-        # A wearable sends a chunk once its last sample is measured: chunk k goes out at (k + 1) * dt.
-        wait = start + (k + 1) * dt - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        worst_lag = max(worst_lag, -wait)
+        messages = sorted(fleet.tick(), key=lambda m: offset[m.device])
         for m in messages:
-            pub.send_multipart(encode_ingest(m.device, m.seq, t_wall0 + m.t0, m.fs, m.ppg))
+            wait = start + (k + 1) * dt + offset[m.device] - time.monotonic()
+            if wait > 0.002:
+                time.sleep(wait)
+            worst_lag = max(worst_lag, -wait)
+            pub.send_multipart(encode_ingest(m.device, m.seq, t_wall0 + offset[m.device] + m.t0, m.fs, m.ppg))
         if k % 25 == 0:
             peak_rss = max(peak_rss, proc_stats(daemon.pid)[1])
     elapsed = time.monotonic() - start
@@ -149,7 +151,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=24.0, help="fleet run per point (the first 10 s fill windows)")
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--only", choices=["batched", "naive"])
-    p.add_argument("--threads", type=int, default=0, help="the daemon's torch threads (0 = torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="the daemon's torch threads (0 = its default)")
     p.add_argument("--out", help="JSON results here")
     args = p.parse_args()
     rows, best = [], {}

@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hop-s", type=float, help="hop between windows, s")
     p.add_argument("--max-batch", type=int, help="windows per model call at most")
     p.add_argument("--max-wait-ms", type=float, help="longest wait of the oldest window for a batch, ms")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (0 = default)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (0 = all cores but one)")
     p.add_argument("--log-level", help="DEBUG | INFO | WARNING | ERROR")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any key, e.g. limits.max_devices=500"

@@ -34,7 +34,7 @@ class Batching:
 class Model:
     path: str = ""  # checkpoint folder; empty = the shipped default
     device: str = "auto"  # cpu | cuda | cuda:N | auto (CUDA when present)
-    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    threads: int = 0  # torch intra-op threads; 0 = every core but one (one is left to the ingest loop)
 
 
 @dataclass
