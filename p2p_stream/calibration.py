@@ -41,6 +41,14 @@ class Calibrations:
             return sbp, dbp, False
         return sbp + offset[0], dbp + offset[1], True
 
+    def retain(self, devices) -> None:
+        """Drop every entry of devices not in `devices` (evicted or forgotten ones), so nothing grows unbounded."""
+        keep = set(devices)
+        with self._lock:
+            for table in (self._offsets, self._latest, self._pending):
+                for device in [d for d in table if d not in keep]:
+                    del table[device]
+
     def forget(self, device: str) -> None:
         with self._lock:
             for table in (self._offsets, self._latest, self._pending):

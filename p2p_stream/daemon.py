@@ -22,7 +22,7 @@ from .devices import DeviceLimitError, DeviceTable
 from .errors import ConfigError, P2PError, ProtocolError
 from .estimator import Estimator
 from .monitor import Monitor
-from .protocol import DEVICE_RE, decode_ingest, decode_map, pack
+from .protocol import DEVICE_RE, MAX_MESSAGE_BYTES, decode_ingest, decode_map, pack
 from .ratelimit import RateLimitedLog
 from .ring_buffer import Window
 from .worker import InferenceWorker
@@ -65,6 +65,7 @@ class Daemon:
         self.sub = self._bind(zmq.SUB, config.sockets.ingest, "sockets.ingest")
         self.sub.setsockopt(zmq.SUBSCRIBE, b"ppg.")
         self.sub.setsockopt(zmq.RCVHWM, 100_000)
+        self.sub.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES + 4096)  # bigger frames are refused by ZeroMQ itself
         self.pub = self._bind(zmq.PUB, config.sockets.publish, "sockets.publish")
         self.pub.setsockopt(zmq.SNDHWM, 100_000)
         self.rep = self._bind(zmq.REP, config.sockets.control, "sockets.control")
@@ -107,17 +108,16 @@ class Daemon:
             self.monitor.reject("too_many_devices")
             self.warn.warning("too_many_devices", "dropped a message from a new device: %s", exc)
             return
+        except Exception:  # a bug must cost one message, not the daemon: counted, logged with its traceback
+            self.monitor.reject("internal")
+            log.exception("dropped a message after an internal error")
+            return
         if result.dropped:
             self.monitor.reject(result.dropped)
             return
         for reason in result.breaks:
             self.monitor.reject(reason)
-        if result.breaks:
-            stream = self.devices.streams[msg.device]
-            marker = Window(msg.device, None, stream.fs, result.break_t or msg.t0, arrival, stream.ref, None,
-                            reason="gap", seq=stream.take_seq())  # fmt: skip
-            self._enqueue(marker)
-        for window in result.windows:
+        for window in result.windows:  # finished windows and break markers, in the order they happened
             self._enqueue(window)
 
     def _enqueue(self, window: Window) -> None:
@@ -157,6 +157,8 @@ class Daemon:
                     "ok": False,
                     "error": f"implausible cuff reading {sbp}/{dbp} mmHg: need SBP 50–260, DBP 25–160, DBP < SBP",
                 }
+            if device not in self.devices.streams:
+                return {"ok": False, "error": f"unknown device {device!r}: it has sent no data (or was forgotten)"}
             applied = self.calibrations.calibrate(device, sbp, dbp)
             return {"ok": True, "applied": applied}
         return {"ok": False, "error": f"unknown cmd {cmd!r}; valid: {', '.join(COMMANDS)}"}
@@ -192,8 +194,8 @@ class Daemon:
                     self.rep.send(pack(self.on_control(self.rep.recv_multipart())))
                 if time.monotonic() >= next_evict:
                     for device in self.devices.evict_idle():
-                        self.calibrations.forget(device)
                         log.info("forgot idle device %s", device)
+                    self.calibrations.retain(self.devices.streams.keys())
                     next_evict = time.monotonic() + 1.0
         finally:
             self.close()
@@ -203,7 +205,11 @@ class Daemon:
 
     def close(self) -> None:
         self.stop_event.set()
-        self.worker.join(timeout=1.5)  # the worker finishes and publishes its batch in flight
+        if self.worker.is_alive():
+            self.worker.join(timeout=10)  # the worker finishes and publishes its batch in flight, then stops
+        if self.worker.is_alive():  # never close a socket another thread is using: leave it to process exit
+            log.error("inference worker did not stop; exiting without closing its socket")
+            return
         for sock in (self.sub, self.rep, self.pub):
             sock.close(linger=0)
         self.ctx.term()

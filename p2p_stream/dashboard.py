@@ -7,6 +7,7 @@ estimates socket. Devices needing attention sort first, so the top rows matter e
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections import Counter, deque
@@ -45,7 +46,7 @@ class DashboardState:
     started: float = field(default_factory=time.monotonic)
     estimates: int = 0
     rejected: Counter = field(default_factory=Counter)  # reason → estimates published with ok: false
-    errors: list = field(default_factory=list)  # (SBP, DBP) estimate − reference, for estimates with a reference
+    errors: deque = field(default_factory=lambda: deque(maxlen=100_000))  # recent (SBP, DBP) estimate − reference
 
     def update(self, frames: list[bytes], now: float) -> None:
         """Apply one message from the estimates socket; anything unreadable is ignored."""
@@ -71,6 +72,7 @@ class DashboardState:
 
 
 def sparkline(values: list[float]) -> str:
+    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     if not values:
         return ""
     lo, hi = min(values), max(values)

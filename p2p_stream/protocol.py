@@ -27,7 +27,7 @@ INGEST_PREFIX = b"ppg."
 ESTIMATE_PREFIX = b"sbp."
 STATUS_TOPIC = b"status"
 DEVICE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-MIN_FS_HZ = 1.0  # below this no pulse can be seen
+MIN_FS_HZ = 20.0  # below this a pulse wave's shape is gone (PPG sensors sample at 25 Hz and more)
 MAX_FS_HZ = 10_000.0  # above this it is not a PPG sensor
 MAX_SAMPLES = 100_000  # per message; a wearable sends tens to hundreds
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: bigger payloads are refused before unpacking
@@ -114,10 +114,26 @@ def decode_ingest(frames: list[bytes]) -> Ingest:
         if not isinstance(r, dict):
             raise ProtocolError("bad_type", "'ref' must be a map {sbp, dbp}")
         ref = (_number(r, "sbp"), _number(r, "dbp"))
+        if not all(math.isfinite(v) for v in ref):
+            raise ProtocolError("bad_type", f"'ref' values must be finite, got {ref}")
     meta = msg.get("meta")
     if meta is not None and not isinstance(meta, dict):
         raise ProtocolError("bad_type", "'meta' must be a map")
-    return Ingest(device, seq, t0, fs, _samples(msg["ppg"]), ref, meta)
+    return Ingest(device, seq, t0, fs, _samples(msg["ppg"]), ref, _known_meta(meta))
+
+
+def _known_meta(meta: dict | None) -> dict | None:
+    """Keep only the subject facts a model can use (age, sex), small; the rest is not stored per device."""
+    if not meta:
+        return None
+    kept = {}
+    age = meta.get("age")
+    if isinstance(age, (int, float)) and not isinstance(age, bool) and math.isfinite(age):
+        kept["age"] = float(age)
+    sex = meta.get("sex")
+    if isinstance(sex, str):
+        kept["sex"] = sex[:8]
+    return kept or None
 
 
 def encode_ingest(

@@ -36,10 +36,8 @@ class PushResult:
 
     windows: list[Window]
     dropped: str | None = None  # "duplicate" or "out_of_order": the message was ignored
-    breaks: list[str] = field(
-        default_factory=list
-    )  # why the run restarted: seq_gap, seq_reset, time_gap, nan, fs_change
-    break_t: float | None = None  # Unix time of the last good sample before the first break
+    # Why the run restarted: seq_gap, seq_reset, time_gap, nan, fs_change.
+    breaks: list[str] = field(default_factory=list)
 
 
 class DeviceStream:
@@ -73,11 +71,12 @@ class DeviceStream:
 
     def _append(self, x: np.ndarray, t0: float, arrival: float) -> list[Window]:
         """Append finite samples `x` (first at Unix time t0); return the windows that end inside them."""
+        if len(x) > self.max_chunk:  # the ring holds one window plus one chunk: feed big messages in pieces
+            windows = []
+            for start in range(0, len(x), self.max_chunk):
+                windows += self._append(x[start : start + self.max_chunk], t0 + start / self.fs, arrival)
+            return windows
         n, cap = len(x), len(self.buf)
-        if n > self.max_chunk:  # the ring holds one window plus one chunk: feed big messages in pieces
-            return self._append(x[: self.max_chunk], t0, arrival) + self._append(
-                x[self.max_chunk :], t0 + self.max_chunk / self.fs, arrival
-            )
         end = self.pos + n
         if end <= cap:
             self.buf[self.pos : end] = x
@@ -124,10 +123,14 @@ class DeviceStream:
             restarted = True
 
         def broke(reason: str, t: float | None) -> None:
-            if self.run > 0 and not result.breaks:
-                result.break_t = t
+            # A run that had samples ends here: say so, in order with the windows, so subscribers see why.
             if self.run > 0:
                 result.breaks.append(reason)
+                marker_t = t if t is not None else msg.t0
+                result.windows.append(
+                    Window(self.device, None, self.fs, marker_t, arrival, self.ref, self.meta, reason="gap",
+                           seq=self.take_seq())
+                )  # fmt: skip
             self._restart()
 
         last_t = self.next_t0 - 1.0 / self.fs if self.next_t0 is not None else None
@@ -148,7 +151,7 @@ class DeviceStream:
         x = msg.ppg
         finite = np.isfinite(x)
         if finite.all():
-            result.windows = self._append(x, msg.t0, arrival)
+            result.windows += self._append(x, msg.t0, arrival)
         else:
             # NaN/Inf is a hole: append each finite stretch, restarting the run before each one after a hole.
             edges = np.flatnonzero(np.diff(np.concatenate(([0], finite.astype(np.int8), [0]))))

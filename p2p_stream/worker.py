@@ -120,6 +120,10 @@ class InferenceWorker(threading.Thread):
             )
             pred = self.est.predict_prepared(np.stack([x for _, _, x in group]), features, batch_size=len(group))
             for (w, e, _), (sbp, dbp) in zip(group, pred):
+                if not (np.isfinite(sbp) and np.isfinite(dbp)):  # e.g. samples near float32's limit
+                    e["ok"], e["reason"] = False, "nan"
+                    self.monitor.reject("nan")
+                    continue
                 sbp, dbp, calibrated = self.calibrations.apply(w.device, float(sbp), float(dbp))
                 e["sbp"], e["dbp"], e["calibrated"] = round(sbp, 2), round(dbp, 2), calibrated
         return out

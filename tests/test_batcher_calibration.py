@@ -60,6 +60,10 @@ def test_calibration_offsets():
     assert c.apply("new", 100.0, 60.0) == (110.0, 70.0, True)
     c.forget("d")
     assert c.apply("d", 120.0, 80.0) == (120.0, 80.0, False)
+    c.calibrate("d", 130.0, 75.0)
+    c.retain({"new"})  # "d" was evicted: its offset goes
+    assert c.apply("d", 120.0, 80.0) == (120.0, 80.0, False)
+    assert c.apply("new", 100.0, 60.0)[2]
 
 
 def test_monitor_snapshot():

@@ -160,6 +160,7 @@ def test_control_commands_and_calibration(est):
         ({"cmd": "calibrate", "device": "d", "sbp": "120", "dbp": 80}, "numeric 'sbp' and 'dbp'"),
         ({"cmd": "calibrate", "device": "d", "sbp": 80, "dbp": 120}, "implausible cuff reading"),
         ({"cmd": "forget", "device": "bad id!"}, "forget needs 'device'"),
+        ({"cmd": "calibrate", "device": "never-seen", "sbp": 120, "dbp": 80}, "unknown device 'never-seen'"),
         (b"\xc1not msgpack", "malformed request"),
         (b"\x93\x01\x02\x03", "expected a map"),
     ],
@@ -190,3 +191,14 @@ def test_demographics_in_meta_reach_the_model(est):
     old = np.mean([e["sbp"] for e in got if e["device"] == "old"])
     young = np.mean([e["sbp"] for e in got if e["device"] == "young"])
     assert old > young + 3
+
+
+def test_samples_at_the_float32_limit_give_no_number(est):
+    x = simulated_ppg(70, 6, FS, seed=9)
+    huge = (x - x.mean()) / x.std() * 1e37  # finite float32, but the model's arithmetic overflows
+    with running_daemon(est) as (daemon, addresses), client(addresses) as c:
+        c.stream("wild", huge, FS)
+        got = c.estimates(lambda g: len(g) >= 2)
+    for e in got:
+        assert e["sbp"] is None or np.isfinite(e["sbp"])
+        assert e["ok"] is False or (np.isfinite(e["sbp"]) and np.isfinite(e["dbp"]))

@@ -55,6 +55,8 @@ def test_estimate_round_trip():
         (good(seq=1.5), "bad_type"),
         (good(t0=float("inf")), "bad_time"),
         (good(fs=0.5), "bad_fs"),
+        (good(fs=10.0), "bad_fs"),
+        (good(ref={"sbp": float("nan"), "dbp": 80}), "bad_type"),
         (good(fs=float("nan")), "bad_fs"),
         (good(fs="125"), "bad_type"),
         (good(ppg=b""), "empty_samples"),
@@ -79,3 +81,9 @@ def test_nan_samples_pass_decoding():
     # NaN is not malformed: it is a gap, handled by the ring buffer.
     m = decode_ingest(good(ppg=np.array([1, np.nan], "<f4").tobytes()))
     assert np.isnan(m.ppg[1])
+
+
+def test_meta_keeps_only_what_a_model_uses():
+    m = decode_ingest(good(meta={"age": 54, "sex": "Female-ish and long", "junk": [0] * 10_000}))
+    assert m.meta == {"age": 54.0, "sex": "Female-i"}
+    assert decode_ingest(good(meta={"junk": 1})).meta is None

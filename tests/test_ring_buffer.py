@@ -36,7 +36,9 @@ def test_seq_gap_time_gap_and_fs_change_restart_the_run():
     s = stream()
     s.push(msg(0, 0, 150), 0.0)
     r = s.push(msg(2, 150, 100), 0.0)  # seq 1 lost
-    assert r.breaks == ["seq_gap"] and r.windows == [] and r.break_t == pytest.approx(1.49)
+    assert r.breaks == ["seq_gap"]
+    (marker,) = r.windows  # no window yet, but one marker saying the run broke after the sample at 1.49 s
+    assert marker.reason == "gap" and marker.x is None and marker.t_last == pytest.approx(1.49)
     r = s.push(msg(3, 400, 100), 0.0)  # 1.5 s later than expected
     assert r.breaks == ["time_gap"]
     r = s.push(Ingest("d", 4, 5.0, 200.0, np.ones(10, np.float32), None, None), 0.0)
@@ -59,8 +61,11 @@ def test_nan_is_a_hole():
     values[250] = np.nan
     r = s.push(msg(0, 0, 300, values=values), 0.0)
     assert r.breaks == ["nan"]
-    assert all(np.isfinite(w.x).all() for w in r.windows)
-    assert [int(w.x[-1]) for w in r.windows] == [199, 249]  # both before the hole; 251-299 is too short
+    assert [w.reason for w in r.windows] == [None, None, "gap"]  # in the order they happened
+    assert [w.seq for w in r.windows] == [0, 1, 2]
+    windows = [w for w in r.windows if w.reason is None]
+    assert all(np.isfinite(w.x).all() for w in windows)
+    assert [int(w.x[-1]) for w in windows] == [199, 249]  # both before the hole; 251-299 is too short
     assert s.run == 49
 
 
@@ -73,3 +78,18 @@ def test_device_table_limit_and_eviction():
     assert t.evict_idle(now=12.0) == ["a"] and len(t) == 1
     t.push(msg(0, 0, 10, device="c"), arrival=12.0)
     assert t.forget("b") and not t.forget("b")
+
+
+def test_markers_and_windows_keep_their_order_in_one_message():
+    s = stream()
+    s.push(msg(0, 0, 150), 0.0)
+    r = s.push(msg(2, 150, 500), 0.0)  # seq 1 lost, then a long message: the marker comes before the new windows
+    assert [w.reason for w in r.windows] == ["gap", None, None, None, None, None, None, None]
+    assert [w.seq for w in r.windows] == list(range(8))
+
+
+def test_huge_message_with_small_slack_does_not_recurse():
+    s = DeviceStream("d", FS, 2.0, 0.5, max_chunk=16, gap_tolerance_s=0.05)
+    r = s.push(msg(0, 0, 100_000), 0.0)
+    assert len(r.windows) == (100_000 - 200) // 50 + 1
+    assert int(r.windows[-1].x[-1]) == 99_999
