@@ -13,8 +13,8 @@ from torch import nn
 from .checkpoint import load_checkpoint
 from .demographics import parse_meta
 from .errors import CheckpointError
-from .preprocess import PreprocessConfig, ppg_bandpass, ppg_normalize, ppg_prepare, resample
-from .quality import Quality, QualityConfig, ppg_quality
+from .preprocess import PreprocessConfig, ppg_prepare
+from .quality import Quality, QualityConfig, ppg_assess, ppg_quality
 
 TARGETS = ("sbp", "dbp")
 
@@ -104,20 +104,8 @@ class Estimator:
         return q, (x[0] if q.ok else None)
 
     def assess_batch(self, windows: np.ndarray, fs: float) -> tuple[list[Quality], np.ndarray]:
-        """Raw windows (N, T) at `fs` Hz → (quality of each at the model rate, model inputs (N, T')).
-
-        Resampling and band-pass run once for the whole batch (row by row they give the same numbers); the
-        band-passed rows serve the quality gate and, normalised, the model — exactly what `prepare` gives, so the
-        daemon and `predict` agree. Rows that fail the gate hold no usable input.
-        """
-        x = resample(np.atleast_2d(np.asarray(windows, dtype=np.float32)), fs, self.fs, axis=-1)
-        filtered = ppg_bandpass(x, self.fs, self.preprocess)  # a NaN row stays a NaN row: rows are independent
-        qualities = [
-            ppg_quality(row, self.fs, self.quality_config, self.preprocess, filtered=band)
-            for row, band in zip(x, filtered)
-        ]
-        with np.errstate(invalid="ignore"):
-            return qualities, ppg_normalize(filtered)
+        """Raw windows (N, T) at `fs` Hz → (quality of each, model inputs): `ppg_assess` with this model's settings."""
+        return ppg_assess(windows, fs, self.quality_config, self.preprocess)
 
     def predict_prepared(self, x: np.ndarray, meta_features: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Already-prepared windows (N, T) and (N, 4) meta features → (N, 2) mmHg."""

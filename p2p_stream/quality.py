@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .preprocess import PreprocessConfig, ppg_bandpass
+from .preprocess import PreprocessConfig, ppg_bandpass, ppg_normalize, resample
 
 # The reasons a window can be rejected; these strings go on the wire (`reason`).
 REASONS = ("too_short", "nan", "flatline", "clipping", "no_pulse")
@@ -108,6 +108,20 @@ def ppg_quality(
     return Quality(True, None, sqi, hr)
 
 
-def ppg_quality_batch(windows: np.ndarray, fs: float, config: QualityConfig = QualityConfig()) -> list[Quality]:
-    """`ppg_quality` for each row of a (N, T) array."""
-    return [ppg_quality(w, fs, config) for w in np.atleast_2d(windows)]
+def ppg_assess(
+    windows: np.ndarray,
+    fs: float,
+    config: QualityConfig = QualityConfig(),
+    preprocess: PreprocessConfig = PreprocessConfig(),
+) -> tuple[list[Quality], np.ndarray]:
+    """Raw windows (N, T) at `fs` Hz → (quality of each at the model rate, model inputs (N, T')).
+
+    Resampling and band-pass run once for the whole batch (row by row they give the same numbers); the
+    band-passed rows serve the gate and, normalised, the model — what `ppg_prepare` gives. Training, evaluation
+    and the daemon all take this one path. Rows that fail the gate hold no usable input.
+    """
+    x = resample(np.atleast_2d(np.asarray(windows, dtype=np.float32)), fs, preprocess.fs, axis=-1)
+    filtered = ppg_bandpass(x, preprocess.fs, preprocess)  # a NaN row stays a NaN row: rows are independent
+    qualities = [ppg_quality(row, preprocess.fs, config, preprocess, filtered=band) for row, band in zip(x, filtered)]
+    with np.errstate(invalid="ignore"):
+        return qualities, ppg_normalize(filtered)

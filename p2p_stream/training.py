@@ -15,8 +15,8 @@ from .datasets import WindowSet
 from .demographics import meta_features
 from .estimator import TARGETS, run_model
 from .models import build_model
-from .preprocess import PreprocessConfig, ppg_prepare
-from .quality import QualityConfig, ppg_quality
+from .preprocess import PreprocessConfig
+from .quality import QualityConfig, ppg_assess
 from .train_config import OptimConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,10 @@ class Prepared:
 
 
 def prepare(ws: WindowSet, pre: PreprocessConfig, quality: QualityConfig = QualityConfig()) -> Prepared:
-    checks = [ppg_quality(w, ws.fs, quality, pre) for w in ws.x]
+    checks, x = ppg_assess(ws.x, ws.fs, quality, pre)  # the daemon's path: one filtering for gate and model
     return Prepared(
         windows=ws,
-        x=ppg_prepare(ws.x, ws.fs, pre),
+        x=x,
         meta=meta_features(ws.age, ws.sex),
         y=np.stack([ws.sbp, ws.dbp], axis=1).astype(np.float32),
         ok=np.array([q.ok for q in checks]),
