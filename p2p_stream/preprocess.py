@@ -73,8 +73,8 @@ def ppg_bandpass(windows: np.ndarray, fs: float, config: PreprocessConfig = Prep
 
 def ppg_normalize(windows: np.ndarray) -> np.ndarray:
     """Per-window z-score along the last axis: nothing is fitted across windows, so nothing leaks."""
-    mean = windows.mean(axis=-1, keepdims=True, dtype=np.float64)  # float64: huge float32 samples must not overflow
-    std = windows.std(axis=-1, keepdims=True, dtype=np.float64)
+    mean = windows.mean(axis=-1, keepdims=True)
+    std = windows.std(axis=-1, keepdims=True)
     return ((windows - mean) / np.maximum(std, 1e-6)).astype(np.float32)
 
 

@@ -123,5 +123,6 @@ def ppg_assess(
     x = resample(np.atleast_2d(np.asarray(windows, dtype=np.float32)), fs, preprocess.fs, axis=-1)
     filtered = ppg_bandpass(x, preprocess.fs, preprocess)  # a NaN row stays a NaN row: rows are independent
     qualities = [ppg_quality(row, preprocess.fs, config, preprocess, filtered=band) for row, band in zip(x, filtered)]
-    with np.errstate(invalid="ignore"):
+    # NaN rows, and samples near float32's limit, give non-finite inputs: the worker rejects their output ("nan").
+    with np.errstate(invalid="ignore", over="ignore"):
         return qualities, ppg_normalize(filtered)
