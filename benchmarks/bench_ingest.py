@@ -1,16 +1,21 @@
 """Benchmark: ingest messages/s of a real p2p-daemon, against a bare pyzmq SUB loop on the same machine.
 
-    python benchmarks/bench_ingest.py [--messages 200000] [--devices 1000]
+    python benchmarks/bench_ingest.py [--messages 200000] [--devices 1000] [--profile ingest.txt]
+                                      [--baseline /tmp/p2p-before]
 
 Pre-encodes valid 25-sample messages for N devices (125 Hz, consecutive seq and t0, so every message is
 buffered and windows are cut and inferred as usual), sends them as fast as one PUB socket can, and times how
 long the daemon takes to count them all (`messages_total` from `stats`). The same messages into a SUB socket
-that only receives them give the ceiling of this machine's ZeroMQ path.
+that only receives them give the ceiling of this machine's ZeroMQ path. `--profile` attaches py-spy to the
+daemon while it ingests and writes its collapsed stacks (one line per stack, sample count last). `--baseline`
+runs a second daemon from another source tree (e.g. `git worktree add /tmp/p2p-before <commit>`) on the same
+messages in the same run, for before/after figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import subprocess
@@ -66,12 +71,13 @@ def bare_rate(frames: list[list[bytes]]) -> float:
     return rate
 
 
-def daemon_rate(frames: list[list[bytes]]) -> float:
+def daemon_rate(frames: list[list[bytes]], profile: str | None = None, source: str | None = None) -> float:
     folder = tempfile.mkdtemp(prefix="p2pi")
     a = {k: f"ipc://{folder}/{k}" for k in ("ingest", "publish", "control")}
     cmd = [sys.executable, "-m", "p2p_stream.cli_daemon", "--device", "cpu", "--log-level", "WARNING",
            "--ingest", a["ingest"], "--publish", a["publish"], "--control", a["control"]]  # fmt: skip
-    proc = subprocess.Popen(cmd)
+    env = {**os.environ, "PYTHONPATH": source} if source else None  # the daemon's code from another tree
+    proc = subprocess.Popen(cmd, env=env, cwd=source)
     ctx = zmq.Context()
     req = ctx.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
@@ -88,6 +94,12 @@ def daemon_rate(frames: list[list[bytes]]) -> float:
     pub.connect(a["ingest"])
     while pub.recv()[:1] != b"\x01":
         pass
+    spy = None
+    if profile:  # py-spy samples every thread of the daemon, idle ones included, for the whole ingest
+        spy_cmd = ["py-spy", "record", "--pid", str(proc.pid), "--threads", "--idle", "--format", "raw", "-r", "250",
+                   "-o", profile]  # fmt: skip
+        spy = subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL)
+        time.sleep(1.0)
     start = time.perf_counter()
     for f in frames:
         pub.send_multipart(f)
@@ -95,6 +107,9 @@ def daemon_rate(frames: list[list[bytes]]) -> float:
         time.sleep(0.01)
     elapsed = time.perf_counter() - start
     counted = stats()["messages_total"]
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
     proc.send_signal(signal.SIGTERM)
     proc.wait(10)
     ctx.destroy(linger=0)
@@ -106,12 +121,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--messages", type=int, default=200_000)
     p.add_argument("--devices", type=int, default=1000)
+    p.add_argument("--profile", metavar="FILE", help="write a py-spy profile (collapsed stacks) of the daemon")
+    p.add_argument("--baseline", metavar="DIR", help="also measure a daemon run from this source tree")
     args = p.parse_args()
     frames = messages(args.messages, args.devices)
     bare = bare_rate(frames)
-    daemon = daemon_rate(frames)
+    daemon = daemon_rate(frames, args.profile)
     print("| path | messages/s |\n|---|---|")
     print(f"| bare pyzmq SUB loop (receive only) | {bare:,.0f} |")
+    if args.baseline:
+        before = daemon_rate(frames, source=os.path.abspath(args.baseline))
+        print(f"| p2p-daemon from {args.baseline} (before) | {before:,.0f} |")
     print(f"| p2p-daemon (validate, buffer, cut windows, infer) | {daemon:,.0f} |")
     print(f"\nthe daemon ingests at {daemon / bare:.0%} of the bare loop's rate")
 

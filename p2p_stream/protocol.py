@@ -57,13 +57,14 @@ def _unpack(payload: bytes) -> object:
 
 def _number(msg: dict, key: str) -> float:
     value = msg.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if type(value) is not float and type(value) is not int:  # bool, a subclass of int, is refused too
         raise ProtocolError("bad_type", f"{key!r} must be a number, got {type(value).__name__}")
     return float(value)
 
 
 def _samples(value: object) -> np.ndarray:
-    if isinstance(value, (bytes, bytearray)):
+    """`ppg` → float32 samples; bytes are viewed in place (zero-copy), not copied."""
+    if type(value) is bytes:
         if len(value) % 4:
             raise ProtocolError("bad_samples", f"'ppg' bytes length {len(value)} is not a multiple of 4 (float32)")
         x = np.frombuffer(value, dtype="<f4")
@@ -80,46 +81,56 @@ def _samples(value: object) -> np.ndarray:
     return x
 
 
+REQUIRED_KEYS = ("v", "device", "seq", "t0", "fs", "ppg")
+
+
 def decode_ingest(frames: list[bytes]) -> Ingest:
-    """Validate and decode ``[topic, payload]`` from a wearable; raises ProtocolError(reason, message)."""
+    """Validate and decode ``[topic, payload]`` from a wearable; raises ProtocolError(reason, message).
+
+    This runs once per message on the daemon's ingest thread, so the checks are written for speed
+    (exact type tests, one dict lookup per key); each still names what is wrong.
+    """
     if len(frames) != 2:
         raise ProtocolError("bad_frames", f"expected 2 frames [topic, payload], got {len(frames)}")
     topic, payload = frames
     if not topic.startswith(INGEST_PREFIX):
         raise ProtocolError("bad_topic", f"topic {topic[:80]!r} does not start with 'ppg.'")
     msg = _unpack(payload)
-    if not isinstance(msg, dict):
+    if type(msg) is not dict:
         raise ProtocolError("bad_type", f"payload must be a map, got {type(msg).__name__}")
-    for key in ("v", "device", "seq", "t0", "fs", "ppg"):
-        if key not in msg:
-            raise ProtocolError("missing_key", f"payload lacks {key!r}")
-    if msg["v"] != VERSION or isinstance(msg["v"], bool):
-        raise ProtocolError("bad_version", f"protocol version {msg['v']!r}, this daemon speaks {VERSION}")
-    device = msg["device"]
-    if not isinstance(device, str) or not DEVICE_RE.match(device):
+    try:
+        v, device, seq, ppg = msg["v"], msg["device"], msg["seq"], msg["ppg"]
+    except KeyError:
+        missing = next(k for k in REQUIRED_KEYS if k not in msg)
+        raise ProtocolError("missing_key", f"payload lacks {missing!r}") from None
+    if v != VERSION or type(v) is not int:
+        raise ProtocolError("bad_version", f"protocol version {v!r}, this daemon speaks {VERSION}")
+    if type(device) is not str or not DEVICE_RE.match(device):
         raise ProtocolError("bad_device", f"device id {str(device)[:80]!r} is not 1–64 of [A-Za-z0-9_.:-]")
     if topic[len(INGEST_PREFIX) :] != device.encode():
         raise ProtocolError("bad_device", f"topic {topic[:80]!r} does not match device {device!r}")
-    seq = msg["seq"]
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+    if type(seq) is not int or seq < 0:
         raise ProtocolError("bad_type", f"'seq' must be an integer ≥ 0, got {seq!r}")
+    for key in ("t0", "fs"):
+        if key not in msg:
+            raise ProtocolError("missing_key", f"payload lacks {key!r}")
     t0, fs = _number(msg, "t0"), _number(msg, "fs")
     if not math.isfinite(t0):
         raise ProtocolError("bad_time", f"'t0' must be finite, got {t0}")
-    if not (math.isfinite(fs) and MIN_FS_HZ <= fs <= MAX_FS_HZ):
+    if not (MIN_FS_HZ <= fs <= MAX_FS_HZ):  # NaN fails this too
         raise ProtocolError("bad_fs", f"'fs' must be within {MIN_FS_HZ}–{MAX_FS_HZ} Hz, got {fs}")
     ref = None
-    if msg.get("ref") is not None:
-        r = msg["ref"]
-        if not isinstance(r, dict):
+    r = msg.get("ref")
+    if r is not None:
+        if type(r) is not dict:
             raise ProtocolError("bad_type", "'ref' must be a map {sbp, dbp}")
         ref = (_number(r, "sbp"), _number(r, "dbp"))
         if not all(math.isfinite(v) for v in ref):
             raise ProtocolError("bad_type", f"'ref' values must be finite, got {ref}")
     meta = msg.get("meta")
-    if meta is not None and not isinstance(meta, dict):
+    if meta is not None and type(meta) is not dict:
         raise ProtocolError("bad_type", "'meta' must be a map")
-    return Ingest(device, seq, t0, fs, _samples(msg["ppg"]), ref, _known_meta(meta))
+    return Ingest(device, seq, t0, fs, _samples(ppg), ref, _known_meta(meta) if meta else None)
 
 
 def _known_meta(meta: dict | None) -> dict | None:

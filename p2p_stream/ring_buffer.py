@@ -95,12 +95,11 @@ class DeviceStream:
             for end_run in range(first_end, self.run + 1, self.hop):
                 back = self.run - end_run  # samples written after this window's last sample
                 stop = (self.pos - back) % cap
-                idx = (stop - self.length + np.arange(self.length)) % cap
                 t_last = t0 + (end_run - 1 - run0) / self.fs
                 windows.append(
                     Window(
                         self.device,
-                        self.buf[idx].copy(),
+                        self._copy_out(stop),
                         self.fs,
                         t_last,
                         arrival,
@@ -110,6 +109,13 @@ class DeviceStream:
                     )
                 )
         return windows
+
+    def _copy_out(self, stop: int) -> np.ndarray:
+        """The `length` samples that end just before ring index `stop`, as a new array (slices, not fancy indexing)."""
+        start = stop - self.length
+        if start >= 0:
+            return self.buf[start:stop].copy()
+        return np.concatenate((self.buf[start:], self.buf[:stop]))
 
     def push(self, msg: Ingest, arrival: float) -> PushResult:
         """Apply one validated message; `arrival` is time.monotonic() at receipt."""

@@ -69,6 +69,18 @@ def test_nan_is_a_hole():
     assert s.run == 49
 
 
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_any_non_finite_sample_breaks_but_huge_finite_ones_do_not(bad):
+    # The finiteness check is a dot product with zeros: it must not mistake overflow for a hole, nor miss one.
+    huge = np.full(30, 3e38, dtype=np.float32)  # its squares would overflow float32
+    s = stream()
+    assert s.push(msg(0, 0, 30, values=huge), 0.0).breaks == [] and s.run == 30
+    values = huge.copy()
+    values[17] = bad
+    assert s.push(msg(1, 30, 30, values=values), 0.0).breaks == ["nan"]
+    assert s.run == 12
+
+
 def test_device_table_limit_and_eviction():
     t = DeviceTable(2.0, 0.5, 64, 0.05, max_devices=2, idle_s=10.0)
     t.push(msg(0, 0, 10, device="a"), arrival=0.0)
