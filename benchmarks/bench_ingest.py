@@ -15,6 +15,7 @@ messages in the same run, for before/after figures.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -39,16 +40,17 @@ def messages(n_messages: int, devices: int) -> list[list[bytes]]:
 
 def bare_rate(frames: list[list[bytes]]) -> float:
     ctx = zmq.Context()
-    sub, pub = ctx.socket(zmq.SUB), ctx.socket(zmq.PUB)
+    sub, pub = ctx.socket(zmq.SUB), ctx.socket(zmq.XPUB)
     for s in (sub, pub):
         s.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVHWM, 0)
     pub.setsockopt(zmq.SNDHWM, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"ppg.")
     folder = tempfile.mkdtemp(prefix="p2pi")
-    sub.bind(f"ipc://{folder}/bare")
-    pub.connect(f"ipc://{folder}/bare")
-    time.sleep(0.5)
+    pub.bind(f"ipc://{folder}/bare")
+    sub.connect(f"ipc://{folder}/bare")
+    while pub.recv()[:1] != b"\x01":  # the subscription has arrived: nothing sent from here on is dropped
+        pass
     done = threading.Event()
     count = [0]
 
@@ -123,17 +125,31 @@ def main() -> None:
     p.add_argument("--devices", type=int, default=1000)
     p.add_argument("--profile", metavar="FILE", help="write a py-spy profile (collapsed stacks) of the daemon")
     p.add_argument("--baseline", metavar="DIR", help="also measure a daemon run from this source tree")
+    p.add_argument("--repeat", type=int, default=1, help="rounds, paths interleaved; the median is reported")
+    p.add_argument("--out", help="write every round's figures as JSON here")
     args = p.parse_args()
     frames = messages(args.messages, args.devices)
-    bare = bare_rate(frames)
-    daemon = daemon_rate(frames, args.profile)
-    print("| path | messages/s |\n|---|---|")
-    print(f"| bare pyzmq SUB loop (receive only) | {bare:,.0f} |")
+    rounds: dict[str, list[float]] = {"bare": [], "daemon": []}
     if args.baseline:
-        before = daemon_rate(frames, source=os.path.abspath(args.baseline))
-        print(f"| p2p-daemon from {args.baseline} (before) | {before:,.0f} |")
-    print(f"| p2p-daemon (validate, buffer, cut windows, infer) | {daemon:,.0f} |")
-    print(f"\nthe daemon ingests at {daemon / bare:.0%} of the bare loop's rate")
+        rounds["before"] = []
+    for r in range(args.repeat):  # interleaved, so a slow spell of a shared VM hits every path alike
+        rounds["bare"].append(bare_rate(frames))
+        rounds["daemon"].append(daemon_rate(frames, args.profile if r == 0 else None))
+        if args.baseline:
+            rounds["before"].append(daemon_rate(frames, source=os.path.abspath(args.baseline)))
+    med = {k: float(np.median(v)) for k, v in rounds.items()}
+    print(f"| path | messages/s (median of {args.repeat}) | rounds |\n|---|---|---|")
+    names = {"bare": "bare pyzmq SUB loop (receive only)", "before": f"p2p-daemon from {args.baseline} (before)",
+             "daemon": "p2p-daemon (validate, buffer, cut windows, infer)"}  # fmt: skip
+    for key in ("bare", "before", "daemon"):
+        if key in med:
+            print(f"| {names[key]} | {med[key]:,.0f} | {', '.join(f'{v:,.0f}' for v in rounds[key])} |")
+    print(f"\nthe daemon ingests at {med['daemon'] / med['bare']:.0%} of the bare loop's rate")
+    if "before" in med:
+        print(f"after / before: {med['daemon'] / med['before']:.2f}x")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"messages": args.messages, "devices": args.devices, "rounds": rounds, "median": med}, f)
 
 
 if __name__ == "__main__":
