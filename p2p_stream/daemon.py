@@ -11,9 +11,11 @@ import math
 import os
 import threading
 import time
+from dataclasses import asdict
 
 import torch
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from .batcher import DynamicBatcher
 from .calibration import Calibrations
@@ -25,6 +27,7 @@ from .monitor import Monitor
 from .protocol import DEVICE_RE, MAX_MESSAGE_BYTES, decode_ingest, decode_map, pack
 from .ratelimit import RateLimitedLog
 from .ring_buffer import Window
+from .security import CurveServer, exposure_warning
 from .worker import InferenceWorker
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,12 @@ class Daemon:
                 f"windowing.window_s = {config.windowing.window_s} s is shorter than the {min_s} s the model's "
                 f"quality gate needs ({self.estimator.name}); use window_s ≥ {min_s}"
             )
+        trained_s = float(self.estimator.metadata.get("window_s", 0.0))
+        if getattr(self.estimator.model, "fixed_length", False) and abs(config.windowing.window_s - trained_s) > 1e-6:
+            raise ConfigError(
+                f"windowing.window_s = {config.windowing.window_s} s, but {self.estimator.name} takes only the "
+                f"{trained_s} s windows it was trained on; set windowing.window_s = {trained_s}"
+            )
         w, b, lim = config.windowing, config.batching, config.limits
         self.devices = DeviceTable(
             w.window_s, w.hop_s, lim.max_chunk_samples, w.gap_tolerance_s, lim.max_devices, lim.device_idle_s
@@ -62,13 +71,25 @@ class Daemon:
         self.stop_event = threading.Event()
         self.warn = RateLimitedLog(log, period_s=10.0)
         self.ctx = zmq.Context()
-        self.sub = self._bind(zmq.SUB, config.sockets.ingest, "sockets.ingest")
+        self.curve = CurveServer(self.ctx, config.security) if config.security.curve_secret_key else None
+        # Options go before bind: ZeroMQ applies them to connections made after they are set.
+        # Up to 16x the protocol's limit a message reaches us and is counted as "oversized"; beyond that ZeroMQ
+        # itself drops the frame and disconnects the sender, so one peer cannot make us buffer gigabytes.
+        self.sub = self._bind(
+            zmq.SUB, config.sockets.ingest, "sockets.ingest", secure=True,
+            options={zmq.RCVHWM: 100_000, zmq.MAXMSGSIZE: 16 * MAX_MESSAGE_BYTES},
+        )  # fmt: skip
         self.sub.setsockopt(zmq.SUBSCRIBE, b"ppg.")
-        self.sub.setsockopt(zmq.RCVHWM, 100_000)
-        self.sub.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES + 4096)  # bigger frames are refused by ZeroMQ itself
-        self.pub = self._bind(zmq.PUB, config.sockets.publish, "sockets.publish")
-        self.pub.setsockopt(zmq.SNDHWM, 100_000)
-        self.rep = self._bind(zmq.REP, config.sockets.control, "sockets.control")
+        # Per subscriber: one that stops reading costs at most this many queued estimates, never the others' speed.
+        self.pub = self._bind(
+            zmq.PUB, config.sockets.publish, "sockets.publish", options={zmq.SNDHWM: config.limits.publish_hwm}
+        )
+        self.rep = self._bind(zmq.REP, config.sockets.control, "sockets.control", secure=True)
+        # Refused CURVE handshakes never reach our code: the sockets' monitors report them.
+        events = (
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        )
+        self.monitors = [s.get_monitor_socket(events) for s in (self.sub, self.rep)] if self.curve else []
         self.worker = InferenceWorker(
             self.estimator,
             self.batcher,
@@ -81,13 +102,19 @@ class Daemon:
             self.stop_event,
         )
 
-    def _bind(self, kind: int, address: str, key: str) -> zmq.Socket:
+    def _bind(self, kind: int, address: str, key: str, secure: bool = False, options: dict | None = None) -> zmq.Socket:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
+        for option, value in (options or {}).items():
+            sock.setsockopt(option, value)
+        if secure and self.curve is not None:
+            self.curve.serve(sock)
         try:
             sock.bind(address)
         except zmq.ZMQError as exc:
             sock.close()
+            if self.curve is not None:
+                self.curve.stop()
             self.ctx.destroy(linger=0)
             raise ConfigError(f"{key}: cannot bind {address} ({exc}); is another daemon running there?") from exc
         return sock
@@ -161,7 +188,7 @@ class Daemon:
                 return {"ok": False, "error": f"unknown device {device!r}: it has sent no data (or was forgotten)"}
             applied = self.calibrations.calibrate(device, sbp, dbp)
             return {"ok": True, "applied": applied}
-        return {"ok": False, "error": f"unknown cmd {cmd!r}; valid: {', '.join(COMMANDS)}"}
+        return {"ok": False, "error": f"unknown cmd {repr(cmd)[:64]}; valid: {', '.join(COMMANDS)}"}
 
     # ---------------------------------------------------------------- loop
 
@@ -176,9 +203,14 @@ class Daemon:
             self.estimator.name,
             self.worker.est_device,
         )
+        warning = exposure_warning(self.config.security, asdict(self.config.sockets))
+        if warning:
+            log.warning(warning)
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         poller.register(self.rep, zmq.POLLIN)
+        for m in self.monitors:
+            poller.register(m, zmq.POLLIN)
         next_evict = time.monotonic() + 1.0
         try:
             while not self.stop_event.is_set():
@@ -192,6 +224,9 @@ class Daemon:
                         self.on_ingest(frames, time.monotonic())
                 if self.rep in ready:
                     self.rep.send(pack(self.on_control(self.rep.recv_multipart())))
+                for m in self.monitors:
+                    if m in ready:
+                        self._on_monitor_event(recv_monitor_message(m))
                 if time.monotonic() >= next_evict:
                     for device in self.devices.evict_idle():
                         log.info("forgot idle device %s", device)
@@ -199,6 +234,19 @@ class Daemon:
                     next_evict = time.monotonic() + 1.0
         finally:
             self.close()
+
+    def _on_monitor_event(self, event: dict) -> None:
+        """A refused CURVE handshake, logged (rate-limited) with the endpoint and counted: `auth_failed` for a key
+        that is not allowed, `handshake_failed` for a peer that does not speak CURVE (it retries, so it counts
+        once per attempt)."""
+        auth = event.get("event") == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        self.monitor.reject("auth_failed" if auth else "handshake_failed")
+        endpoint = event.get("endpoint", b"")
+        endpoint = endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else str(endpoint)
+        self.warn.warning(
+            "auth_failed", "refused a client at %s: CURVE handshake failed (code %s): key not authorized "
+            "or not a CURVE client", endpoint, event.get("value")
+        )  # fmt: skip
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -210,8 +258,13 @@ class Daemon:
         if self.worker.is_alive():  # never close a socket another thread is using: leave it to process exit
             log.error("inference worker did not stop; exiting without closing its socket")
             return
-        for sock in (self.sub, self.rep, self.pub):
+        if self.monitors:
+            for sock in (self.sub, self.rep):
+                sock.disable_monitor()
+        for sock in (*self.monitors, self.sub, self.rep, self.pub):
             sock.close(linger=0)
+        if self.curve is not None:
+            self.curve.stop()
         self.ctx.term()
         if self.worker.error is not None:
             raise P2PError(f"inference worker failed: {self.worker.error}")

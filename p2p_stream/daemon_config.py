@@ -7,6 +7,8 @@ from pathlib import Path
 
 from .config import apply_layers
 from .errors import ConfigError
+from .security import Security
+from .security import validate as validate_security
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Limits:
     max_devices: int = 10_000  # devices tracked at once; more are refused (counted "too_many_devices")
     device_idle_s: float = 60.0  # a device silent this long is forgotten
     max_chunk_samples: int = 4096  # ring-buffer slack per device; longer messages are fed in pieces
+    publish_hwm: int = 10_000  # estimates queued per subscriber; a subscriber further behind loses the newest
 
 
 @dataclass
@@ -58,6 +61,7 @@ class DaemonConfig:
     model: Model = field(default_factory=Model)
     limits: Limits = field(default_factory=Limits)
     operation: Operation = field(default_factory=Operation)
+    security: Security = field(default_factory=Security)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,6 +79,7 @@ RANGES = {
     "limits.max_devices": (1, 1_000_000),
     "limits.device_idle_s": (1.0, 86_400.0),
     "limits.max_chunk_samples": (16, 100_000),
+    "limits.publish_hwm": (10, 10_000_000),
     "operation.heartbeat_s": (0.05, 60.0),
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -103,6 +108,7 @@ def _validate(c: DaemonConfig) -> None:
         raise ConfigError(f"model.device must be cpu, cuda, cuda:N or auto, got {device!r}")
     if c.operation.log_level.upper() not in LOG_LEVELS:
         raise ConfigError(f"operation.log_level must be one of {LOG_LEVELS}, got {c.operation.log_level!r}")
+    validate_security(c.security, asdict(c.sockets))
 
 
 def load_daemon_config(path: str | Path | None = None, overrides: list[dict] | None = None) -> DaemonConfig:

@@ -148,6 +148,7 @@ def run(fleet: Fleet, sock, duration_s: float | None, t_wall0: float | None = No
 
 def main(argv: list[str] | None = None) -> int:
     from .replay import run_publisher
+    from .security import add_client_args, client_keys
 
     p = argparse.ArgumentParser(prog="fleet.py", description=__doc__)
     p.add_argument("--devices", type=int, default=100)
@@ -158,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dropout-per-min", type=float, default=0.0, help="dropouts per device per minute")
     p.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wait-s", type=float, help="give up if no daemon subscribes within this time (default: wait)")
+    add_client_args(p)
     args = p.parse_args(argv)
+    curve = client_keys(args, p)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         rates = tuple(float(r) for r in args.rates.split(","))
@@ -179,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("fleet: %d devices at %s Hz to %s", args.devices, args.rates, args.connect)
         return run(Fleet(config), sock, args.duration)
 
-    return run_publisher(args.connect, publish, None)
+    return run_publisher(args.connect, publish, args.wait_s, curve)
 
 
 if __name__ == "__main__":

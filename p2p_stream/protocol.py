@@ -55,8 +55,7 @@ def _unpack(payload: bytes) -> object:
         raise ProtocolError("not_msgpack", f"payload is not msgpack ({type(exc).__name__})") from exc
 
 
-def _number(msg: dict, key: str) -> float:
-    value = msg.get(key)
+def _number(value: object, key: str) -> float:
     if type(value) is not float and type(value) is not int:  # bool, a subclass of int, is refused too
         raise ProtocolError("bad_type", f"{key!r} must be a number, got {type(value).__name__}")
     return float(value)
@@ -99,11 +98,11 @@ def decode_ingest(frames: list[bytes]) -> Ingest:
     if type(msg) is not dict:
         raise ProtocolError("bad_type", f"payload must be a map, got {type(msg).__name__}")
     try:
-        v, device, seq, ppg = msg["v"], msg["device"], msg["seq"], msg["ppg"]
+        v, device, seq, t0, fs, ppg = msg["v"], msg["device"], msg["seq"], msg["t0"], msg["fs"], msg["ppg"]
     except KeyError:
         missing = next(k for k in REQUIRED_KEYS if k not in msg)
         raise ProtocolError("missing_key", f"payload lacks {missing!r}") from None
-    if v != VERSION or type(v) is not int:
+    if v != VERSION or type(v) is bool:
         raise ProtocolError("bad_version", f"protocol version {v!r}, this daemon speaks {VERSION}")
     if type(device) is not str or not DEVICE_RE.match(device):
         raise ProtocolError("bad_device", f"device id {str(device)[:80]!r} is not 1–64 of [A-Za-z0-9_.:-]")
@@ -111,10 +110,7 @@ def decode_ingest(frames: list[bytes]) -> Ingest:
         raise ProtocolError("bad_device", f"topic {topic[:80]!r} does not match device {device!r}")
     if type(seq) is not int or seq < 0:
         raise ProtocolError("bad_type", f"'seq' must be an integer ≥ 0, got {seq!r}")
-    for key in ("t0", "fs"):
-        if key not in msg:
-            raise ProtocolError("missing_key", f"payload lacks {key!r}")
-    t0, fs = _number(msg, "t0"), _number(msg, "fs")
+    t0, fs = _number(t0, "t0"), _number(fs, "fs")
     if not math.isfinite(t0):
         raise ProtocolError("bad_time", f"'t0' must be finite, got {t0}")
     if not (MIN_FS_HZ <= fs <= MAX_FS_HZ):  # NaN fails this too
@@ -124,7 +120,7 @@ def decode_ingest(frames: list[bytes]) -> Ingest:
     if r is not None:
         if type(r) is not dict:
             raise ProtocolError("bad_type", "'ref' must be a map {sbp, dbp}")
-        ref = (_number(r, "sbp"), _number(r, "dbp"))
+        ref = (_number(r.get("sbp"), "sbp"), _number(r.get("dbp"), "dbp"))
         if not all(math.isfinite(v) for v in ref):
             raise ProtocolError("bad_type", f"'ref' values must be finite, got {ref}")
     meta = msg.get("meta")

@@ -22,6 +22,7 @@ import zmq
 from .datasets.replay_csv import Recording, read_replay_csv
 from .errors import P2PError
 from .protocol import encode_ingest
+from .security import add_client_args, client_keys, curve_client
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +65,21 @@ def wait_for_subscriber(sock: zmq.Socket, address: str, timeout_s: float | None)
             next_note = now + 5.0
 
 
-def run_publisher(address: str, publish: Callable[[zmq.Socket], int], wait_s: float | None) -> int:
+def run_publisher(
+    address: str, publish: Callable[[zmq.Socket], int], wait_s: float | None, curve: tuple[str, str] | None = None
+) -> int:
     """Connect an XPUB to the daemon's ingest, wait for its subscription, then `publish(sock)`; an exit code.
 
-    Ctrl-C ends it cleanly (0); a daemon that never subscribes within `wait_s` is an error (2).
+    Ctrl-C ends it cleanly (0); a daemon that never subscribes within `wait_s` is an error (2). `curve` is
+    (server public key file, client secret key file) for a daemon with CURVE on.
     """
     ctx = zmq.Context()
     sock = ctx.socket(zmq.XPUB)
     sock.setsockopt(zmq.LINGER, 2000)  # let queued messages reach the daemon on exit
     sock.setsockopt(zmq.SNDHWM, 1_000_000)
     try:
+        if curve:
+            curve_client(sock, *curve)
         sock.connect(address)
         wait_for_subscriber(sock, address, wait_s)
         log.info("sent %d messages", publish(sock))
@@ -148,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fs", type=float, help="sampling rate of a single-column CSV, Hz")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--wait-s", type=float, help="give up if no daemon subscribes within this time (default: wait)")
+    add_client_args(p)
     args = p.parse_args(argv)
+    curve = client_keys(args, p)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.speed <= 0 or args.chunk < 1 or args.devices < 0:
         p.error("--speed must be > 0, --chunk ≥ 1 and --devices ≥ 0")
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("replaying %d device(s) from %s to %s at %gx", len(feeds), args.csv, args.connect, args.speed)
         return Replayer(feeds, sock, args.chunk, args.speed, args.loop).run(args.duration)
 
-    return run_publisher(args.connect, publish, args.wait_s)
+    return run_publisher(args.connect, publish, args.wait_s, curve)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,6 @@
 """The daemon as a real process: end to end, a malformed barrage that changes nothing, SIGTERM, refused configs."""
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import msgpack
@@ -11,7 +8,7 @@ import numpy as np
 import pytest
 import zmq
 from conftest import simulated_ppg
-from zmq_helpers import client, ipc_addresses
+from zmq_helpers import client, daemon_process, ipc_addresses
 
 from p2p_stream import Estimator
 from p2p_stream.cli_daemon import main as daemon_main
@@ -48,36 +45,13 @@ def malformed(i: int) -> list[bytes]:
 
 
 @pytest.fixture
-def daemon_process():
-    with ipc_addresses() as addresses:
-        cmd = [
-            sys.executable,
-            "daemon.py",
-            "--device",
-            "cpu",
-            "--window-s",
-            "4",
-            "--hop-s",
-            "1",
-            "--ingest",
-            addresses["ingest"],
-            "--publish",
-            addresses["publish"],
-            "--control",
-            addresses["control"],
-        ]
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            yield proc, addresses
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
+def daemon_proc():
+    with ipc_addresses() as addresses, daemon_process(addresses) as proc:
+        yield proc, addresses
 
 
-def test_real_daemon_process_barrage_and_sigterm(daemon_process):
-    proc, addresses = daemon_process
+def test_real_daemon_process_barrage_and_sigterm(daemon_proc):
+    proc, addresses = daemon_proc
     est = Estimator.load()
     x = simulated_ppg(80, 10, FS, seed=7)
     windows = cut_windows(x.astype(np.float32), 500, 125)
@@ -195,3 +169,22 @@ def test_checkpoint_that_needs_longer_windows_is_refused(tmp_path, capsys):
         "windowing.window_s = 10.0 s is shorter than the 12.0 s the model's quality gate needs"
         in capsys.readouterr().err
     )
+
+
+def test_fixed_length_checkpoint_with_other_windows_is_refused(tmp_path, capsys):
+    # A seed-lstm checkpoint (fixed 10 s input) under a daemon cutting 4 s windows: refused at start-up.
+    import torch
+
+    from p2p_stream.checkpoint import save_checkpoint
+    from p2p_stream.estimator import Estimator
+    from p2p_stream.models import build_model
+
+    meta = {k: v for k, v in Estimator.load().metadata.items() if k not in ("model", "weights", "format")}
+    meta["window_s"] = 10.0
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "seed", build_model("seed-lstm", {"outputs": 1}), "seed-lstm", meta)
+    with ipc_addresses() as a:
+        code = daemon_main(["--model", str(tmp_path / "seed"), "--window-s", "4", "--hop-s", "1", "--device", "cpu",
+                            "--ingest", a["ingest"], "--publish", a["publish"], "--control", a["control"]])  # fmt: skip
+    assert code == 2
+    assert "takes only the 10.0 s windows it was trained on; set windowing.window_s = 10.0" in capsys.readouterr().err

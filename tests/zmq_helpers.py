@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -55,6 +58,8 @@ class Client:
     def _socket(self, kind: int, address: str) -> zmq.Socket:
         s = self.ctx.socket(kind)
         s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, 0)  # a test's burst must never be dropped by the test's own sockets
+        s.setsockopt(zmq.RCVHWM, 0)
         s.connect(address)
         return s
 
@@ -128,3 +133,31 @@ def client(addresses: dict[str, str]) -> Iterator[Client]:
         yield c
     finally:
         c.close()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextmanager
+def daemon_process(addresses: dict[str, str], *flags: str) -> Iterator[subprocess.Popen]:
+    """`daemon.py` as a real process on `addresses` (4 s windows, 1 s hop, CPU); killed if still running at exit.
+
+    Its log goes to a temporary file, read back with `proc.output()`.
+    """
+    cmd = [sys.executable, "daemon.py", "--device", "cpu", "--window-s", "4", "--hop-s", "1",
+           "--ingest", addresses["ingest"], "--publish", addresses["publish"], "--control", addresses["control"],
+           *flags]  # fmt: skip
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a chatty daemon must never block on it
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc.output = lambda: (log.seek(0), log.read())[1]  # type: ignore[attr-defined]
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))

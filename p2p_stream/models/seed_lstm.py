@@ -24,6 +24,8 @@ class SeedLSTM(nn.Module):
     """
 
     uses_demographics = False
+    # Trained on one window length (the notebook's 10 s): the daemon must cut exactly that length for it.
+    fixed_length = True
 
     def __init__(self, config: SeedLSTMConfig) -> None:
         super().__init__()

@@ -1,0 +1,88 @@
+"""p2p-keys: make the CURVE key pairs for the daemon and its wearables.
+
+    p2p-keys init keys/                 # keys/server.key(_secret) and an empty keys/authorized/
+    p2p-keys client watch-17 --dir keys/  # keys/clients/watch-17.key(_secret); its public key goes into authorized/
+    p2p-keys revoke watch-17 --dir keys/  # removes it from authorized/ (the daemon reads the folder at start-up)
+
+The daemon gets `security.curve_secret_key = "keys/server.key_secret"` and `security.authorized_keys =
+"keys/authorized"`; a wearable or simulator gets the server's public key and its own secret key
+(`--curve-server-key keys/server.key --curve-client-key keys/clients/watch-17.key_secret`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import zmq.auth
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def init(folder: Path) -> None:
+    if (folder / "server.key_secret").exists():
+        raise SystemExit(f"error: {folder}/server.key_secret exists; remove it first to make a new server key")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "authorized").mkdir(exist_ok=True)
+    public, secret = zmq.auth.create_certificates(folder, "server")
+    os.chmod(secret, 0o600)
+    print(f"server key pair: {public} (give to clients), {secret} (the daemon's; keep it private)")
+    print(f"allowed clients: {folder / 'authorized'}/ (empty; add with `p2p-keys client NAME --dir {folder}`)")
+
+
+def client(name: str, folder: Path) -> None:
+    if not NAME_RE.match(name):
+        raise SystemExit(f"error: client name {name!r} must be 1-64 characters of [A-Za-z0-9_.-]")
+    if not (folder / "authorized").is_dir():
+        raise SystemExit(f"error: {folder}/authorized/ does not exist; run `p2p-keys init {folder}` first")
+    clients = folder / "clients"
+    clients.mkdir(exist_ok=True)
+    if (clients / f"{name}.key").exists():
+        raise SystemExit(f"error: client {name!r} exists in {clients}; revoke it or choose another name")
+    public, secret = zmq.auth.create_certificates(clients, name)
+    os.chmod(secret, 0o600)
+    shutil.copy(public, folder / "authorized" / f"{name}.key")
+    print(f"client {name}: {secret} (install on the wearable), public key allowed in {folder / 'authorized'}/")
+
+
+def revoke(name: str, folder: Path) -> None:
+    if not NAME_RE.match(name):
+        raise SystemExit(f"error: client name {name!r} must be 1-64 characters of [A-Za-z0-9_.-]")
+    target = folder / "authorized" / f"{name}.key"
+    if not target.exists():
+        allowed = sorted(p.stem for p in target.parent.glob("*.key"))
+        raise SystemExit(f"error: {target} does not exist; allowed now: {allowed}")
+    target.unlink()
+    print(f"revoked {name}; restart the daemon to apply")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="p2p-keys", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("init", help="the daemon's key pair and an empty authorized/ folder").add_argument("dir", type=Path)
+    for cmd, text in (("client", "a client key pair, allowed in"), ("revoke", "remove a client from authorized/")):
+        c = sub.add_parser(cmd, help=text)
+        c.add_argument("name")
+        c.add_argument("--dir", type=Path, default=Path("keys"))
+    args = p.parse_args(argv)
+    old_mask = os.umask(0o077)  # secret keys are never readable by others, not even before their chmod
+    try:
+        if args.cmd == "init":
+            init(args.dir)
+        elif args.cmd == "client":
+            client(args.name, args.dir)
+        else:
+            revoke(args.name, args.dir)
+    finally:
+        os.umask(old_mask)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
