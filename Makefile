@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint format bench results clean
+.PHONY: setup demo test test-all lint format bench soak results clean
 
 $(STAMP): pyproject.toml constraints/ci.txt
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_inference.py
+
+soak: $(STAMP)  ## 500 devices for 10 minutes: memory and latency over time (docs/reliability.md)
+	$(BIN)/python benchmarks/soak.py --devices 500 --minutes 10
 
 results: $(STAMP)  ## re-measure docs/results.md (about 30 min on 2 cores)
 	bash benchmarks/results.sh
