@@ -11,7 +11,6 @@ import math
 import os
 import threading
 import time
-from dataclasses import asdict
 
 import torch
 import zmq
@@ -79,7 +78,8 @@ class Daemon:
             zmq.SUB, config.sockets.ingest, "sockets.ingest", secure=True,
             options={zmq.RCVHWM: 100_000, zmq.MAXMSGSIZE: 16 * MAX_MESSAGE_BYTES},
         )  # fmt: skip
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"ppg.")
+        for prefix in config.sockets.prefixes.split(","):  # this daemon's shard of the devices
+            self.sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
         # Per subscriber: one that stops reading costs at most this many queued estimates, never the others' speed.
         self.pub = self._bind(
             zmq.PUB, config.sockets.publish, "sockets.publish", options={zmq.SNDHWM: config.limits.publish_hwm}
@@ -110,7 +110,10 @@ class Daemon:
         if secure and self.curve is not None:
             self.curve.serve(sock)
         try:
-            sock.bind(address)
+            if self.config.sockets.connect and key in ("sockets.ingest", "sockets.publish"):
+                sock.connect(address)  # behind a p2p-proxy: the proxy binds, the shards connect
+            else:
+                sock.bind(address)
         except zmq.ZMQError as exc:
             sock.close()
             if self.curve is not None:
@@ -203,7 +206,7 @@ class Daemon:
             self.estimator.name,
             self.worker.est_device,
         )
-        warning = exposure_warning(self.config.security, asdict(self.config.sockets))
+        warning = exposure_warning(self.config.security, self.config.sockets.addresses())
         if warning:
             log.warning(warning)
         poller = zmq.Poller()

@@ -16,6 +16,11 @@ class Sockets:
     ingest: str = "tcp://127.0.0.1:5555"  # SUB, binds; wearables connect a PUB
     publish: str = "tcp://127.0.0.1:5556"  # PUB, binds; estimates and the heartbeat
     control: str = "tcp://127.0.0.1:5557"  # REP, binds; ping, stats, calibrate, forget
+    connect: bool = False  # ingest and publish connect to a p2p-proxy (sharded daemons) instead of binding
+    prefixes: str = "ppg."  # comma-separated ingest topic prefixes this daemon takes (its shard of the devices)
+
+    def addresses(self) -> dict[str, str]:
+        return {"ingest": self.ingest, "publish": self.publish, "control": self.control}
 
 
 @dataclass
@@ -96,11 +101,16 @@ def _validate(c: DaemonConfig) -> None:
         raise ConfigError(
             f"windowing.hop_s ({c.windowing.hop_s}) must not exceed windowing.window_s ({c.windowing.window_s})"
         )
+    prefixes = c.sockets.prefixes.split(",")
+    if not all(p.startswith("ppg.") for p in prefixes):
+        raise ConfigError(f"sockets.prefixes must be comma-separated topics starting with 'ppg.', got {prefixes}")
     for f in fields(c.sockets):
+        if f.name in ("connect", "prefixes"):
+            continue
         address = getattr(c.sockets, f.name)
         if not address.startswith(ADDRESS_SCHEMES):
             raise ConfigError(f"sockets.{f.name} must start with one of {ADDRESS_SCHEMES}, got {address!r}")
-    addresses = [getattr(c.sockets, f.name) for f in fields(c.sockets)]
+    addresses = [c.sockets.ingest, c.sockets.publish, c.sockets.control]
     if len(set(addresses)) != len(addresses):
         raise ConfigError(f"sockets.ingest, publish and control must differ, got {addresses}")
     device = c.model.device
@@ -108,7 +118,7 @@ def _validate(c: DaemonConfig) -> None:
         raise ConfigError(f"model.device must be cpu, cuda, cuda:N or auto, got {device!r}")
     if c.operation.log_level.upper() not in LOG_LEVELS:
         raise ConfigError(f"operation.log_level must be one of {LOG_LEVELS}, got {c.operation.log_level!r}")
-    validate_security(c.security, asdict(c.sockets))
+    validate_security(c.security, c.sockets.addresses())
 
 
 def load_daemon_config(path: str | Path | None = None, overrides: list[dict] | None = None) -> DaemonConfig:
