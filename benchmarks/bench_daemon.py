@@ -62,10 +62,8 @@ def start_daemon(addresses: dict, max_batch: int, threads: int) -> subprocess.Po
     return proc
 
 
-def run_point(n: int, seconds: float, max_batch: int, threads: int) -> dict:
-    folder = tempfile.mkdtemp(prefix="p2pb")
-    addresses = {k: f"ipc://{folder}/{k}" for k in ("ingest", "publish", "control")}
-    daemon = start_daemon(addresses, max_batch, threads)
+def join_daemon(addresses: dict) -> tuple[zmq.Context, zmq.Socket, zmq.Socket]:
+    """(context, SUB on the estimates, XPUB into ingest), both joined: nothing sent from now on is lost."""
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"sbp.")
@@ -77,6 +75,14 @@ def run_point(n: int, seconds: float, max_batch: int, threads: int) -> dict:
     while pub.recv()[:1] != b"\x01":  # the daemon has subscribed
         pass
     time.sleep(0.5)  # and our SUB has joined the daemon's PUB
+    return ctx, sub, pub
+
+
+def run_point(n: int, seconds: float, max_batch: int, threads: int) -> dict:
+    folder = tempfile.mkdtemp(prefix="p2pb")
+    addresses = {k: f"ipc://{folder}/{k}" for k in ("ingest", "publish", "control")}
+    daemon = start_daemon(addresses, max_batch, threads)
+    ctx, sub, pub = join_daemon(addresses)
     received: list[tuple[str, float, float, float]] = []
     stop = threading.Event()
 

@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import zmq
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_daemon import FS, HOP_S, WINDOW_S, proc_stats, start_daemon  # noqa: E402
+from bench_daemon import FS, HOP_S, WINDOW_S, join_daemon, proc_stats, start_daemon  # noqa: E402
 
 from p2p_stream.fleet import Fleet, FleetConfig  # noqa: E402
 from p2p_stream.protocol import decode_estimate, encode_ingest  # noqa: E402
@@ -43,17 +42,7 @@ def main() -> None:
     folder = tempfile.mkdtemp(prefix="p2ps")
     addresses = {k: f"ipc://{folder}/{k}" for k in ("ingest", "publish", "control")}
     daemon = start_daemon(addresses, 64, args.threads)
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"sbp.")
-    sub.setsockopt(zmq.RCVHWM, 0)
-    sub.connect(addresses["publish"])
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.SNDHWM, 0)
-    pub.connect(addresses["ingest"])
-    while pub.recv()[:1] != b"\x01":
-        pass
-    time.sleep(0.5)
+    ctx, sub, pub = join_daemon(addresses)
     latencies: list[tuple[float, float]] = []  # (arrival, ms)
     lock, stop = threading.Lock(), threading.Event()
 
