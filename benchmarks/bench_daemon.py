@@ -78,6 +78,45 @@ def join_daemon(addresses: dict) -> tuple[zmq.Context, zmq.Socket, zmq.Socket]:
     return ctx, sub, pub
 
 
+class PacedFleet:
+    """N synthetic devices at 125 Hz in 25-sample chunks, published in real time with spread arrivals.
+
+    Devices switch on at random times over one hop, so their windows do not all fall due in the same instant.
+    Each device's clock is offset by a random fraction of a chunk, so chunks arrive spread over time as from
+    independent wearables, not in one burst per tick. A device sends a chunk once its last sample is measured.
+    """
+
+    def __init__(self, n: int, pub: zmq.Socket) -> None:
+        self.fleet = Fleet(FleetConfig(devices=n, rates_hz=(FS,), chunk_s=25 / FS, stagger_s=HOP_S))
+        self.pub, self.dt = pub, self.fleet.config.chunk_s
+        self.offset = dict(zip(self.fleet.ids, np.random.default_rng(1).uniform(0, self.dt, n)))
+        self.t_wall0, self.start = time.time(), time.monotonic()
+        self.worst_lag = 0.0  # how far behind real time the sender fell, s
+
+    def send_tick(self, k: int) -> None:
+        """Send tick k's chunks, each when it is due."""
+        for m in sorted(self.fleet.tick(), key=lambda m: self.offset[m.device]):
+            wait = self.start + (k + 1) * self.dt + self.offset[m.device] - time.monotonic()
+            if wait > 0.002:
+                time.sleep(wait)
+            self.worst_lag = max(self.worst_lag, -wait)
+            t0 = self.t_wall0 + self.offset[m.device] + m.t0
+            self.pub.send_multipart(encode_ingest(m.device, m.seq, t0, m.fs, m.ppg))
+
+    def expected_windows(self, ticks: int) -> int:
+        """Windows the daemon owes for `ticks` ticks of this fleet."""
+        chunks = np.maximum(0, ticks - np.ceil(self.fleet.joins_at / self.dt)).astype(int)  # chunks each device sent
+        return int(np.maximum(0, (chunks * 25 - int(WINDOW_S * FS)) // int(HOP_S * FS) + 1).sum())
+
+
+def shut_down(daemon: subprocess.Popen, ctx: zmq.Context, folder: str) -> None:
+    """SIGTERM the daemon, close our sockets, remove the ipc folder."""
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(timeout=10)
+    ctx.destroy(linger=0)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def run_point(n: int, seconds: float, max_batch: int, threads: int) -> dict:
     folder = tempfile.mkdtemp(prefix="p2pb")
     addresses = {k: f"ipc://{folder}/{k}" for k in ("ingest", "publish", "control")}
@@ -94,39 +133,22 @@ def run_point(n: int, seconds: float, max_batch: int, threads: int) -> dict:
 
     collector = threading.Thread(target=collect)
     collector.start()
-    # Devices switch on at random times over one hop, so their windows do not all fall due in the same instant.
-    fleet = Fleet(FleetConfig(devices=n, rates_hz=(FS,), chunk_s=25 / FS, stagger_s=HOP_S))
-    dt = fleet.config.chunk_s
+    paced = PacedFleet(n, pub)
     cpu0, _ = proc_stats(daemon.pid)
-    peak_rss, worst_lag = 0, 0.0
-    t_wall0 = time.time()
-    start = time.monotonic()
-    ticks = int(seconds / dt)
-    # Each device's clock is offset by a random fraction of a chunk, so chunks arrive spread over time as from
-    # independent wearables, not in one burst per tick. A device sends a chunk once its last sample is measured.
-    offset = dict(zip(fleet.ids, np.random.default_rng(1).uniform(0, dt, n)))
+    peak_rss = 0
+    ticks = int(seconds / paced.dt)
     for k in range(ticks):
-        messages = sorted(fleet.tick(), key=lambda m: offset[m.device])
-        for m in messages:
-            wait = start + (k + 1) * dt + offset[m.device] - time.monotonic()
-            if wait > 0.002:
-                time.sleep(wait)
-            worst_lag = max(worst_lag, -wait)
-            pub.send_multipart(encode_ingest(m.device, m.seq, t_wall0 + offset[m.device] + m.t0, m.fs, m.ppg))
+        paced.send_tick(k)
         if k % 25 == 0:
             peak_rss = max(peak_rss, proc_stats(daemon.pid)[1])
-    elapsed = time.monotonic() - start
+    elapsed = time.monotonic() - paced.start
     time.sleep(1.5)  # the last windows' estimates
     cpu1, rss = proc_stats(daemon.pid)
     stop.set()
     collector.join()
-    daemon.send_signal(signal.SIGTERM)
-    daemon.wait(timeout=10)
-    ctx.destroy(linger=0)
-    shutil.rmtree(folder, ignore_errors=True)
-
-    chunks = np.maximum(0, ticks - np.ceil(fleet.joins_at / dt)).astype(int)  # chunks each device sent
-    expected = int(np.maximum(0, (chunks * 25 - int(WINDOW_S * FS)) // int(HOP_S * FS) + 1).sum())
+    shut_down(daemon, ctx, folder)
+    expected = paced.expected_windows(ticks)
+    worst_lag, dt = paced.worst_lag, paced.dt
     latencies = np.array([(recv - t) * 1000 for _, t, recv, _ in received]) if received else np.array([np.nan])
     daemon_ms = np.array([d for *_, d in received]) if received else np.array([np.nan])
     result = {

@@ -29,6 +29,7 @@ import numpy as np
 import zmq
 
 from p2p_stream.protocol import decode_map, encode_ingest, pack
+from p2p_stream.proxy import Proxy
 
 
 def messages(n_messages: int, devices: int) -> list[list[bytes]]:
@@ -38,7 +39,8 @@ def messages(n_messages: int, devices: int) -> list[list[bytes]]:
             for i in range(n_messages)]  # fmt: skip
 
 
-def bare_rate(frames: list[list[bytes]]) -> float:
+def bare_rate(frames: list[list[bytes]], via_proxy: bool = False) -> float:
+    """Messages/s from one PUB to a SUB that only counts them; `via_proxy` puts a p2p-proxy between them."""
     ctx = zmq.Context()
     sub, pub = ctx.socket(zmq.SUB), ctx.socket(zmq.XPUB)
     for s in (sub, pub):
@@ -47,9 +49,15 @@ def bare_rate(frames: list[list[bytes]]) -> float:
     pub.setsockopt(zmq.SNDHWM, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"ppg.")
     folder = tempfile.mkdtemp(prefix="p2pi")
-    pub.bind(f"ipc://{folder}/bare")
-    sub.connect(f"ipc://{folder}/bare")
-    while pub.recv()[:1] != b"\x01":  # the subscription has arrived: nothing sent from here on is dropped
+    if via_proxy:
+        a = {k: f"ipc://{folder}/{k}" for k in ("wearables", "shards", "estimates", "subscribers")}
+        Proxy(a["wearables"], a["shards"], a["estimates"], a["subscribers"], hwm=0).start()
+        pub.connect(a["wearables"])
+        sub.connect(a["shards"])
+    else:
+        pub.bind(f"ipc://{folder}/bare")
+        sub.connect(f"ipc://{folder}/bare")
+    while pub.recv()[:1] != b"\x01":  # the subscription has arrived (through the proxy when there is one)
         pass
     done = threading.Event()
     count = [0]

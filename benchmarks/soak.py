@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -24,10 +22,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_daemon import FS, HOP_S, WINDOW_S, join_daemon, proc_stats, start_daemon  # noqa: E402
+from bench_daemon import PacedFleet, join_daemon, proc_stats, shut_down, start_daemon  # noqa: E402
 
-from p2p_stream.fleet import Fleet, FleetConfig  # noqa: E402
-from p2p_stream.protocol import decode_estimate, encode_ingest  # noqa: E402
+from p2p_stream.protocol import decode_estimate  # noqa: E402
 
 
 def main() -> None:
@@ -56,31 +53,25 @@ def main() -> None:
 
     collector = threading.Thread(target=collect)
     collector.start()
-    fleet = Fleet(FleetConfig(devices=args.devices, rates_hz=(FS,), chunk_s=25 / FS, stagger_s=HOP_S))
-    dt = fleet.config.chunk_s
-    offset = dict(zip(fleet.ids, np.random.default_rng(1).uniform(0, dt, args.devices)))
-    t_wall0, start = time.time(), time.monotonic()
-    ticks = int(args.minutes * 60 / dt)
-    series, next_report, worst_lag = [], start + args.interval_s, 0.0
+    paced = PacedFleet(args.devices, pub)
+    start = paced.start
+    ticks = int(args.minutes * 60 / paced.dt)
+    series, next_report = [], start + args.interval_s
     cpu_prev, t_prev = proc_stats(daemon.pid)[0], start
     for k in range(ticks):
-        for m in sorted(fleet.tick(), key=lambda m: offset[m.device]):
-            wait = start + (k + 1) * dt + offset[m.device] - time.monotonic()
-            if wait > 0.002:
-                time.sleep(wait)
-            worst_lag = max(worst_lag, -wait)
-            pub.send_multipart(encode_ingest(m.device, m.seq, t_wall0 + offset[m.device] + m.t0, m.fs, m.ppg))
+        paced.send_tick(k)
         now = time.monotonic()
         if now >= next_report:
             cpu, rss = proc_stats(daemon.pid)
             with lock:
+                received = len(latencies)
                 ms = np.array([lat for _, lat in latencies]) if latencies else np.array([np.nan])
                 latencies.clear()
             p50, p99 = (round(float(np.nanpercentile(ms, q)), 1) for q in (50, 99))
             row = {
                 "t_min": round((now - start) / 60, 2),
                 "rss_mb": round(rss / 2**20, 1),
-                "windows": int(ms.size),
+                "windows": received,
                 "p50_ms": p50,
                 "p99_ms": p99,
                 "cpu_pct": round(100 * (cpu - cpu_prev) / (now - t_prev), 1),
@@ -92,13 +83,8 @@ def main() -> None:
     time.sleep(1.5)
     stop.set()
     collector.join()
-    daemon.send_signal(signal.SIGTERM)
-    daemon.wait(timeout=10)
-    ctx.destroy(linger=0)
-    shutil.rmtree(folder, ignore_errors=True)
-
-    chunks = np.maximum(0, ticks - np.ceil(fleet.joins_at / dt)).astype(int)
-    expected = int(np.maximum(0, (chunks * 25 - int(WINDOW_S * FS)) // int(HOP_S * FS) + 1).sum())
+    shut_down(daemon, ctx, folder)
+    expected = paced.expected_windows(ticks)
     received = sum(r["windows"] for r in series)  # the last partial interval is not in the series: a lower bound
     after = [r for r in series if r["t_min"] > args.warmup_min and r["windows"] > 0]
     third = max(1, len(after) // 3)
@@ -113,7 +99,7 @@ def main() -> None:
         "p99_last_third_ms": p99_1,
         "windows_expected": expected,
         "windows_received_in_series": received,
-        "fleet_lag_s": round(worst_lag, 3),
+        "fleet_lag_s": round(paced.worst_lag, 3),
     }
     verdict["memory_ok"] = verdict["rss_growth_pct"] < 5.0
     verdict["latency_ok"] = p99_1 <= max(1.5 * p99_0, p99_0 + 25.0)

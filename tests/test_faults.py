@@ -8,62 +8,16 @@ The daemon runs 4 s windows with a 1 s hop (zmq_helpers.daemon_process); the pub
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import zmq
 from conftest import simulated_ppg
-from zmq_helpers import ROOT, Client, daemon_process, ipc_addresses, rss_bytes
+from zmq_helpers import Client, Subscriber, daemon_process, fleet, ipc_addresses, rss_bytes, wait_ready
 
-from p2p_stream.protocol import decode_estimate, decode_map, encode_ingest, pack
+from p2p_stream.protocol import encode_ingest
 
 WINDOW_S, HOP_S, FS = 4.0, 1.0, 125.0
-
-
-def fleet(address: str, devices: int = 1) -> subprocess.Popen:
-    cmd = [sys.executable, "simulators/fleet.py", "--devices", str(devices), "--connect", address, "--rates", "125",
-           "--chunk-s", "0.2", "--wait-s", "60"]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def wait_ready(address: str, timeout_s: float = 60.0) -> None:
-    ctx = zmq.Context()
-    req = ctx.socket(zmq.REQ)
-    req.setsockopt(zmq.LINGER, 0)
-    req.connect(address)
-    try:
-        req.send(pack({"cmd": "ping"}))
-        assert req.poll(int(timeout_s * 1000)), "daemon did not answer a ping"
-        assert decode_map(req.recv()) == {"ok": True}
-    finally:
-        ctx.destroy(linger=0)
-
-
-class Subscriber:
-    """A SUB on the estimates, collecting (receipt time, estimate)."""
-
-    def __init__(self, address: str, hwm: int = 0, rcvbuf: int = 0) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVHWM, hwm)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"sbp.")
-        if rcvbuf:
-            self.sock.setsockopt(zmq.RCVBUF, rcvbuf)
-        self.sock.connect(address)
-        self.got: list[tuple[float, dict]] = []
-
-    def collect(self, until, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not until(self.got):
-            assert time.monotonic() < deadline, f"timed out with {len(self.got)} estimates: {self.got[-2:]}"
-            if self.sock.poll(100):
-                self.got.append((time.time(), decode_estimate(self.sock.recv_multipart())))
-
-    def close(self) -> None:
-        self.ctx.destroy(linger=0)
 
 
 def test_publisher_dies_and_reconnects_without_a_window_over_the_hole():

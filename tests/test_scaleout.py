@@ -10,24 +10,9 @@ import tempfile
 import time
 
 import zmq
-from test_faults import Subscriber, fleet, wait_ready
-from zmq_helpers import ROOT, daemon_process
+from zmq_helpers import ROOT, Subscriber, daemon_process, fleet, request, wait_ready
 
-from p2p_stream.protocol import decode_map, pack
 from p2p_stream.proxy import Proxy
-
-
-def stats(address: str) -> dict:
-    ctx = zmq.Context()
-    req = ctx.socket(zmq.REQ)
-    req.setsockopt(zmq.LINGER, 0)
-    req.setsockopt(zmq.RCVTIMEO, 10_000)
-    req.connect(address)
-    try:
-        req.send(pack({"cmd": "stats"}))
-        return decode_map(req.recv())
-    finally:
-        ctx.destroy(linger=0)
 
 
 def test_two_sharded_daemons_behind_a_proxy_estimate_every_device_once():
@@ -49,7 +34,7 @@ def test_two_sharded_daemons_behind_a_proxy_estimate_every_device_once():
         pub = fleet(a["wearables"], devices=20)
         try:
             sub.collect(lambda g: len({e["device"] for _, e in g if e["ok"]}) == 20 and len(g) >= 80, 60)
-            per_shard = [stats(a["c0"]), stats(a["c1"])]
+            per_shard = [request(a[c], {"cmd": "stats"}) for c in ("c0", "c1")]
         finally:
             pub.kill()
             pub.wait(10)

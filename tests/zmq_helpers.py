@@ -161,3 +161,52 @@ def daemon_process(addresses: dict[str, str], *flags: str) -> Iterator[subproces
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def fleet(address: str, devices: int = 1) -> subprocess.Popen:
+    cmd = [sys.executable, "simulators/fleet.py", "--devices", str(devices), "--connect", address, "--rates", "125",
+           "--chunk-s", "0.2", "--wait-s", "60"]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def request(address: str, msg: dict, timeout_s: float = 10.0) -> dict:
+    """One control request on a fresh REQ socket; fails if no reply comes within `timeout_s`."""
+    ctx = zmq.Context()
+    req = ctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(address)
+    try:
+        req.send(pack(msg))
+        assert req.poll(int(timeout_s * 1000)), f"no reply to {msg} from {address}"
+        return decode_map(req.recv())
+    finally:
+        ctx.destroy(linger=0)
+
+
+def wait_ready(address: str, timeout_s: float = 60.0) -> None:
+    assert request(address, {"cmd": "ping"}, timeout_s) == {"ok": True}
+
+
+class Subscriber:
+    """A SUB on the estimates, collecting (receipt time, estimate)."""
+
+    def __init__(self, address: str, hwm: int = 0, rcvbuf: int = 0) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, hwm)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"sbp.")
+        if rcvbuf:
+            self.sock.setsockopt(zmq.RCVBUF, rcvbuf)
+        self.sock.connect(address)
+        self.got: list[tuple[float, dict]] = []
+
+    def collect(self, until, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not until(self.got):
+            assert time.monotonic() < deadline, f"timed out with {len(self.got)} estimates: {self.got[-2:]}"
+            if self.sock.poll(100):
+                self.got.append((time.time(), decode_estimate(self.sock.recv_multipart())))
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
