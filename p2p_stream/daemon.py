@@ -76,14 +76,15 @@ class Daemon:
         # itself drops the frame and disconnects the sender, so one peer cannot make us buffer gigabytes.
         self.sub = self._bind(
             zmq.SUB, config.sockets.ingest, "sockets.ingest", secure=True,
-            options={zmq.RCVHWM: 100_000, zmq.MAXMSGSIZE: 16 * MAX_MESSAGE_BYTES},
+            options={zmq.RCVHWM: 100_000, zmq.MAXMSGSIZE: 16 * MAX_MESSAGE_BYTES}, connect=config.sockets.connect,
         )  # fmt: skip
         for prefix in config.sockets.prefixes.split(","):  # this daemon's shard of the devices
             self.sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
         # Per subscriber: one that stops reading costs at most this many queued estimates, never the others' speed.
         self.pub = self._bind(
-            zmq.PUB, config.sockets.publish, "sockets.publish", options={zmq.SNDHWM: config.limits.publish_hwm}
-        )
+            zmq.PUB, config.sockets.publish, "sockets.publish", options={zmq.SNDHWM: config.limits.publish_hwm},
+            connect=config.sockets.connect,
+        )  # fmt: skip
         self.rep = self._bind(zmq.REP, config.sockets.control, "sockets.control", secure=True)
         # Refused CURVE handshakes never reach our code: the sockets' monitors report them.
         events = (
@@ -102,7 +103,16 @@ class Daemon:
             self.stop_event,
         )
 
-    def _bind(self, kind: int, address: str, key: str, secure: bool = False, options: dict | None = None) -> zmq.Socket:
+    def _bind(
+        self,
+        kind: int,
+        address: str,
+        key: str,
+        secure: bool = False,
+        options: dict | None = None,
+        connect: bool = False,
+    ) -> zmq.Socket:
+        """A socket bound to `address` (or connected to it, behind a p2p-proxy), options set before either."""
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         for option, value in (options or {}).items():
@@ -110,7 +120,7 @@ class Daemon:
         if secure and self.curve is not None:
             self.curve.serve(sock)
         try:
-            if self.config.sockets.connect and key in ("sockets.ingest", "sockets.publish"):
+            if connect:
                 sock.connect(address)  # behind a p2p-proxy: the proxy binds, the shards connect
             else:
                 sock.bind(address)
