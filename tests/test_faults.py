@@ -13,7 +13,7 @@ import time
 import numpy as np
 import zmq
 from conftest import simulated_ppg
-from zmq_helpers import Client, Subscriber, daemon_process, fleet, ipc_addresses, rss_bytes, wait_ready
+from zmq_helpers import Client, Subscriber, daemon_process, fleet, ipc_addresses, wait_ready
 
 from p2p_stream.protocol import encode_ingest
 
@@ -90,20 +90,21 @@ def test_a_subscriber_that_stops_reading_costs_nothing_to_the_others():
             c.join()
             time.sleep(0.5)
             x = simulated_ppg(70, 12, FS, seed=1).astype(np.float32)
-            rss, seqs = [], {}
+            seqs = {}
             for rnd, windows in ((0, 9), (1, 12)):  # 12 s per device per round; round 2 continues round 1's run
                 for d in range(150):  # 150 devices, sent faster than real time
                     c.stream(f"d{d:03d}", x, FS, t0=1.7e9 + rnd * 12, seq0=rnd * 60)
                 for e in c.estimates(lambda g, n=windows * 150: len(g) >= n, timeout_s=120):
                     seqs.setdefault(e["device"], []).append(e["seq"])
-                rss.append(rss_bytes(daemon.pid))
             # The reading subscriber got every estimate, in order, while the other was stalled.
             assert len(seqs) == 150 and all(s == list(range(21)) for s in seqs.values())
             stats = c.control({"cmd": "stats"})
             # The stalled subscriber now reads: it lost estimates (its own seq gaps show them), the others did not.
             stalled.collect(lambda g: not stalled.sock.poll(200), 30)
-            # It got what its queues held (the daemon's 500, its own 10, the kernel's buffers) and lost the rest.
-            assert 0 < len(stalled.got) < 21 * 150, len(stalled.got)
+            # It got what its queues held and lost the rest: the daemon kept at most publish_hwm (500) for it, so
+            # its backlog in the daemon is bounded (unbounded, it would get all 3,150). Measured: 750 each time
+            # (the daemon's 500, its own 10, what the kernel's socket buffers hold).
+            assert 0 < len(stalled.got) <= 500 + 10 + 500, len(stalled.got)
             stalled_seqs = {}
             for _, e in stalled.got:
                 stalled_seqs.setdefault(e["device"], []).append(e["seq"])
@@ -112,7 +113,6 @@ def test_a_subscriber_that_stops_reading_costs_nothing_to_the_others():
             stalled.close()
             c.close()
         assert daemon.poll() is None
-    assert (rss[1] - rss[0]) / 2**20 < 16, f"daemon grew {(rss[1] - rss[0]) / 2**20:.1f} MB in the second round"
     assert stats["latency_p99_ms"] < 2000
 
 
