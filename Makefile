@@ -4,22 +4,31 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint format bench soak results clean
+.PHONY: setup cluster demo test test-all lint format bench soak results clean
+
+CLUSTER := $(VENV)/.installed-cluster
 
 $(STAMP): pyproject.toml constraints/ci.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints/ci.txt -e '.[dev]'
 	touch $(STAMP)
 
+# Ray Serve (the optional inference tier) only where it is used: the tests and `make cluster`, not the demo.
+$(CLUSTER): $(STAMP)
+	$(BIN)/pip install -q -c constraints/ci.txt -e '.[dev,cluster]'
+	touch $(CLUSTER)
+
 setup: $(STAMP)
 
 demo: $(STAMP)  ## daemon + replay of bundled real recordings + live dashboard, until Ctrl-C
 	$(BIN)/p2p-demo
 
-test: $(STAMP)  ## fast checks, what CI runs
+cluster: $(CLUSTER)  ## install the [cluster] extra (Ray Serve) for model.backend = "ray"
+
+test: $(CLUSTER)  ## fast checks, what CI runs
 	$(BIN)/pytest -m "not slow"
 
-test-all: $(STAMP)  ## including slow checks (needs ../shared/data)
+test-all: $(CLUSTER)  ## including slow checks (needs ../shared/data)
 	$(BIN)/pytest
 
 lint: $(STAMP)

@@ -1,13 +1,15 @@
 """Benchmark: the whole path under load — N synthetic wearables → a real p2p-daemon → a subscriber.
 
-    python benchmarks/bench_daemon.py [--devices 100,250,500,1000] [--seconds 20] [--naive]
+    python benchmarks/bench_daemon.py [--devices 100,250,500,1000] [--seconds 20] [--modes batched,naive,ray]
 
 For each N the fleet publishes N devices at 125 Hz in chunks of 25 samples (real-time paced) into a daemon
 started as its own process (10 s windows, 2 s hop); a subscriber thread collects every estimate. Reported:
 windows/s, latency p50/p99/max from the window's last sample to the estimate's arrival (sample time stamps are
 the wall-clock times at which the fleet sends them), windows lost, the daemon's CPU (% of one core) and peak
-RSS. "Sustained" means p99 ≤ 250 ms, nothing lost and a fleet that kept up. `--naive` runs the same with
-`--max-batch 1` (one window per inference call); both modes run in one invocation unless `--only` is given.
+RSS, and the whole machine's CPU (which counts Ray's processes too). "Sustained" means p99 ≤ 250 ms, nothing
+lost and a fleet that kept up. Modes, run one after the other in one invocation: `batched` (the local backend),
+`naive` (the same with `--max-batch 1`: one window per inference call), `ray` (`--backend ray`: the daemon starts a
+local Ray and one Serve replica of 1 CPU; needs the [cluster] extra).
 """
 
 from __future__ import annotations
@@ -43,11 +45,18 @@ def proc_stats(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
-def start_daemon(addresses: dict, max_batch: int, threads: int) -> subprocess.Popen:
+def machine_busy_s() -> float:
+    """CPU seconds all cores of this machine have been busy, from /proc/stat (every process, Ray's included)."""
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def start_daemon(addresses: dict, max_batch: int, threads: int, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     flags = {"--device": "cpu", "--threads": threads, "--window-s": WINDOW_S, "--hop-s": HOP_S,
              "--max-batch": max_batch, "--log-level": "WARNING", "--ingest": addresses["ingest"],
              "--publish": addresses["publish"], "--control": addresses["control"]}  # fmt: skip
-    cmd = [sys.executable, "-m", "p2p_stream.cli_daemon", *(str(v) for kv in flags.items() for v in kv)]
+    cmd = [sys.executable, "-m", "p2p_stream.cli_daemon", *(str(v) for kv in flags.items() for v in kv), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ctx = zmq.Context()
     req = ctx.socket(zmq.REQ)
@@ -112,15 +121,15 @@ class PacedFleet:
 def shut_down(daemon: subprocess.Popen, ctx: zmq.Context, folder: str) -> None:
     """SIGTERM the daemon, close our sockets, remove the ipc folder."""
     daemon.send_signal(signal.SIGTERM)
-    daemon.wait(timeout=10)
+    daemon.wait(timeout=60)  # with the Ray backend, its Ray instance shuts down too
     ctx.destroy(linger=0)
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_point(n: int, seconds: float, max_batch: int, threads: int) -> dict:
+def run_point(n: int, seconds: float, max_batch: int, threads: int, extra: tuple[str, ...] = ()) -> dict:
     folder = tempfile.mkdtemp(prefix="p2pb")
     addresses = {k: f"ipc://{folder}/{k}" for k in ("ingest", "publish", "control")}
-    daemon = start_daemon(addresses, max_batch, threads)
+    daemon = start_daemon(addresses, max_batch, threads, extra)
     ctx, sub, pub = join_daemon(addresses)
     received: list[tuple[str, float, float, float]] = []
     stop = threading.Event()
@@ -135,6 +144,7 @@ def run_point(n: int, seconds: float, max_batch: int, threads: int) -> dict:
     collector.start()
     paced = PacedFleet(n, pub)
     cpu0, _ = proc_stats(daemon.pid)
+    busy0 = machine_busy_s()
     peak_rss = 0
     ticks = int(seconds / paced.dt)
     for k in range(ticks):
@@ -144,6 +154,7 @@ def run_point(n: int, seconds: float, max_batch: int, threads: int) -> dict:
     elapsed = time.monotonic() - paced.start
     time.sleep(1.5)  # the last windows' estimates
     cpu1, rss = proc_stats(daemon.pid)
+    busy1 = machine_busy_s()
     stop.set()
     collector.join()
     shut_down(daemon, ctx, folder)
@@ -166,6 +177,7 @@ def run_point(n: int, seconds: float, max_batch: int, threads: int) -> dict:
         "daemon_p99_ms": round(float(np.percentile(daemon_ms, 99)), 1),
         "daemon_cpu_pct": round(100 * (cpu1 - cpu0) / elapsed, 1),
         "daemon_rss_mb": round(max(peak_rss, rss) / 2**20, 1),
+        "machine_cpu_pct": round(100 * (busy1 - busy0) / elapsed / (os.cpu_count() or 1), 1),
         "fleet_lag_s": round(worst_lag, 3),
     }
     result["sustained"] = bool(result["lost"] == 0 and result["p99_ms"] <= P99_LIMIT_MS and worst_lag < dt)
@@ -177,25 +189,36 @@ def main() -> None:
     p.add_argument("--devices", default="100,250,500,1000,1500")
     p.add_argument("--naive-devices", default="10,25,50,100,200")
     p.add_argument("--seconds", type=float, default=24.0, help="fleet run per point (the first 10 s fill windows)")
+    p.add_argument("--ray-devices", default="100,250,500,1000,1250")
     p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--only", choices=["batched", "naive"])
+    p.add_argument("--modes", "--only", default="batched,naive", help="comma-separated: batched, naive, ray")
     p.add_argument("--threads", type=int, default=0, help="the daemon's torch threads (0 = its default)")
     p.add_argument("--out", help="JSON results here")
     args = p.parse_args()
+    wanted = args.modes.split(",")
+    modes = [
+        ("batched", args.max_batch, args.devices, ()),
+        ("naive", 1, args.naive_devices, ()),
+        ("ray", args.max_batch, args.ray_devices, ("--backend", "ray", "--set", "ray.max_replicas=1")),
+    ]
+    unknown = set(wanted) - {m[0] for m in modes}
+    if unknown:
+        p.error(f"--modes: unknown {sorted(unknown)}; choose from batched, naive, ray")
     rows, best = [], {}
-    modes = [("batched", args.max_batch, args.devices), ("naive", 1, args.naive_devices)]
-    print("| mode | devices | windows/s | p50 ms | p99 ms | max ms | lost | daemon CPU % | RSS MB | sustained |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for mode, max_batch, devices in modes:
-        if args.only and mode != args.only:
+    print("| mode | devices | windows/s | p50 ms | p99 ms | max ms | lost | daemon CPU % | machine CPU % | RSS MB "
+          "| sustained |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for mode, max_batch, devices, extra in modes:
+        if mode not in wanted:
             continue
         for n in (int(v) for v in devices.split(",")):
-            r = run_point(n, args.seconds, max_batch, args.threads)
+            r = run_point(n, args.seconds, max_batch, args.threads, extra)
             r["mode"] = mode
             rows.append(r)
             print(
                 f"| {mode} | {n} | {r['windows_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | "
-                f"{r['lost']} | {r['daemon_cpu_pct']} | {r['daemon_rss_mb']} | {'yes' if r['sustained'] else 'no'} |",
+                f"{r['lost']} | {r['daemon_cpu_pct']} | {r['machine_cpu_pct']} | {r['daemon_rss_mb']} | "
+                f"{'yes' if r['sustained'] else 'no'} |",
                 flush=True,
             )
             if r["sustained"]:
@@ -205,6 +228,8 @@ def main() -> None:
     print(f"\nlargest N sustained: {best}")
     if "batched" in best and "naive" in best:
         print(f"dynamic batching sustains {best['batched'] / best['naive']:.1f}x the naive path's devices")
+    if "batched" in best and "ray" in best:
+        print(f"the Ray backend sustains {best['ray'] / best['batched']:.2f}x the local backend's devices")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(

@@ -22,6 +22,7 @@ FLAGS = {
     "publish": "sockets.publish",
     "control": "sockets.control",
     "device": "model.device",
+    "backend": "model.backend",
     "model": "model.path",
     "window_s": "windowing.window_s",
     "hop_s": "windowing.hop_s",
@@ -39,6 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--publish", help="PUB address of estimates and heartbeat (tcp://127.0.0.1:5556)")
     p.add_argument("--control", help="REP address of the control socket (tcp://127.0.0.1:5557)")
     p.add_argument("--device", help="cpu | cuda | cuda:N | auto")
+    p.add_argument("--backend", help="local | ray (the network on a Ray Serve deployment; [ray] in the config)")
     p.add_argument("--model", help="checkpoint folder (default: the shipped model)")
     p.add_argument("--window-s", type=float, help="window length, s")
     p.add_argument("--hop-s", type=float, help="hop between windows, s")

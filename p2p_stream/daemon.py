@@ -11,6 +11,7 @@ import math
 import os
 import threading
 import time
+from pathlib import Path
 
 import torch
 import zmq
@@ -21,7 +22,8 @@ from .calibration import Calibrations
 from .daemon_config import DaemonConfig
 from .devices import DeviceLimitError, DeviceTable
 from .errors import ConfigError, P2PError, ProtocolError
-from .estimator import Estimator
+from .estimator import Estimator, default_model_path
+from .inference_backend import make_backend
 from .monitor import Monitor
 from .protocol import DEVICE_RE, MAX_MESSAGE_BYTES, decode_ingest, decode_map, pack
 from .ratelimit import RateLimitedLog
@@ -69,6 +71,8 @@ class Daemon:
         self.calibrations = Calibrations()
         self.stop_event = threading.Event()
         self.warn = RateLimitedLog(log, period_s=10.0)
+        checkpoint = Path(config.model.path) if config.model.path else default_model_path()
+        self.backend = make_backend(config.model.backend, self.estimator, checkpoint, config.ray)
         self.ctx = zmq.Context()
         self.curve = CurveServer(self.ctx, config.security) if config.security.curve_secret_key else None
         # Options go before bind: ZeroMQ applies them to connections made after they are set.
@@ -93,6 +97,7 @@ class Daemon:
         self.monitors = [s.get_monitor_socket(events) for s in (self.sub, self.rep)] if self.curve else []
         self.worker = InferenceWorker(
             self.estimator,
+            self.backend,
             self.batcher,
             self.pub,
             self.calibrations,
@@ -129,6 +134,7 @@ class Daemon:
             if self.curve is not None:
                 self.curve.stop()
             self.ctx.destroy(linger=0)
+            self.backend.close()
             raise ConfigError(f"{key}: cannot bind {address} ({exc}); is another daemon running there?") from exc
         return sock
 
@@ -279,5 +285,6 @@ class Daemon:
         if self.curve is not None:
             self.curve.stop()
         self.ctx.term()
+        self.backend.close()
         if self.worker.error is not None:
             raise P2PError(f"inference worker failed: {self.worker.error}")

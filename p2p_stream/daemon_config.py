@@ -42,6 +42,22 @@ class Model:
     path: str = ""  # checkpoint folder; empty = the shipped default
     device: str = "auto"  # cpu | cuda | cuda:N | auto (CUDA when present)
     threads: int = 0  # torch intra-op threads; 0 = every core but one (one is left to the ingest loop)
+    backend: str = "local"  # local: the network runs in this process | ray: on a Ray Serve deployment ([ray])
+
+
+@dataclass
+class Ray:
+    address: str = ""  # "" = a Ray instance of this daemon's own | "auto" = the cluster `ray start` made here | ray://…
+    app: str = "p2p-inference"  # the Serve application the daemons share; one per model
+    max_batch: int = 8  # daemon batches a replica merges into one forward pass (@serve.batch max_batch_size)
+    max_wait_ms: float = 10.0  # the first of them waits at most this long for the others
+    min_replicas: int = 1  # Ray's autoscaler keeps at least this many replicas…
+    max_replicas: int = 4  # …and adds up to this many as requests queue up
+    target_ongoing_requests: float = 2.0  # requests in flight per replica the autoscaler aims for
+    num_cpus: float = 1.0  # CPUs per replica (also its torch threads)
+    num_gpus: float = 0.0  # GPUs per replica; > 0 places replicas on GPUs and runs them on CUDA
+    timeout_s: float = 10.0  # a batch without an answer after this long is tried again
+    retries: int = 2  # tries after the first; then its windows are published as rejected: backend_unavailable
 
 
 @dataclass
@@ -67,6 +83,7 @@ class DaemonConfig:
     limits: Limits = field(default_factory=Limits)
     operation: Operation = field(default_factory=Operation)
     security: Security = field(default_factory=Security)
+    ray: Ray = field(default_factory=Ray)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,7 +103,17 @@ RANGES = {
     "limits.max_chunk_samples": (16, 100_000),
     "limits.publish_hwm": (10, 10_000_000),
     "operation.heartbeat_s": (0.05, 60.0),
+    "ray.max_batch": (1, 1024),
+    "ray.max_wait_ms": (0.0, 10_000.0),
+    "ray.min_replicas": (0, 10_000),
+    "ray.max_replicas": (1, 10_000),
+    "ray.target_ongoing_requests": (0.1, 10_000.0),
+    "ray.num_cpus": (0.0, 1024.0),
+    "ray.num_gpus": (0.0, 64.0),
+    "ray.timeout_s": (0.1, 600.0),
+    "ray.retries": (0, 100),
 }
+BACKENDS = ("local", "ray")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ADDRESS_SCHEMES = ("tcp://", "ipc://", "inproc://")
 
@@ -116,6 +143,18 @@ def _validate(c: DaemonConfig) -> None:
     device = c.model.device
     if device not in ("cpu", "cuda", "auto") and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise ConfigError(f"model.device must be cpu, cuda, cuda:N or auto, got {device!r}")
+    if c.model.backend not in BACKENDS:
+        raise ConfigError(f"model.backend must be one of {BACKENDS}, got {c.model.backend!r}")
+    if c.ray.min_replicas > c.ray.max_replicas:
+        raise ConfigError(
+            f"ray.min_replicas ({c.ray.min_replicas}) must not exceed ray.max_replicas ({c.ray.max_replicas})"
+        )
+    address = c.ray.address
+    if address and address != "auto" and not address.startswith("ray://") and ":" not in address:
+        raise ConfigError(
+            f"ray.address must be '' (a Ray of this daemon's own), 'auto', ray://host:port or host:port, "
+            f"got {address!r}"
+        )
     if c.operation.log_level.upper() not in LOG_LEVELS:
         raise ConfigError(f"operation.log_level must be one of {LOG_LEVELS}, got {c.operation.log_level!r}")
     validate_security(c.security, c.sockets.addresses())

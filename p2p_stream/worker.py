@@ -14,8 +14,10 @@ from .batcher import DynamicBatcher
 from .calibration import Calibrations
 from .demographics import parse_meta
 from .estimator import Estimator
+from .inference_backend import Backend, BackendUnavailable
 from .monitor import Monitor
 from .protocol import VERSION, encode_estimate, encode_status
+from .ratelimit import RateLimitedLog
 from .ring_buffer import Window
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ class InferenceWorker(threading.Thread):
     def __init__(
         self,
         estimator: Estimator,
+        backend: Backend,
         batcher: DynamicBatcher,
         pub: zmq.Socket,
         calibrations: Calibrations,
@@ -37,7 +40,8 @@ class InferenceWorker(threading.Thread):
         stop: threading.Event,
     ) -> None:
         super().__init__(name="p2p-inference", daemon=True)
-        self.est, self.batcher, self.pub = estimator, batcher, pub
+        self.est, self.backend, self.batcher, self.pub = estimator, backend, batcher, pub
+        self.warn = RateLimitedLog(log, period_s=10.0)
         self.calibrations, self.monitor, self.device_count = calibrations, monitor, device_count
         self.heartbeat_s, self.window_s, self.stop = heartbeat_s, window_s, stop
         self.model_name = estimator.name
@@ -66,7 +70,7 @@ class InferenceWorker(threading.Thread):
 
     @property
     def est_device(self) -> str:
-        return str(next(self.est.model.parameters()).device)
+        return self.backend.device
 
     def _estimate(self, w: Window, ok: bool, reason: str | None, sqi: float, hr: float | None) -> dict:
         e = {
@@ -118,7 +122,14 @@ class InferenceWorker(threading.Thread):
                 if self.est.uses_demographics
                 else np.zeros((len(group), 4), dtype=np.float32)
             )
-            pred = self.est.predict_prepared(np.stack([x for _, _, x in group]), features, batch_size=len(group))
+            try:
+                pred = self.backend.predict(np.stack([x for _, _, x in group]), features)
+            except BackendUnavailable as exc:  # the windows go out as rejected, counted; the daemon carries on
+                self.warn.warning(exc.reason, "published %d windows as rejected: %s", len(group), exc)
+                for _, e, _ in group:
+                    e["ok"], e["reason"] = False, exc.reason
+                self.monitor.reject(exc.reason, len(group))
+                continue
             for (w, e, _), (sbp, dbp) in zip(group, pred):
                 if not (np.isfinite(sbp) and np.isfinite(dbp)):  # e.g. samples near float32's limit
                     e["ok"], e["reason"] = False, "nan"

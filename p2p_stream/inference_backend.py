@@ -1,0 +1,60 @@
+"""Inference backends: where the daemon's prepared windows become SBP/DBP — in this process, or on a Ray Serve pool.
+
+The daemon keeps ingest, buffering, the quality gate and calibration; a backend only runs the network on windows
+that passed the gate. A backend that cannot answer raises `BackendUnavailable`: the daemon publishes those
+windows as rejected (`reason: "backend_unavailable"`, counted) and carries on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .errors import ConfigError, P2PError
+from .estimator import Estimator
+
+
+class BackendUnavailable(P2PError):
+    """The backend did not answer for this batch (after its retries)."""
+
+    reason = "backend_unavailable"
+
+
+class Backend(Protocol):
+    device: str  # where the network runs, for the heartbeat: "cpu", "cuda:0", "ray:p2p-inference"
+
+    def predict(self, x: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """Prepared windows (N, T) of one length and (N, 4) meta features → (N, 2) mmHg."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalBackend:
+    """The network in the daemon's own inference thread: the default, and the reference the others must equal."""
+
+    def __init__(self, estimator: Estimator) -> None:
+        self.est = estimator
+        self.device = str(next(estimator.model.parameters()).device)
+
+    def predict(self, x: np.ndarray, features: np.ndarray) -> np.ndarray:
+        return self.est.predict_prepared(x, features, batch_size=len(x))
+
+    def close(self) -> None:
+        pass
+
+
+def make_backend(kind: str, estimator: Estimator, checkpoint: Path, ray_config) -> Backend:
+    """The backend the config names; Ray is imported only when asked for (it is the optional `[cluster]` extra)."""
+    if kind == "local":
+        return LocalBackend(estimator)
+    try:
+        from .ray_backend import RayBackend
+    except ImportError as exc:
+        raise ConfigError(
+            f"model.backend = 'ray' needs Ray Serve, which is not installed ({exc}); "
+            "install it with: pip install -e '.[cluster]' (or use model.backend = 'local')"
+        ) from exc
+    return RayBackend(estimator, checkpoint, ray_config)

@@ -1,0 +1,142 @@
+"""The Ray Serve backend on a local Ray instance: the same numbers as the local backend, batches merged across
+daemons by @serve.batch, and a replica that dies or an app that vanishes never takes the daemon down."""
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import SAMPLE, read_segment, simulated_ppg
+from zmq_helpers import client, running_daemon
+
+ray = pytest.importorskip("ray", reason="the optional [cluster] extra (Ray Serve) is not installed")
+serve = pytest.importorskip("ray.serve")
+
+from p2p_stream import Estimator  # noqa: E402
+from p2p_stream.daemon_config import Ray  # noqa: E402
+from p2p_stream.estimator import default_model_path  # noqa: E402
+from p2p_stream.inference_backend import BackendUnavailable, LocalBackend  # noqa: E402
+from p2p_stream.preprocess import cut_windows  # noqa: E402
+from p2p_stream.ray_backend import RayBackend  # noqa: E402
+
+FS = 125.0
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module (starting one takes seconds): 2 CPUs, a small object store, no dashboard."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=128 * 2**20)  # fmt: skip
+    yield
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def est() -> Estimator:
+    return Estimator.load()
+
+
+def one_replica(**overrides) -> Ray:
+    knobs = {"min_replicas": 1, "max_replicas": 1, "max_batch": 16, "max_wait_ms": 50.0, "timeout_s": 20.0}
+    return Ray(**{**knobs, **overrides})
+
+
+def real_and_simulated_windows(est: Estimator) -> list[np.ndarray]:
+    """Prepared model inputs: real PPG-BP segments (2.1 s, 1 kHz) and simulated 10 s windows, two lengths."""
+    names = sorted(p.stem for p in (SAMPLE / "0_subject").glob("*.txt"))
+    real = np.stack([read_segment(n)[:2000] for n in names])
+    _, x_real = est.assess_batch(real, 1000.0)
+    sims = np.stack([simulated_ppg(hr, 10, FS, seed=i) for i, hr in enumerate(range(55, 125, 5))])
+    _, x_sim = est.assess_batch(sims, FS)
+    return [x_real, x_sim]
+
+
+def test_ray_backend_gives_the_local_backends_numbers_and_merges_batches(local_ray, est):
+    local = LocalBackend(est)
+    backend = RayBackend(est, default_model_path(), one_replica(app="p2p-same"))
+    try:
+        groups = real_and_simulated_windows(est)
+        requests = []  # batches of 1…n windows of both lengths, sent at once from 4 threads like 4 daemons
+        for x in groups:
+            requests += [x[i : i + k] for i, k in zip(range(0, len(x), 3), (1, 2, 3, 4, 5, 6))]
+        features = [np.zeros((len(x), 4), np.float32) for x in requests]
+        got: dict[int, np.ndarray] = {}
+
+        def send(k: int) -> None:
+            got[k] = backend.predict(requests[k], features[k])
+
+        threads = [threading.Thread(target=send, args=(k,)) for k in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        diffs = [np.abs(got[k] - local.predict(requests[k], features[k])).max() for k in range(len(requests))]
+        print(f"{len(requests)} requests; max |ray - local| = {max(diffs):.2e} mmHg")
+        assert max(diffs) < 1e-3  # float32 rounding of a differently sized batch, far below the wire's 0.01
+        info = backend.handle.info.remote().result(timeout_s=20)
+        assert info["model"] == est.name and info["requests"] == len(requests)
+        assert info["forwards"] < len(requests), info  # @serve.batch merged requests into shared forward passes
+    finally:
+        serve.delete("p2p-same")
+
+
+def test_daemon_with_ray_backend_streams_the_offline_estimates(local_ray, est):
+    x = simulated_ppg(72, 12, FS, seed=1)
+    windows = cut_windows(x.astype(np.float32), int(4 * FS), int(FS))
+    expected = est.predict(windows, FS)
+    ray_knobs = {"app": "p2p-daemon", "min_replicas": 1, "max_replicas": 1, "max_wait_ms": 5.0}
+    with running_daemon(est, model={"backend": "ray"}, ray=ray_knobs) as (daemon, a), client(a) as c:
+        c.join()
+        c.stream("watch-1", x, FS, chunk=25)
+        got = c.estimates(lambda g: len(g) >= len(windows), timeout_s=60)
+        assert c.control({"cmd": "stats"})["device"] == "ray:p2p-daemon"
+    assert [e["seq"] for e in got] == list(range(len(windows))) and all(e["ok"] for e in got)
+    np.testing.assert_allclose([[e["sbp"], e["dbp"]] for e in got], expected, atol=0.02)
+    serve.delete("p2p-daemon")
+
+
+def replica_actors(app: str) -> list:
+    names = ray.util.list_named_actors(all_namespaces=True)
+    return [ray.get_actor(n["name"], namespace=n["namespace"]) for n in names
+            if "SERVE_REPLICA" in n["name"] and app in n["name"]]  # fmt: skip
+
+
+def test_a_killed_replica_is_retried_and_no_window_is_lost(local_ray, est):
+    x = simulated_ppg(70, 40, FS, seed=3)
+    n_windows = len(cut_windows(x.astype(np.float32), int(4 * FS), int(FS)))
+    knobs = {"app": "p2p-kill", "min_replicas": 1, "max_replicas": 1, "timeout_s": 15.0, "retries": 3}
+    with running_daemon(est, model={"backend": "ray"}, ray=knobs) as (daemon, a), client(a) as c:
+        c.join()
+        (replica,) = replica_actors("p2p-kill")
+        half = len(x) // 2  # a multiple of the 25-sample chunk: the second half continues the run
+        seq = c.stream("w", x[:half], FS)
+        c.estimates(lambda g: len(g) >= 3, timeout_s=60)
+        ray.kill(replica, no_restart=True)  # the replica process dies; Serve's controller starts a new one
+        c.stream("w", x[half:], FS, t0=1_700_000_000.0 + half / FS, seq0=seq)
+        got = c.estimates(lambda g: len(g) >= n_windows - 3, timeout_s=120)
+        stats = c.control({"cmd": "stats"})
+    assert all(e["ok"] for e in got), [e.get("reason") for e in got if not e["ok"]]
+    assert "backend_unavailable" not in stats["rejected"]
+    assert replica_actors("p2p-kill") != [replica]
+    serve.delete("p2p-kill")
+
+
+def test_windows_without_a_backend_are_published_rejected_and_counted(local_ray, est):
+    knobs = {"app": "p2p-gone", "min_replicas": 1, "max_replicas": 1, "timeout_s": 1.0, "retries": 1}
+    x = simulated_ppg(70, 8, FS, seed=4)
+    with running_daemon(est, model={"backend": "ray"}, ray=knobs) as (daemon, a), client(a) as c:
+        c.join()
+        serve.delete("p2p-gone")  # every replica gone: each batch times out, is tried again, then given up
+        c.stream("w", x, FS)
+        got = c.estimates(lambda g: len(g) >= 5, timeout_s=60)
+        stats = c.control({"cmd": "stats"})
+        assert not daemon.stop_event.is_set() and daemon.worker.is_alive()
+    assert all(not e["ok"] and e["reason"] == "backend_unavailable" and e["sbp"] is None for e in got)
+    assert stats["rejected"]["backend_unavailable"] >= len(got)
+
+
+def test_backend_unavailable_names_the_app_and_the_cause(local_ray, est):
+    backend = RayBackend(est, default_model_path(), one_replica(app="p2p-msg", timeout_s=1.0, retries=0))
+    serve.delete("p2p-msg")
+    with pytest.raises(BackendUnavailable, match="'p2p-msg' gave no answer in 1 tries"):
+        backend.predict(np.zeros((1, 500), np.float32), np.zeros((1, 4), np.float32))
