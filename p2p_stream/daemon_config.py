@@ -56,6 +56,7 @@ class Ray:
     target_ongoing_requests: float = 2.0  # requests in flight per replica the autoscaler aims for
     num_cpus: float = 1.0  # CPUs per replica (also its torch threads)
     num_gpus: float = 0.0  # GPUs per replica; > 0 places replicas on GPUs and runs them on CUDA
+    max_in_flight: int = 4  # batches a daemon has sent and awaits at once (lets one daemon keep replicas busy)
     timeout_s: float = 10.0  # a batch without an answer after this long is tried again
     retries: int = 2  # tries after the first; then its windows are published as rejected: backend_unavailable
 
@@ -110,6 +111,7 @@ RANGES = {
     "ray.target_ongoing_requests": (0.1, 10_000.0),
     "ray.num_cpus": (0.0, 1024.0),
     "ray.num_gpus": (0.0, 64.0),
+    "ray.max_in_flight": (1, 256),
     "ray.timeout_s": (0.1, 600.0),
     "ray.retries": (0, 100),
 }

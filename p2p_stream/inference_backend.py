@@ -7,6 +7,7 @@ windows as rejected (`reason: "backend_unavailable"`, counted) and carries on.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Protocol
 
@@ -24,9 +25,14 @@ class BackendUnavailable(P2PError):
 
 class Backend(Protocol):
     device: str  # where the network runs, for the heartbeat: "cpu", "cuda:0", "ray:p2p-inference"
+    max_in_flight: int  # batches the daemon may have sent and not yet published
 
     def predict(self, x: np.ndarray, features: np.ndarray) -> np.ndarray:
         """Prepared windows (N, T) of one length and (N, 4) meta features → (N, 2) mmHg."""
+        ...
+
+    def submit(self, x: np.ndarray, features: np.ndarray) -> Future:
+        """`predict` as a future: the daemon gates the next batch while this one is on its way."""
         ...
 
     def close(self) -> None: ...
@@ -35,12 +41,19 @@ class Backend(Protocol):
 class LocalBackend:
     """The network in the daemon's own inference thread: the default, and the reference the others must equal."""
 
+    max_in_flight = 0  # answers at once: submit() returns a finished future
+
     def __init__(self, estimator: Estimator) -> None:
         self.est = estimator
         self.device = str(next(estimator.model.parameters()).device)
 
     def predict(self, x: np.ndarray, features: np.ndarray) -> np.ndarray:
         return self.est.predict_prepared(x, features, batch_size=len(x))
+
+    def submit(self, x: np.ndarray, features: np.ndarray) -> Future:
+        done: Future = Future()
+        done.set_result(self.predict(x, features))
+        return done
 
     def close(self) -> None:
         pass

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,8 @@ class RayBackend:
         serve.start(proxy_location="Disabled")  # no HTTP ingress: daemons reach the model through handles
         self.handle = self._join_or_deploy(estimator, checkpoint)
         self.device = f"ray:{config.app}"
+        self.max_in_flight = config.max_in_flight
+        self.pool = ThreadPoolExecutor(max_workers=config.max_in_flight, thread_name_prefix="p2p-ray")
 
     def _join_or_deploy(self, estimator: Estimator, checkpoint: Path) -> serve.handle.DeploymentHandle:
         c = self.config
@@ -155,8 +158,12 @@ class RayBackend:
             f"Ray Serve app {c.app!r} gave no answer in {1 + c.retries} tries: {type(last).__name__}: {last}"
         )
 
+    def submit(self, x: np.ndarray, features: np.ndarray) -> Future:
+        return self.pool.submit(self.predict, x, features)
+
     def close(self) -> None:
         """A Ray this daemon started goes with it; an app on a shared cluster stays for the other daemons."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
         if self.started_ray:
             serve.shutdown()
             ray.shutdown()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 
 import numpy as np
 import zmq
@@ -21,6 +24,18 @@ from .ratelimit import RateLimitedLog
 from .ring_buffer import Window
 
 log = logging.getLogger(__name__)
+POLL_IN_FLIGHT_S = 0.002  # with batches in flight, how often the worker looks for their answers
+
+
+@dataclass
+class InFlight:
+    """A batch whose estimates wait for the backend: the estimates in arrival order and one call per length."""
+
+    out: list[tuple[Window, dict]]
+    calls: list[tuple[list[tuple[Window, dict]], Future]]
+
+    def done(self) -> bool:
+        return all(call.done() for _, call in self.calls)
 
 
 class InferenceWorker(threading.Thread):
@@ -49,14 +64,20 @@ class InferenceWorker(threading.Thread):
 
     def run(self) -> None:
         next_beat = time.monotonic()
+        in_flight: deque[InFlight] = deque()  # batches sent to the backend, published strictly in this order
         try:
             while not self.stop.is_set():
-                batch = self.batcher.next_batch(timeout_s=max(0.0, min(0.05, next_beat - time.monotonic())))
+                wait = max(0.0, min(0.05, next_beat - time.monotonic()))
+                batch = self.batcher.next_batch(timeout_s=min(wait, POLL_IN_FLIGHT_S) if in_flight else wait)
                 if batch:
-                    self.publish(self.process(batch))
+                    in_flight.append(self.submit(batch))
+                while in_flight and (in_flight[0].done() or len(in_flight) > self.backend.max_in_flight):
+                    self.publish(self.finish(in_flight.popleft()))
                 if time.monotonic() >= next_beat:
                     self.pub.send_multipart(encode_status(self.status()))
                     next_beat = time.monotonic() + self.heartbeat_s
+            while in_flight:  # stopping: what was sent still gets its answer (or its reason) published
+                self.publish(self.finish(in_flight.popleft()))
         except BaseException as exc:  # surfaced by the daemon, which then stops: a dead worker must not go unnoticed
             log.exception("inference worker failed")
             self.error = exc
@@ -94,8 +115,8 @@ class InferenceWorker(threading.Thread):
             e["ref_sbp"], e["ref_dbp"] = float(w.ref[0]), float(w.ref[1])
         return e
 
-    def process(self, batch: list[Window]) -> list[tuple[Window, dict]]:
-        """Quality-gate each window, run the model once per window length on those that pass."""
+    def submit(self, batch: list[Window]) -> InFlight:
+        """Quality-gate each window; send those that pass to the backend, one call per window length."""
         out: list[tuple[Window, dict]] = []
         passed: list[tuple[Window, dict, np.ndarray]] = []
         checked: dict[int, tuple] = {}  # position in batch → (quality, model input)
@@ -115,29 +136,38 @@ class InferenceWorker(threading.Thread):
                 else:
                     self.monitor.reject(q.reason)
             out.append((w, e))  # in arrival order, so each device's seq goes out in order
+        calls = []
         for length in {len(x) for _, _, x in passed}:
-            group = [(w, e, x) for w, e, x in passed if len(x) == length]
+            group = [(w, e) for w, e, x in passed if len(x) == length]
             features = (
-                parse_meta([w.meta for w, _, _ in group], len(group))
+                parse_meta([w.meta for w, _ in group], len(group))
                 if self.est.uses_demographics
                 else np.zeros((len(group), 4), dtype=np.float32)
             )
+            calls.append(
+                (group, self.backend.submit(np.stack([x for _, _, x in passed if len(x) == length]), features))
+            )
+        return InFlight(out, calls)
+
+    def finish(self, job: InFlight) -> list[tuple[Window, dict]]:
+        """The backend's answers into the estimates; a call it could not answer marks its windows rejected."""
+        for group, call in job.calls:
             try:
-                pred = self.backend.predict(np.stack([x for _, _, x in group]), features)
+                pred = call.result()
             except BackendUnavailable as exc:  # the windows go out as rejected, counted; the daemon carries on
                 self.warn.warning(exc.reason, "published %d windows as rejected: %s", len(group), exc)
-                for _, e, _ in group:
+                for _, e in group:
                     e["ok"], e["reason"] = False, exc.reason
                 self.monitor.reject(exc.reason, len(group))
                 continue
-            for (w, e, _), (sbp, dbp) in zip(group, pred):
+            for (w, e), (sbp, dbp) in zip(group, pred):
                 if not (np.isfinite(sbp) and np.isfinite(dbp)):  # e.g. samples near float32's limit
                     e["ok"], e["reason"] = False, "nan"
                     self.monitor.reject("nan")
                     continue
                 sbp, dbp, calibrated = self.calibrations.apply(w.device, float(sbp), float(dbp))
                 e["sbp"], e["dbp"], e["calibrated"] = round(sbp, 2), round(dbp, 2), calibrated
-        return out
+        return job.out
 
     def publish(self, results: list[tuple[Window, dict]]) -> None:
         latencies = []

@@ -1,6 +1,7 @@
 """The daemon as a real process: end to end, a malformed barrage that changes nothing, SIGTERM, refused configs."""
 
 import signal
+import sys
 import time
 
 import msgpack
@@ -126,6 +127,10 @@ def test_port_in_use_fails_at_start_up(capsys):
         (["--ingest", "udp://x"], "sockets.ingest must start with one of"),
         (["--set", "limits.max_device=3"], "unknown key limits.'max_device'; valid keys: ['device_idle_s'"),
         (["--log-level", "LOUD"], "operation.log_level must be one of"),
+        (["--backend", "gpu"], "model.backend must be one of ('local', 'ray'), got 'gpu'"),
+        (["--set", "ray.min_replicas=5", "--set", "ray.max_replicas=2"], "ray.min_replicas (5) must not exceed"),
+        (["--set", "ray.address=headnode"], "ray.address must be '' (a Ray of this daemon's own), 'auto'"),
+        (["--set", "ray.retries=-1"], "ray.retries must be within [0, 100], got -1"),
     ],
 )
 def test_bad_configuration_is_refused_with_the_valid_range(argv, message, capsys):
@@ -139,6 +144,15 @@ def test_bad_model_path_is_refused(tmp_path, capsys):
             ["--model", str(tmp_path), "--ingest", a["ingest"], "--publish", a["publish"], "--control", a["control"]]
         )
     assert code == 2 and "no model.json" in capsys.readouterr().err
+
+
+def test_ray_backend_without_ray_installed_says_how_to_get_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "p2p_stream.ray_backend", None)  # as if the [cluster] extra were absent
+    with ipc_addresses() as a:
+        code = daemon_main(["--backend", "ray", "--ingest", a["ingest"], "--publish", a["publish"],
+                            "--control", a["control"]])  # fmt: skip
+    assert code == 2
+    assert "model.backend = 'ray' needs Ray Serve" in capsys.readouterr().err
 
 
 def test_default_config_file_matches_the_built_in_defaults():
