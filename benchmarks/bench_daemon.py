@@ -190,16 +190,25 @@ def main() -> None:
     p.add_argument("--naive-devices", default="10,25,50,100,200")
     p.add_argument("--seconds", type=float, default=24.0, help="fleet run per point (the first 10 s fill windows)")
     p.add_argument("--ray-devices", default="100,250,500,1000,1250")
+    p.add_argument("--ray-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a [ray] setting for the ray mode's daemon, e.g. max_in_flight=1")  # fmt: skip
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--modes", "--only", default="batched,naive", help="comma-separated: batched, naive, ray")
     p.add_argument("--threads", type=int, default=0, help="the daemon's torch threads (0 = its default)")
     p.add_argument("--out", help="JSON results here")
     args = p.parse_args()
     wanted = args.modes.split(",")
+    ray_flags = (
+        "--backend",
+        "ray",
+        "--set",
+        "ray.max_replicas=1",
+        *(f for kv in args.ray_set for f in ("--set", f"ray.{kv}")),
+    )
     modes = [
         ("batched", args.max_batch, args.devices, ()),
         ("naive", 1, args.naive_devices, ()),
-        ("ray", args.max_batch, args.ray_devices, ("--backend", "ray", "--set", "ray.max_replicas=1")),
+        ("ray", args.max_batch, args.ray_devices, ray_flags),
     ]
     unknown = set(wanted) - {m[0] for m in modes}
     if unknown:

@@ -50,13 +50,13 @@ class Ray:
     address: str = ""  # "" = a Ray instance of this daemon's own | "auto" = the cluster `ray start` made here | ray://…
     app: str = "p2p-inference"  # the Serve application the daemons share; one per model
     max_batch: int = 8  # daemon batches a replica merges into one forward pass (@serve.batch max_batch_size)
-    max_wait_ms: float = 10.0  # the first of them waits at most this long for the others
+    max_wait_ms: float = 0.0  # the first waits this long for others; 0 = merge what is queued, never wait
     min_replicas: int = 1  # Ray's autoscaler keeps at least this many replicas…
     max_replicas: int = 4  # …and adds up to this many as requests queue up
     target_ongoing_requests: float = 2.0  # requests in flight per replica the autoscaler aims for
     num_cpus: float = 1.0  # CPUs per replica (also its torch threads)
     num_gpus: float = 0.0  # GPUs per replica; > 0 places replicas on GPUs and runs them on CUDA
-    max_in_flight: int = 4  # batches a daemon has sent and awaits at once (lets one daemon keep replicas busy)
+    max_in_flight: int = 2  # batches a daemon has sent and awaits at once; >1 lets one daemon feed several replicas
     timeout_s: float = 10.0  # a batch without an answer after this long is tried again
     retries: int = 2  # tries after the first; then its windows are published as rejected: backend_unavailable
 

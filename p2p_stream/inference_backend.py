@@ -41,7 +41,7 @@ class Backend(Protocol):
 class LocalBackend:
     """The network in the daemon's own inference thread: the default, and the reference the others must equal."""
 
-    max_in_flight = 0  # answers at once: submit() returns a finished future
+    max_in_flight = 1  # answers at once: submit() returns a finished future
 
     def __init__(self, estimator: Estimator) -> None:
         self.est = estimator

@@ -70,8 +70,10 @@ class InferenceWorker(threading.Thread):
                 wait = max(0.0, min(0.05, next_beat - time.monotonic()))
                 batch = self.batcher.next_batch(timeout_s=min(wait, POLL_IN_FLIGHT_S) if in_flight else wait)
                 if batch:
+                    while len(in_flight) >= self.backend.max_in_flight:  # at most that many on their way
+                        self.publish(self.finish(in_flight.popleft()))
                     in_flight.append(self.submit(batch))
-                while in_flight and (in_flight[0].done() or len(in_flight) > self.backend.max_in_flight):
+                while in_flight and in_flight[0].done():
                     self.publish(self.finish(in_flight.popleft()))
                 if time.monotonic() >= next_beat:
                     self.pub.send_multipart(encode_status(self.status()))
