@@ -10,6 +10,7 @@ single windows, is deliberate: one Serve request per window tops out near 250 wi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import tempfile
@@ -58,7 +59,10 @@ class PressureModel:
         for length in {x.shape[1] for x in xs}:
             idx = [i for i, x in enumerate(xs) if x.shape[1] == length]
             merged = np.concatenate([xs[i] for i in idx])
-            pred = self.est.predict_prepared(merged, np.concatenate([features[i] for i in idx]), len(merged))
+            meta = np.concatenate([features[i] for i in idx])
+            # Off the replica's event loop, which must keep answering Serve's queue-length probes meanwhile (blocked
+            # by a forward pass, the callers' routers logged "Failed to get queue length … within 0.1s").
+            pred = await asyncio.to_thread(self.est.predict_prepared, merged, meta, len(merged))
             self.forwards += 1
             bounds = np.cumsum([0] + [len(xs[i]) for i in idx])
             for i, start, stop in zip(idx, bounds[:-1], bounds[1:]):
@@ -117,6 +121,8 @@ class RayBackend:
                 "target_ongoing_requests": c.target_ongoing_requests,
             },
             ray_actor_options={"num_cpus": c.num_cpus, "num_gpus": c.num_gpus},
+            # Serve's default (5) is below ray.max_batch (8): a replica would never hold enough requests to merge.
+            max_ongoing_requests=2 * c.max_batch,
         )
         files = checkpoint_files(checkpoint)
         threads = max(1, int(c.num_cpus))
