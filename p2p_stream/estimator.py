@@ -83,6 +83,11 @@ class Estimator:
         return f"{self.metadata['model']['name']}@{self.metadata['weights']['sha256'][:8]}"
 
     @property
+    def device(self) -> str:
+        """Where the network runs: 'cpu', 'cuda:0', …"""
+        return str(next(self.model.parameters()).device)
+
+    @property
     def fs(self) -> float:
         return self.preprocess.fs
 

@@ -45,7 +45,7 @@ class LocalBackend:
 
     def __init__(self, estimator: Estimator) -> None:
         self.est = estimator
-        self.device = str(next(estimator.model.parameters()).device)
+        self.device = estimator.device
 
     def predict(self, x: np.ndarray, features: np.ndarray) -> np.ndarray:
         return self.est.predict_prepared(x, features, batch_size=len(x))

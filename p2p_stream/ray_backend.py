@@ -27,6 +27,7 @@ from .checkpoint import METADATA, read_metadata
 from .errors import ConfigError
 from .estimator import Estimator
 from .inference_backend import BackendUnavailable
+from .ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # a daemon's own Ray instance moves batches of ~300 kB, not datasets
@@ -37,7 +38,7 @@ class PressureModel:
     """A replica: the checkpoint, shipped to it as bytes so that any node can host it, on a CPU or its GPU."""
 
     def __init__(self, files: dict[str, bytes], max_batch: int, max_wait_s: float, threads: int) -> None:
-        torch.set_num_threads(max(1, threads))
+        torch.set_num_threads(threads)
         with tempfile.TemporaryDirectory() as d:
             for name, data in files.items():
                 (Path(d) / name).write_bytes(data)
@@ -48,8 +49,7 @@ class PressureModel:
         self.predict.set_batch_wait_timeout_s(max_wait_s)
 
     def info(self) -> dict:
-        device = str(next(self.est.model.parameters()).device)
-        return {"model": self.est.name, "device": device, "requests": self.requests, "forwards": self.forwards}
+        return {"model": self.est.name, "device": self.est.device, "requests": self.requests, "forwards": self.forwards}
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # replaced in __init__ by the configured knobs
     async def predict(self, xs: list[np.ndarray], features: list[np.ndarray]) -> list[np.ndarray]:
@@ -87,6 +87,7 @@ class RayBackend:
 
     def __init__(self, estimator: Estimator, checkpoint: Path, config) -> None:
         self.config = config
+        self.warn = RateLimitedLog(log, period_s=10.0)  # a dead backend must not log every try of every batch
         self.started_ray = False
         for name in ("ray", "ray.serve"):  # Ray's INFO chatter would drown the daemon's own log
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -159,7 +160,7 @@ class RayBackend:
                     with contextlib.suppress(Exception):  # cancelling a failed request raises its error again
                         response.cancel()
                 last = exc
-                log.warning("Ray Serve app %s, try %d of %d: %s", c.app, attempt + 1, 1 + c.retries, exc)
+                self.warn.warning("retry", "Ray Serve app %s, try %d of %d: %s", c.app, attempt + 1, 1 + c.retries, exc)
         raise BackendUnavailable(
             f"Ray Serve app {c.app!r} gave no answer in {1 + c.retries} tries: {type(last).__name__}: {last}"
         )
