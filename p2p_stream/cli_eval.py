@@ -29,6 +29,12 @@ def evaluate_checkpoint(
         options["channel"] = channel
     ws = load_dataset(dataset, path, **options)
     if split == "test":
+        if "test_groups" not in meta.get("split", {}):
+            raise P2PError(
+                f"{est.name} was trained on every subject of {meta['data'].get('datasets', meta['data']['dataset'])} "
+                f"(protocol {meta.get('split', {}).get('protocol')!r}): it has no held-out test subjects; use --split "
+                "all on a dataset, and see docs/results/lodo/ for its leave-one-dataset-out scores"
+            )
         if dataset != meta["data"]["dataset"]:
             raise P2PError(
                 f"--split test needs the checkpoint's own dataset ({meta['data']['dataset']!r}); "
@@ -41,7 +47,12 @@ def evaluate_checkpoint(
         data.x[keep], data.meta[keep] if est.uses_demographics else np.zeros_like(data.meta[keep])
     )
     table = predictions.new_table()
-    predictions.add_scored(table, data, np.flatnonzero(keep), pred, est.label_stats, fold=0)
+    # The constant: the training data's mean — the head's prior mean where there is one (the network's label
+    # stats are then of its deviation from the prior, not of blood pressure).
+    constant = est.label_stats
+    if est.head is not None:
+        constant = {"sbp_mean": est.head.prior.mean[0], "dbp_mean": est.head.prior.mean[1]}
+    predictions.add_scored(table, data, np.flatnonzero(keep), pred, constant, fold=0)
     rejected = data.rejected()
     return table, {"model": est.name, "dataset": ws.summary(), "split": split, "quality_rejected": rejected}
 
@@ -76,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise P2PError("--model needs --data, the dataset path (e.g. ../shared/data)")
             est = Estimator.load(None if args.model == "default" else args.model, device=args.device)
             dataset = args.dataset or est.metadata["data"]["dataset"]
+            if dataset == "pool":
+                raise P2PError(f"{est.name} was trained on several datasets; name one with --dataset")
             table, extra = evaluate_checkpoint(
                 est, dataset, args.data, args.split, args.window_s, args.channel, not args.no_gate
             )

@@ -29,6 +29,24 @@ from .training import Prepared, fit, prepare
 log = logging.getLogger("p2p_stream.train")
 
 
+def train_lodo(config: TrainConfig, out: Path, report_dir: Path, console: Console) -> int:
+    """Leave-one-dataset-out over the pooled datasets, then the generalist on all of them (p2p_stream/generalist.py)."""
+    from .generalist import train_generalist
+    from .lodo_report import markdown as lodo_markdown
+    from .tracking import markdown as tracking_markdown
+
+    started = time.perf_counter()
+
+    def on_member(m) -> None:
+        console.log(f"trained on {' + '.join(m.datasets)}: {m.epochs} epochs, {time.perf_counter() - started:.0f} s")
+
+    summary = train_generalist(config, out, report_dir, on_member)
+    console.print(lodo_markdown(summary["folds"], config.head.level), soft_wrap=True, highlight=False)
+    console.print(tracking_markdown(summary["tracking"]), soft_wrap=True, highlight=False)
+    console.print(f"wrote {out} and {report_dir} in {summary['train_seconds']:.0f} s")
+    return 0
+
+
 def load_windows(config: TrainConfig) -> WindowSet:
     d = config.data
     options: dict = {"fs": d.fs, "window_s": d.window_s, "hop_s": d.hop_s or None}
@@ -75,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         "--cv", type=int, default=0, metavar="K", help="K-fold cross-validation by group instead of one holdout run"
     )
     p.add_argument(
-        "--protocol", choices=["subject", "seed"], help="subject-disjoint (default) or the notebook's random split"
+        "--protocol",
+        choices=["subject", "seed", "lodo"],
+        help="subject-disjoint (default), the notebook's random split, or leave-one-dataset-out (data.dataset = pool)",
     )
     p.add_argument("--epochs", type=int, help="overrides optim.epochs")
     p.add_argument("--seed", type=int, help="overrides split.seed")
@@ -110,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(config: TrainConfig, out: Path, report_dir: Path, folds: int, console: Console) -> int:
     torch.set_num_threads(config.optim.threads)
+    if config.split.protocol == "lodo":
+        return train_lodo(config, out, report_dir, console)
     started = time.perf_counter()
     ws = load_windows(config)
     log.info("%s", ws.summary())

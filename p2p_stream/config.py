@@ -28,7 +28,7 @@ def apply_values(target: Any, values: dict, where: str) -> None:
             setattr(target, key, _coerce(value, type(current), f"{where}{key}"))
 
 
-_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list of strings"}
 
 
 def _coerce(value: Any, kind: type, where: str) -> Any:
@@ -47,6 +47,8 @@ def _coerce(value: Any, kind: type, where: str) -> Any:
                 return number
     elif kind is str and isinstance(value, str):
         return value
+    elif kind is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
     raise ConfigError(f"{where} must be {_KIND_NAMES.get(kind, kind.__name__)}, got {value!r}")
 
 

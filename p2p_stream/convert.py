@@ -3,7 +3,8 @@
     python simulators/make_replay.py --dataset ppg_bp --data ../shared/data --subjects 2,3 --fs 250 --out demo.csv
 
 A subject's windows (non-overlapping, in order) are joined into one recording; each sample carries its window's
-reference (the subject's cuff reading, or for PulseDB the segment's ABP-derived SBP/DBP).
+reference (the subject's cuff reading, or for PulseDB the segment's ABP-derived SBP/DBP). Datasets that give the
+subject's age and sex (PPG-BP) also get `age` and `sex` columns, which replay sends as the ingest `meta`.
 """
 
 from __future__ import annotations
@@ -22,12 +23,24 @@ from .errors import P2PError
 NATIVE_WINDOW_S = {"ppg_bp": 2.1, "four_wavelength": 10.0, "pulsedb": 10.0, "replay_csv": 10.0}
 
 
+def subject_age_sex(age: np.ndarray, sex: np.ndarray) -> tuple[float, str]:
+    """One subject's age and sex from its windows' (NaN / "" when unknown).
+
+    A replay device has one of each; should a dataset's segments of one subject disagree, the age is their
+    median and a contested sex is left unknown rather than guessed.
+    """
+    ages = age[np.isfinite(age)]
+    sexes = {s for s in sex.tolist() if s in ("M", "F")}
+    return (float(np.median(ages)) if ages.size else np.nan), (sexes.pop() if len(sexes) == 1 else "")
+
+
 def recordings_from_windows(ws: WindowSet, prefix: str) -> list[Recording]:
     """One recording per subject: its windows back to back, each sample labelled with its window's reference."""
     recordings = []
     for subject in dict.fromkeys(ws.subject.tolist()):  # first-seen order
         rows = np.flatnonzero(ws.subject == subject)
         n = ws.x.shape[1]
+        age, sex = subject_age_sex(ws.age[rows].astype(np.float64), ws.sex[rows].astype(str))
         recordings.append(
             Recording(
                 device=f"{prefix}{subject}",
@@ -35,6 +48,8 @@ def recordings_from_windows(ws: WindowSet, prefix: str) -> list[Recording]:
                 ppg=ws.x[rows].reshape(-1).astype(np.float64),
                 sbp_ref=np.repeat(ws.sbp[rows].astype(np.float64), n),
                 dbp_ref=np.repeat(ws.dbp[rows].astype(np.float64), n),
+                age=age,
+                sex=sex,
             )
         )
     return recordings

@@ -18,7 +18,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .batcher import DynamicBatcher
-from .calibration import Calibrations
+from .calibration import Calibrations, params_from_metadata
 from .daemon_config import DaemonConfig
 from .devices import DeviceLimitError, DeviceTable
 from .errors import ConfigError, P2PError, ProtocolError
@@ -29,6 +29,7 @@ from .protocol import DEVICE_RE, MAX_MESSAGE_BYTES, decode_ingest, decode_map, p
 from .ratelimit import RateLimitedLog
 from .ring_buffer import Window
 from .security import CurveServer, exposure_warning
+from .smoothing import Smoother
 from .worker import InferenceWorker
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,12 @@ class Daemon:
                 f"windowing.window_s = {config.windowing.window_s} s is shorter than the {min_s} s the model's "
                 f"quality gate needs ({self.estimator.name}); use window_s ≥ {min_s}"
             )
-        trained_s = float(self.estimator.metadata.get("window_s", 0.0))
-        if getattr(self.estimator.model, "fixed_length", False) and abs(config.windowing.window_s - trained_s) > 1e-6:
+        lo, hi = self.estimator.window_range_s
+        if not lo - 1e-6 <= config.windowing.window_s <= hi + 1e-6:
+            accepted = f"windowing.window_s = {lo:g}" if lo == hi else f"windowing.window_s within [{lo:g}, {hi:g}] s"
             raise ConfigError(
-                f"windowing.window_s = {config.windowing.window_s} s, but {self.estimator.name} takes only the "
-                f"{trained_s} s windows it was trained on; set windowing.window_s = {trained_s}"
+                f"windowing.window_s = {config.windowing.window_s} s is outside the window lengths "
+                f"{self.estimator.name} was made for; set {accepted}"
             )
         w, b, lim = config.windowing, config.batching, config.limits
         self.devices = DeviceTable(
@@ -68,7 +70,9 @@ class Daemon:
         )
         self.batcher = DynamicBatcher(b.max_batch, b.max_wait_ms, b.max_queue)
         self.monitor = Monitor()
-        self.calibrations = Calibrations()
+        cal = config.calibration
+        self.calibrations = Calibrations(cal.span_s, cal.min_estimates, **params_from_metadata(self.estimator.metadata))
+        self.smoother = Smoother(config.smoothing.windows)
         self.stop_event = threading.Event()
         self.warn = RateLimitedLog(log, period_s=10.0)
         checkpoint = Path(config.model.path) if config.model.path else default_model_path()
@@ -106,6 +110,7 @@ class Daemon:
             config.operation.heartbeat_s,
             w.window_s,
             self.stop_event,
+            self.smoother,
         )
 
     def _bind(
@@ -193,6 +198,7 @@ class Daemon:
             if cmd == "forget":
                 known = self.devices.forget(device)
                 self.calibrations.forget(device)
+                self.smoother.forget(device)
                 return {"ok": True, "known": known}
             values = [req.get(k) for k in ("sbp", "dbp")]
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
@@ -203,9 +209,11 @@ class Daemon:
                     "ok": False,
                     "error": f"implausible cuff reading {sbp}/{dbp} mmHg: need SBP 50–260, DBP 25–160, DBP < SBP",
                 }
-            if device not in self.devices.streams:
+            stream = self.devices.streams.get(device)
+            if stream is None or stream.next_t0 is None:
                 return {"ok": False, "error": f"unknown device {device!r}: it has sent no data (or was forgotten)"}
-            applied = self.calibrations.calibrate(device, sbp, dbp)
+            # The reading's time on the device's clock, which its estimates' `t` use: its latest sample.
+            applied = self.calibrations.calibrate(device, sbp, dbp, stream.next_t0 - 1.0 / stream.fs)
             return {"ok": True, "applied": applied}
         return {"ok": False, "error": f"unknown cmd {repr(cmd)[:64]}; valid: {', '.join(COMMANDS)}"}
 
@@ -250,6 +258,7 @@ class Daemon:
                     for device in self.devices.evict_idle():
                         log.info("forgot idle device %s", device)
                     self.calibrations.retain(self.devices.streams.keys())
+                    self.smoother.retain(self.devices.streams.keys())
                     next_evict = time.monotonic() + 1.0
         finally:
             self.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .calibration import HISTORY_MAX
 from .config import apply_layers
 from .errors import ConfigError
 from .security import Security
@@ -70,6 +71,17 @@ class Limits:
 
 
 @dataclass
+class Calibration:
+    span_s: float = 60.0  # a cuff reading's reference: the median of the estimates from span_s/2 before to after it, s
+    min_estimates: int = 3  # the reference needs at least this many; until then estimates stay uncalibrated
+
+
+@dataclass
+class Smoothing:
+    windows: int = 3  # published sbp/dbp: mean of the device's last K accepted windows, restarted at a gap; 1 = off
+
+
+@dataclass
 class Operation:
     log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR
     heartbeat_s: float = 1.0  # the `status` heartbeat period, s
@@ -82,6 +94,8 @@ class DaemonConfig:
     batching: Batching = field(default_factory=Batching)
     model: Model = field(default_factory=Model)
     limits: Limits = field(default_factory=Limits)
+    calibration: Calibration = field(default_factory=Calibration)
+    smoothing: Smoothing = field(default_factory=Smoothing)
     operation: Operation = field(default_factory=Operation)
     security: Security = field(default_factory=Security)
     ray: Ray = field(default_factory=Ray)
@@ -103,6 +117,9 @@ RANGES = {
     "limits.device_idle_s": (1.0, 86_400.0),
     "limits.max_chunk_samples": (16, 100_000),
     "limits.publish_hwm": (10, 10_000_000),
+    "calibration.span_s": (0.0, 3600.0),
+    "calibration.min_estimates": (1, HISTORY_MAX),
+    "smoothing.windows": (1, 100),
     "operation.heartbeat_s": (0.05, 60.0),
     "ray.max_batch": (1, 1024),
     "ray.max_wait_ms": (0.0, 10_000.0),

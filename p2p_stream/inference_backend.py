@@ -28,7 +28,8 @@ class Backend(Protocol):
     max_in_flight: int  # batches the daemon may have sent and not yet published
 
     def predict(self, x: np.ndarray, features: np.ndarray) -> np.ndarray:
-        """Prepared windows (N, T) of one length and (N, 4) meta features → (N, 2) mmHg."""
+        """Prepared windows (N, T) of one length and (N, 4) meta features → (N, 6) mmHg: `estimator.OUTPUTS`, the
+        estimate and its interval."""
         ...
 
     def submit(self, x: np.ndarray, features: np.ndarray) -> Future:
@@ -48,7 +49,7 @@ class LocalBackend:
         self.device = estimator.device
 
     def predict(self, x: np.ndarray, features: np.ndarray) -> np.ndarray:
-        return self.est.predict_prepared(x, features, batch_size=len(x))
+        return self.est.infer_prepared(x, features, batch_size=len(x))
 
     def submit(self, x: np.ndarray, features: np.ndarray) -> Future:
         done: Future = Future()

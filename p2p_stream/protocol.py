@@ -4,7 +4,8 @@ Every message is two frames, ``[topic, msgpack map]``:
 
     ppg.<device>  ingest     {v, device, seq, t0, fs, ppg, ref?, meta?}
     sbp.<device>  estimate   {v, device, seq, t, window_s, sbp, dbp, ok, reason?, sqi, hr, calibrated, model,
-                              latency_ms, ref_sbp?, ref_dbp?}
+                              latency_ms, ref_sbp?, ref_dbp?, sbp_window?, dbp_window?, sbp_lo?, sbp_hi?,
+                              dbp_lo?, dbp_hi?, interval?}
     status        heartbeat  {uptime_s, devices, windows_total, windows_per_s, batch_mean, latency_p50_ms,
                               latency_p99_ms, rejected, ...}
 

@@ -25,7 +25,7 @@ from ray import serve
 
 from .checkpoint import METADATA, read_metadata
 from .errors import ConfigError
-from .estimator import Estimator
+from .estimator import OUTPUTS, Estimator
 from .inference_backend import BackendUnavailable
 from .ratelimit import RateLimitedLog
 
@@ -54,7 +54,7 @@ class PressureModel:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # replaced in __init__ by the configured knobs
     async def predict(self, xs: list[np.ndarray], features: list[np.ndarray]) -> list[np.ndarray]:
         """Requests from any daemon, merged: one forward pass per window length across all of them."""
-        out: list[np.ndarray] = [np.empty((0, 2), np.float32)] * len(xs)
+        out: list[np.ndarray] = [np.empty((0, len(OUTPUTS)), np.float32)] * len(xs)
         self.requests += len(xs)
         for length in {x.shape[1] for x in xs}:
             idx = [i for i, x in enumerate(xs) if x.shape[1] == length]
@@ -62,7 +62,7 @@ class PressureModel:
             meta = np.concatenate([features[i] for i in idx])
             # Off the replica's event loop, which must keep answering Serve's queue-length probes meanwhile (blocked
             # by a forward pass, the callers' routers logged "Failed to get queue length … within 0.1s").
-            pred = await asyncio.to_thread(self.est.predict_prepared, merged, meta, len(merged))
+            pred = await asyncio.to_thread(self.est.infer_prepared, merged, meta, len(merged))
             self.forwards += 1
             bounds = np.cumsum([0] + [len(xs[i]) for i in idx])
             for i, start, stop in zip(idx, bounds[:-1], bounds[1:]):

@@ -1,7 +1,8 @@
 """Replay: recordings in the contract's replay CSV published as live wearables, paced in real time (or faster).
 
 Publishes through an XPUB socket connected to the daemon's ingest address, and waits for the daemon's
-subscription to arrive before the first sample, so nothing is lost to the PUB/SUB slow joiner.
+subscription to arrive before the first sample, so nothing is lost to the PUB/SUB slow joiner. A device whose
+rows give its subject's ``age`` / ``sex`` sends them as the ingest ``meta`` with every message.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class Feed:
     seq: int = 0
     pos: int = 0  # next sample of the recording
     sent: int = 0  # samples sent so far, over all loops: their time offset is sent / fs
+    meta: dict | None = None  # the ingest `meta` (subject's age/sex), None when the recording gives neither
+
+    def __post_init__(self) -> None:
+        if self.meta is None:
+            self.meta = self.rec.meta()
 
 
 def fan_out(recordings: list[Recording], devices: int) -> list[Feed]:
@@ -112,7 +118,7 @@ class Replayer:
         sbp, dbp = rec.sbp_ref[f.pos : f.pos + f.chunk], rec.dbp_ref[f.pos : f.pos + f.chunk]
         ref = (float(np.nanmean(sbp)), float(np.nanmean(dbp))) if np.isfinite(sbp).any() else None
         t0 = t_wall0 + f.sent / rec.fs
-        self.sock.send_multipart(encode_ingest(f.device, f.seq, t0, rec.fs, x, ref=ref))
+        self.sock.send_multipart(encode_ingest(f.device, f.seq, t0, rec.fs, x, ref=ref, meta=f.meta))
         f.seq += 1
         f.pos += len(x)
         f.sent += len(x)
@@ -145,7 +151,7 @@ class Replayer:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="replay.py", description=__doc__)
-    p.add_argument("csv", type=Path, help="replay CSV: device,t,ppg[,sbp_ref,dbp_ref] (see PROTOCOL.md)")
+    p.add_argument("csv", type=Path, help="replay CSV: device,t,ppg[,sbp_ref,dbp_ref,age,sex] (see PROTOCOL.md)")
     p.add_argument("--connect", default="tcp://127.0.0.1:5555", help="the daemon's ingest address")
     p.add_argument("--speed", type=float, default=1.0, help="1 = real time; 10 = ten times faster")
     p.add_argument("--loop", action="store_true", help="start over at the end, forever (time stamps carry on)")

@@ -11,7 +11,7 @@ from .errors import ConfigError
 
 @dataclass
 class DataConfig:
-    dataset: str = "ppg_bp"  # ppg_bp | four_wavelength | pulsedb | replay_csv
+    dataset: str = "ppg_bp"  # ppg_bp | four_wavelength | aist_wrist | pulsedb | replay_csv | pool (all three sets)
     path: str = "../shared/data"  # a folder holding the dataset (or the file, for pulsedb/replay_csv)
     fs: float = 125.0  # model sampling rate, Hz
     window_s: float = 2.1  # window length, s (PPG-BP segments are 2.1 s)
@@ -19,6 +19,8 @@ class DataConfig:
     channel: str = "red_channel"  # four_wavelength only
     limit: int = 0  # pulsedb only: first N segments, 0 = all
     quality_gate: bool = True  # drop windows the quality check rejects, from training and from scoring
+    max_windows_per_subject: int = 40  # pool only: at most this many windows of a subject, evenly spread
+    exclude_subjects: list[str] = field(default_factory=list)  # pool only: "dataset:subject" kept out of it all
 
 
 @dataclass
@@ -38,7 +40,11 @@ class OptimConfig:
     patience: int = 20  # early stopping on validation MAE, epochs
     clip_grad: float = 1.0  # gradient-norm clipping
     loss: str = "huber"  # mse (the notebook's) | huber (smooth L1: outlier subjects pull less) | l1
-    augment: bool = True  # random crop (80–100 % of the window) and light noise
+    augment: bool = True  # random crop (80–100 % of the window) and light noise; off when crop_s > 0
+    crop_s: float = 0.0  # > 0: the network sees crops of this length (s), and longer windows as crops averaged
+    sensor_augment: bool = False  # with crop_s: a random sensor per window (p2p_stream/augment.py)
+    balance: bool = False  # draw each epoch with every dataset (and subject within it) equally likely
+    epoch_windows: int = 0  # windows drawn per epoch when balancing; 0 = as many as there are training rows
     demographics_dropout: float = 0.1  # share of training windows shown without age/sex, so both modes work
     threads: int = 2  # torch intra-op threads (this machine has 2 cores)
 
@@ -46,10 +52,18 @@ class OptimConfig:
 @dataclass
 class SplitConfig:
     protocol: str = "subject"  # subject: groups never straddle a split | seed: the notebook's random-window split
+    # | lodo: leave-one-dataset-out over data.dataset = "pool", then the shipped generalist (p2p_stream/lodo.py)
     folds: int = 5  # K for cross-validation
     val_fraction: float = 0.15  # share of training groups held out for early stopping
     test_fraction: float = 0.2  # share of groups in the test set of a single (non-CV) run
     seed: int = 0
+
+
+@dataclass
+class HeadConfig:
+    level: float = 0.8  # prediction-interval level (split-conformal on out-of-dataset predictions)
+    calibration_span_s: float = 60.0  # tracking score: the calibration reference is the first this-many s
+    # (the daemon's calibration.span_s should match it)
 
 
 @dataclass
@@ -58,12 +72,13 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)  # protocol "lodo" only
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-PROTOCOLS = ("subject", "seed")
+PROTOCOLS = ("subject", "seed", "lodo")
 LOSSES = ("mse", "huber", "l1")
 
 
@@ -80,6 +95,13 @@ def _validate(c: TrainConfig) -> None:
         (0 <= c.optim.demographics_dropout <= 1, "optim.demographics_dropout must be in [0, 1]"),
         (c.data.fs > 0 and c.data.window_s > 0, "data.fs and data.window_s must be > 0"),
         (c.data.hop_s >= 0, f"data.hop_s must be ≥ 0, got {c.data.hop_s}"),
+        (c.optim.crop_s >= 0, f"optim.crop_s must be ≥ 0, got {c.optim.crop_s}"),
+        (0.5 <= c.head.level < 1, f"head.level must be in [0.5, 1), got {c.head.level}"),
+        (
+            c.split.protocol != "lodo" or c.data.dataset == "pool",
+            f"split.protocol = 'lodo' needs data.dataset = 'pool', got {c.data.dataset!r}",
+        ),
+        (c.optim.epoch_windows >= 0, f"optim.epoch_windows must be ≥ 0, got {c.optim.epoch_windows}"),
     ]
     for ok, message in checks:
         if not ok:

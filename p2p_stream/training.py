@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .augment import random_crop, sensor_augment
 from .datasets import WindowSet
 from .demographics import meta_features
 from .estimator import TARGETS, run_model
 from .models import build_model
-from .preprocess import PreprocessConfig
+from .preprocess import PreprocessConfig, window_samples
 from .quality import QualityConfig, ppg_assess
 from .train_config import OptimConfig, TrainConfig
 
@@ -34,6 +35,7 @@ class Prepared:
     y: np.ndarray  # (N, 2) SBP, DBP mmHg
     ok: np.ndarray  # (N,) bool, passed the quality gate
     reason: np.ndarray  # (N,) str, rejection reason or ""
+    hr: np.ndarray  # (N,) pulse rate from the gate, bpm; NaN where it found none
 
     def rejected(self) -> dict[str, int]:
         """Quality-gate rejections by reason."""
@@ -49,6 +51,7 @@ def prepare(ws: WindowSet, pre: PreprocessConfig, quality: QualityConfig = Quali
         y=np.stack([ws.sbp, ws.dbp], axis=1).astype(np.float32),
         ok=np.array([q.ok for q in checks]),
         reason=np.array([q.reason or "" for q in checks]),
+        hr=np.array([q.hr_bpm if q.hr_bpm is not None else np.nan for q in checks]),
     )
 
 
@@ -80,30 +83,56 @@ def fit(
     train: np.ndarray,
     val: np.ndarray,
     on_epoch: Callable[[int, dict], None] | None = None,
+    offset: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
 ) -> tuple[nn.Module, dict, list[dict]]:
-    """Train on rows `train`, early-stop on rows `val`; returns the best model, label stats and per-epoch history."""
+    """Train on rows `train`, early-stop on rows `val`; returns the best model, label stats and per-epoch history.
+
+    `offset` (N, 2) mmHg is subtracted from the labels, so the network learns the deviation from it (the
+    population prior); the returned label stats and every prediction are of that deviation. `weights` (N,) say
+    how much each row counts: drawn with those odds when `optim.balance`, and weighting the validation MAE.
+    """
     cfg = config.optim
     torch.manual_seed(config.split.seed)
     gen = torch.Generator().manual_seed(config.split.seed)
+    rng = np.random.default_rng(config.split.seed)
     model = build_model(config.model.name, config.model.params)
     outputs = model.config.outputs
-    stats = label_stats(data.y[train])
-    mean = torch.tensor([stats["sbp_mean"], stats["dbp_mean"]])[:outputs]
-    std = torch.tensor([stats["sbp_std"], stats["dbp_std"]])[:outputs]
-    x = torch.from_numpy(data.x[train])
-    meta = torch.from_numpy(data.meta[train])
-    y = (torch.from_numpy(data.y[train][:, :outputs]) - mean) / std  # (N, outputs), standardised
+    target = data.y - offset if offset is not None else data.y  # (N, 2) what the network predicts, mmHg
+    stats = label_stats(target[train])
+    mean = np.array([stats["sbp_mean"], stats["dbp_mean"]], dtype=np.float32)[:outputs]
+    std = np.array([stats["sbp_std"], stats["dbp_std"]], dtype=np.float32)[:outputs]
+    x_train, meta = data.x[train], torch.from_numpy(data.meta[train])
+    y = torch.from_numpy((target[train][:, :outputs] - mean) / std)  # (N, outputs), standardised
+    crop = window_samples(cfg.crop_s, data.windows.fs) if cfg.crop_s > 0 else 0
+    odds = None
+    if cfg.balance:
+        w = np.ones(len(data.y)) if weights is None else weights
+        odds = w[train] / w[train].sum()
+    val_weight = None if weights is None else weights[val]
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
     best, best_mae, since_best, history = copy.deepcopy(model.state_dict()), float("inf"), 0, []
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        order = torch.randperm(len(x), generator=gen)
+        if odds is not None:
+            order = torch.from_numpy(rng.choice(len(train), cfg.epoch_windows or len(train), p=odds))
+        else:
+            order = torch.randperm(len(train), generator=gen)
         total, seen = 0.0, 0
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
-            xb, mb = _augment(x[idx], meta[idx], cfg, gen)
+            if crop:
+                picked = x_train[idx.numpy()]
+                xb = sensor_augment(picked, crop, data.windows.fs, rng) if cfg.sensor_augment else None
+                xb = torch.from_numpy(xb if xb is not None else random_crop(picked, crop, rng))
+                mb = meta[idx]
+            else:
+                xb, mb = _augment(torch.from_numpy(x_train[idx.numpy()]), meta[idx], cfg, gen)
+            if cfg.demographics_dropout > 0 and crop:
+                keep = (torch.rand(mb.shape[0], 1, generator=gen) >= cfg.demographics_dropout).float()
+                mb = mb * keep
             opt.zero_grad()
             loss = LOSSES[cfg.loss](model(xb, mb), y[idx])
             loss.backward()
@@ -112,8 +141,9 @@ def fit(
             total += loss.item() * len(idx)
             seen += len(idx)
         sched.step()
-        pred = run_model(model, data.x[val], data.meta[val], stats)
-        val_mae = float(np.nanmean(np.abs(pred[:, :outputs] - data.y[val][:, :outputs])))
+        pred = run_model(model, data.x[val], data.meta[val], stats, crop=crop)
+        err = np.abs(pred[:, :outputs] - target[val][:, :outputs]).mean(axis=1)
+        val_mae = float(np.average(err, weights=val_weight)) if val_weight is not None else float(np.nanmean(err))
         row = {"epoch": epoch, "train_mse": total / seen, "val_mae": val_mae, "lr": sched.get_last_lr()[0]}
         history.append(row)
         if on_epoch:

@@ -1,4 +1,5 @@
-"""Inference worker: batch → quality gate → model → calibration → PUB, off the ingest thread; sends the heartbeat."""
+"""Inference worker: batch → quality gate → model → calibration → smoothing → PUB, off the ingest thread; sends the
+heartbeat."""
 
 from __future__ import annotations
 
@@ -22,9 +23,15 @@ from .monitor import Monitor
 from .protocol import VERSION, encode_estimate, encode_status
 from .ratelimit import RateLimitedLog
 from .ring_buffer import Window
+from .smoothing import Smoother
 
 log = logging.getLogger(__name__)
 POLL_IN_FLIGHT_S = 0.002  # with batches in flight, how often the worker looks for their answers
+INTERVAL_KEYS = ("sbp_lo", "sbp_hi", "dbp_lo", "dbp_hi")  # columns 2-5 of a backend's answer, when it has them
+
+
+def mmhg(value: float) -> float:
+    return round(float(value), 2)
 
 
 @dataclass
@@ -53,13 +60,17 @@ class InferenceWorker(threading.Thread):
         heartbeat_s: float,
         window_s: float,
         stop: threading.Event,
+        smoother: Smoother | None = None,
     ) -> None:
         super().__init__(name="p2p-inference", daemon=True)
         self.est, self.backend, self.batcher, self.pub = estimator, backend, batcher, pub
         self.warn = RateLimitedLog(log, period_s=10.0)
         self.calibrations, self.monitor, self.device_count = calibrations, monitor, device_count
         self.heartbeat_s, self.window_s, self.stop = heartbeat_s, window_s, stop
+        self.smoother = smoother if smoother is not None else Smoother(1)
         self.model_name = estimator.name
+        level = getattr(estimator, "interval_level", None)  # the level of the model's interval; None: it has none
+        self.interval_level = None if level is None else float(level)
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -104,6 +115,8 @@ class InferenceWorker(threading.Thread):
             "window_s": round(len(w.x) / w.fs, 6) if w.x is not None else self.window_s,
             "sbp": None,
             "dbp": None,
+            "sbp_window": None,  # this window's own value; sbp/dbp are the smoothed ones
+            "dbp_window": None,
             "ok": ok,
             "sqi": round(float(sqi), 4),
             "hr": None if hr is None else round(float(hr), 2),
@@ -111,6 +124,8 @@ class InferenceWorker(threading.Thread):
             "model": self.model_name,
             "latency_ms": 0.0,
         }
+        if self.interval_level is not None:  # nil until the model's answer fills them; nil when rejected
+            e.update(dict.fromkeys(INTERVAL_KEYS), interval=self.interval_level)
         if reason:
             e["reason"] = reason
         if w.ref is not None:
@@ -152,24 +167,43 @@ class InferenceWorker(threading.Thread):
         return InFlight(out, calls)
 
     def finish(self, job: InFlight) -> list[tuple[Window, dict]]:
-        """The backend's answers into the estimates; a call it could not answer marks its windows rejected."""
+        """The backend's answers into the estimates; a call it could not answer marks its windows rejected.
+
+        Calibration and smoothing then run over the estimates in arrival order, so each device's history sees
+        its windows, and its breaks, in the order they happened.
+        """
+        answers: dict[int, np.ndarray] = {}  # id(estimate) → its row: sbp, dbp[, sbp_lo, sbp_hi, dbp_lo, dbp_hi]
         for group, call in job.calls:
             try:
-                pred = call.result()
+                pred = np.asarray(call.result(), dtype=np.float64)  # (N, 2) or (N, 6): sbp, dbp[, interval]
             except BackendUnavailable as exc:  # the windows go out as rejected, counted; the daemon carries on
                 self.warn.warning(exc.reason, "published %d windows as rejected: %s", len(group), exc)
                 for _, e in group:
                     e["ok"], e["reason"] = False, exc.reason
                 self.monitor.reject(exc.reason, len(group))
                 continue
-            for (w, e), (sbp, dbp) in zip(group, pred):
-                if not (np.isfinite(sbp) and np.isfinite(dbp)):  # e.g. samples near float32's limit
+            for (_, e), row in zip(group, pred):
+                if not np.isfinite(row[:2]).all():  # e.g. samples near float32's limit
                     e["ok"], e["reason"] = False, "nan"
                     self.monitor.reject("nan")
                     continue
-                sbp, dbp, calibrated = self.calibrations.apply(w.device, float(sbp), float(dbp))
-                e["sbp"], e["dbp"], e["calibrated"] = round(sbp, 2), round(dbp, 2), calibrated
+                answers[id(e)] = row if np.isfinite(row).all() else row[:2]  # NaN interval: a model without one
+        for w, e in job.out:
+            if w.reason:  # the device's stream broke: the smoothing starts again after it
+                self.smoother.reset(w.device)
+            elif id(e) in answers:  # rejected windows neither enter the smoothing nor restart it
+                self._fill(w, e, answers[id(e)])
         return job.out
+
+    def _fill(self, w: Window, e: dict, row: np.ndarray) -> None:
+        """Calibrate one window's answer, smooth it with the device's last ones, and put both on the estimate."""
+        cal = self.calibrations.apply(w.device, w.t_last, row)
+        smooth = self.smoother.add(w.device, cal.row, cal.epoch)
+        e["sbp"], e["dbp"] = mmhg(smooth[0]), mmhg(smooth[1])
+        e["sbp_window"], e["dbp_window"] = mmhg(cal.row[0]), mmhg(cal.row[1])
+        e["calibrated"] = cal.calibrated
+        if len(smooth) >= 6:
+            e.update({key: mmhg(value) for key, value in zip(INTERVAL_KEYS, smooth[2:6])})
 
     def publish(self, results: list[tuple[Window, dict]]) -> None:
         latencies = []

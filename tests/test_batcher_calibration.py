@@ -1,4 +1,4 @@
-"""Dynamic batching, calibration offsets, heartbeat counters and rate-limited warnings."""
+"""Dynamic batching, the classic calibration offset, heartbeat counters and rate-limited warnings."""
 
 import logging
 import threading
@@ -52,18 +52,24 @@ def test_empty_queue_returns_nothing_after_timeout():
 
 
 def test_calibration_offsets():
-    c = Calibrations()
-    assert c.apply("d", 120.0, 80.0) == (120.0, 80.0, False)
-    assert c.calibrate("d", 130.0, 75.0)  # against the latest estimate: +10, -5
-    assert c.apply("d", 124.0, 82.0) == (134.0, 77.0, True)
-    assert not c.calibrate("new", 110.0, 70.0)  # no estimate yet: pending
-    assert c.apply("new", 100.0, 60.0) == (110.0, 70.0, True)
+    """With one estimate and no span, the robust method is the classic offset: cuff − the estimate at that time."""
+
+    def apply(c, device, t, sbp, dbp):
+        a = c.apply(device, t, np.array([sbp, dbp]))
+        return float(a.row[0]), float(a.row[1]), a.calibrated
+
+    c = Calibrations(span_s=0.0, min_estimates=1)
+    assert apply(c, "d", 0.0, 120.0, 80.0) == (120.0, 80.0, False)
+    assert c.calibrate("d", 130.0, 75.0, t=0.0)  # against the estimate at t = 0: +10, -5
+    assert apply(c, "d", 1.0, 124.0, 82.0) == (134.0, 77.0, True)
+    assert not c.calibrate("new", 110.0, 70.0, t=5.0)  # no estimate yet: pending
+    assert apply(c, "new", 6.0, 100.0, 60.0) == (110.0, 70.0, True)  # the first one after it
     c.forget("d")
-    assert c.apply("d", 120.0, 80.0) == (120.0, 80.0, False)
-    c.calibrate("d", 130.0, 75.0)
+    assert apply(c, "d", 2.0, 120.0, 80.0) == (120.0, 80.0, False)
+    c.calibrate("d", 130.0, 75.0, t=2.0)
     c.retain({"new"})  # "d" was evicted: its offset goes
-    assert c.apply("d", 120.0, 80.0) == (120.0, 80.0, False)
-    assert c.apply("new", 100.0, 60.0)[2]
+    assert apply(c, "d", 3.0, 120.0, 80.0) == (120.0, 80.0, False)
+    assert apply(c, "new", 7.0, 100.0, 60.0)[2]
 
 
 def test_monitor_snapshot():

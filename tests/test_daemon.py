@@ -34,13 +34,27 @@ def test_streamed_recording_matches_offline_estimator(est):
         got = c.estimates(lambda g: len(g) >= len(windows))
     assert [e["seq"] for e in got] == list(range(len(windows)))
     assert all(e["ok"] and e["device"] == "watch-1" for e in got)
-    np.testing.assert_allclose([[e["sbp"], e["dbp"]] for e in got], expected, atol=0.02)
+    own = np.array([[e["sbp_window"], e["dbp_window"]] for e in got])
+    np.testing.assert_allclose(own, expected[:, :2], atol=0.02)
+    # Published sbp/dbp: the mean of the last three windows (smoothing.windows = 3 by default).
+    smoothed = [own[max(0, i - 2) : i + 1].mean(axis=0) for i in range(len(own))]
+    np.testing.assert_allclose([[e["sbp"], e["dbp"]] for e in got], smoothed, atol=0.02)
     ends = 4 * FS + np.arange(len(windows)) * FS  # run length at each window's end
     np.testing.assert_allclose([e["t"] for e in got], T0 + (ends - 1) / FS)
     e = got[0]
     assert e["window_s"] == 4.0 and e["hr"] == pytest.approx(72, abs=2) and 0.5 <= e["sqi"] <= 1
     assert (e["ref_sbp"], e["ref_dbp"]) == (121.0, 79.0) and not e["calibrated"]
     assert e["model"] == est.name and e["latency_ms"] >= 0
+    # The interval travels with every ok estimate, around the published value, at the model's level.
+    offline_interval = est.estimate(windows, FS)
+    np.testing.assert_allclose(
+        [[e["sbp_lo"], e["sbp_hi"]] for e in got][:1],
+        [[offline_interval.lo[0, 0], offline_interval.hi[0, 0]]],
+        atol=0.02,
+    )
+    for e in got:
+        assert e["interval"] == est.interval_level == 0.8
+        assert e["sbp_lo"] < e["sbp"] < e["sbp_hi"] and e["dbp_lo"] < e["dbp"] < e["dbp_hi"]
 
 
 def test_real_1khz_recording_odd_chunks(est):
@@ -49,7 +63,7 @@ def test_real_1khz_recording_odd_chunks(est):
     with running_daemon(est) as (daemon, addresses), client(addresses) as c:
         c.stream("finger", x, 1000.0, chunk=333)
         got = c.estimates(lambda g: len(g) >= len(windows))
-    np.testing.assert_allclose([[e["sbp"], e["dbp"]] for e in got], expected, atol=0.02)
+    np.testing.assert_allclose([[e["sbp_window"], e["dbp_window"]] for e in got], expected[:, :2], atol=0.02)
 
 
 @pytest.mark.parametrize("fs", [100.0, 200.0])
@@ -61,7 +75,7 @@ def test_devices_at_other_rates(est, fs):
         got = c.estimates(lambda g: len(g) >= len(windows))
     assert all(e["ok"] and e["window_s"] == 4.0 for e in got)
     assert got[0]["hr"] == pytest.approx(66, abs=2)
-    np.testing.assert_allclose([[e["sbp"], e["dbp"]] for e in got], expected, atol=0.02)
+    np.testing.assert_allclose([[e["sbp_window"], e["dbp_window"]] for e in got], expected[:, :2], atol=0.02)
 
 
 def test_seq_gap_breaks_the_window(est):
@@ -115,7 +129,8 @@ def test_quality_rejections_are_published_with_reason(est):
 
 def test_control_commands_and_calibration(est):
     x = simulated_ppg(75, 14, FS, seed=5)
-    with running_daemon(est) as (daemon, addresses), client(addresses) as c:
+    calibration = {"span_s": 3.0, "min_estimates": 2}
+    with running_daemon(est, calibration=calibration) as (daemon, addresses), client(addresses) as c:
         assert c.control({"cmd": "ping"}) == {"ok": True}
         stats = c.control({"cmd": "stats"})
         for key in (
@@ -129,20 +144,28 @@ def test_control_commands_and_calibration(est):
             "rejected",
         ):
             assert key in stats
+        # 6 s: windows end at 4, 5, 6 s. The reading is taken at 6 s; its span (3 s) holds the windows ending at
+        # 5 and 6 s before it and at 7 s after it, whose median is the reference; the 8 s window freezes it.
         seq = c.stream("cuffed", x[:750], FS)
         first = c.estimates(lambda g: len([e for e in g if e["device"] == "cuffed"]) >= 3)
-        raw = first[-1]
-        assert c.control({"cmd": "calibrate", "device": "cuffed", "sbp": raw["sbp"] + 10, "dbp": raw["dbp"] - 5}) == {
+        assert not any(e["calibrated"] for e in first)
+        _, expected = offline(est, x, FS)
+        expected = expected[:, :2]
+        cuff = (130.0, 82.0)
+        assert c.control({"cmd": "calibrate", "device": "cuffed", "sbp": cuff[0], "dbp": cuff[1]}) == {
             "ok": True,
-            "applied": True,
+            "applied": True,  # two estimates in its span already: calibration.min_estimates
         }
         c.stream("cuffed", x[750:], FS, t0=T0 + 750 / FS, seq0=seq)
-        later = c.estimates(lambda g: len(g) >= 3)
+        later = c.estimates(lambda g: len(g) >= 4)
         assert all(e["calibrated"] for e in later)
-        _, expected = offline(est, x, FS)
-        offset = np.array([10.0, -5.0])
+        reference = np.median(expected[1:4], axis=0)
         idx = [e["seq"] for e in later]
-        np.testing.assert_allclose([[e["sbp"], e["dbp"]] for e in later], expected[idx] + offset, atol=0.05)
+        own = np.array([[e["sbp_window"], e["dbp_window"]] for e in later])
+        np.testing.assert_allclose(own, cuff + (expected[idx] - reference), atol=0.05)
+        # Smoothing restarted when the calibration began to apply: no uncalibrated value in any mean.
+        smoothed = [own[max(0, i - 2) : i + 1].mean(axis=0) for i in range(len(own))]
+        np.testing.assert_allclose([[e["sbp"], e["dbp"]] for e in later], smoothed, atol=0.02)
         assert c.control({"cmd": "stats"})["devices"] >= 1
         assert c.control({"cmd": "forget", "device": "cuffed"})["ok"]
         assert "cuffed" not in daemon.devices.streams
@@ -186,8 +209,8 @@ def test_demographics_in_meta_reach_the_model(est):
         c.stream("young", x, FS, meta={"age": 25, "sex": "F"})
         got = c.estimates(lambda g: len(g) >= 2 * len(windows))
     for device, meta in (("old", {"age": 80, "sex": "M"}), ("young", {"age": 25, "sex": "F"})):
-        mine = [[e["sbp"], e["dbp"]] for e in got if e["device"] == device]
-        np.testing.assert_allclose(mine, est.predict(windows, FS, meta=meta), atol=0.02)
+        mine = [[e["sbp_window"], e["dbp_window"]] for e in got if e["device"] == device]
+        np.testing.assert_allclose(mine, est.predict(windows, FS, meta=meta)[:, :2], atol=0.02)
     old = np.mean([e["sbp"] for e in got if e["device"] == "old"])
     young = np.mean([e["sbp"] for e in got if e["device"] == "young"])
     assert old > young + 3

@@ -20,7 +20,7 @@ from p2p_stream.protocol import encode_estimate, encode_status
 NOW = 1000.0
 
 
-def estimate(device, sbp, dbp, ok=True, reason=None, ref=None, seq=0):
+def estimate(device, sbp, dbp, ok=True, reason=None, ref=None, seq=0, interval=None):
     e = {
         "v": 1,
         "device": device,
@@ -40,6 +40,10 @@ def estimate(device, sbp, dbp, ok=True, reason=None, ref=None, seq=0):
         e["reason"] = reason
     if ref:
         e["ref_sbp"], e["ref_dbp"] = ref
+    if interval:  # (SBP half-width, DBP half-width, level); nil bounds on a rejected window
+        s_half, d_half, level = interval
+        bounds = (sbp - s_half, sbp + s_half, dbp - d_half, dbp + d_half) if ok else (None,) * 4
+        e.update(zip(("sbp_lo", "sbp_hi", "dbp_lo", "dbp_hi"), bounds), interval=level)
     return encode_estimate(e)
 
 
@@ -113,6 +117,61 @@ def test_categories_have_their_colours():
 )
 def test_aha_categories(sbp, dbp, category):
     assert bp_category(sbp, dbp) == category
+
+
+def demo_like_state(interval=(16.0, 9.0, 0.8)):
+    """Eight devices named like the demo's, with references, a full trend and (by default) intervals."""
+    s = DashboardState("tcp://127.0.0.1:5556")
+    s.update(encode_status(HEARTBEAT), NOW)
+    refs = [(161, 89), (182, 80), (161, 95), (133, 77), (107, 63), (123, 75), (127, 83), (80, 48)]
+    for i, ref in enumerate(refs):
+        for k in range(24):
+            s.update(estimate(f"ppgbp-{100 + i}", 125.0 + (k % 5), 80.0, ref=ref, seq=k, interval=interval), NOW)
+    return s
+
+
+def device_line(text, device):
+    return next(line for line in text.splitlines() if device in line)
+
+
+def test_intervals_sit_beside_the_estimates_with_the_level_once():
+    s = state_with_devices()
+    s.update(estimate("wide-1", 128, 80, interval=(16, 9, 0.8)), NOW)
+    s.update(estimate("wide-2", 110, 70, interval=(12, 7, 0.8)), NOW)
+    text = text_of(render(s, now=NOW))
+    assert "112–144/71–89" in device_line(text, "wide-1") and "128/80" in device_line(text, "wide-1")
+    assert "98–122/63–77" in device_line(text, "wide-2")
+    assert text.count("80 %") == 1 and "80 % interval" in text  # the level once, in the column's title
+    assert "–" not in device_line(text, "normal-1")  # a row without interval keys shows its estimate alone
+
+
+def test_an_80_column_terminal_keeps_every_row_readable_with_intervals():
+    text = text_of(render(demo_like_state(), now=NOW), width=80)
+    lines = text.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert "SBP/DBP ± 80 %" in text and text.count("80 %") == 1
+    for i, ref in enumerate([(161, 89), (182, 80), (161, 95), (133, 77), (107, 63), (123, 75), (127, 83), (80, 48)]):
+        line = device_line(text, f"ppgbp-{100 + i}")
+        assert "…" not in line, line  # nothing cut: device, estimate ± interval, pulse, status, reference, error
+        assert "±16/9" in line and f"{ref[0]}/{ref[1]}" in line and "72 bpm" in line
+        assert re.search(r"[▁▂▃▄▅▆▇█]{8,}", line), line  # and a trend of at least 8 points
+
+
+def test_without_intervals_the_estimate_stands_alone_at_any_width():
+    for width in (80, 160):
+        text = text_of(render(demo_like_state(interval=None), now=NOW), width=width)
+        assert "interval" not in text and "±" not in text and "%" not in text
+        line = device_line(text, "ppgbp-100")
+        assert "128/80" in line and "161/89" in line and "…" not in line
+
+
+def test_a_rejected_window_keeps_the_last_estimate_and_its_interval():
+    s = DashboardState("a")
+    s.update(encode_status(HEARTBEAT), NOW)
+    s.update(estimate("wrist-1", 128, 80, interval=(16, 9, 0.8)), NOW)
+    s.update(estimate("wrist-1", 0, 0, ok=False, reason="no_pulse", interval=(16, 9, 0.8), seq=1), NOW)
+    line = device_line(text_of(render(s, now=NOW)), "wrist-1")
+    assert "128/80" in line and "112–144/71–89" in line and "rejected: no_pulse" in line
 
 
 def test_no_daemon_message():

@@ -24,14 +24,20 @@ def test_shipped_model_is_small_and_self_describing(est):
     assert (path / WEIGHTS).stat().st_size < 3_000_000
     meta = json.loads((path / METADATA).read_text())
     assert meta["weights"]["sha256"] == sha256_file(path / WEIGHTS)
-    assert meta["split"]["protocol"] == "subject" and meta["data"]["dataset"] == "ppg_bp"
+    assert meta["split"]["protocol"] == "lodo"
+    assert meta["data"]["datasets"] == ["ppg_bp", "four_wavelength", "aist_wrist"]
     assert est.name.startswith("conv-lstm@") and est.fs == 125.0 and est.uses_demographics
+    assert est.window_range_s == (2.0, 120.0) and est.interval_level == 0.8
 
 
 def test_predictions_on_real_windows_are_physiological(est, ppg_bp_sample):
     ws = load_ppg_bp(ppg_bp_sample)
+    out = est.estimate(ws.x, fs=ws.fs)
     pred = est.predict(ws.x, fs=ws.fs)
     assert pred.shape == (len(ws), 2) and pred.dtype == np.float32
+    ok = np.array([r is None for r in out.reason])
+    assert ok.sum() >= 0.85 * len(ws) and np.isnan(pred[~ok]).all()  # the gate's rejects are NaN, not numbers
+    pred = pred[ok]
     assert (pred[:, 0] > 70).all() and (pred[:, 0] < 200).all()
     assert (pred[:, 1] > 35).all() and (pred[:, 1] < pred[:, 0]).all()
 
@@ -71,3 +77,41 @@ def test_cuda_without_a_gpu_is_a_clear_error():
     with pytest.raises(CheckpointError, match="CUDA is not available; use 'cpu' or 'auto'"):
         Estimator.load(device="cuda")
     assert Estimator.load(device="auto").model.head[1].weight.device.type == "cpu"
+
+
+def test_predict_rejects_what_the_gate_rejects_with_the_reason(est):
+    good = read_segment("2_1")
+    flat = np.full(2100, 512.0)
+    short = good[:400]  # 0.4 s at 1 kHz
+    holes = good.copy()
+    holes[100:200] = np.nan
+    out = est.estimate([good, flat, short, holes], fs=1000.0)
+    assert out.reason == [None, "flatline", "too_short", "nan"]
+    assert np.isfinite(out.bp[0]).all() and np.isnan(out.bp[1:]).all()
+    np.testing.assert_array_equal(est.predict([good, flat, short, holes], fs=1000.0), out.bp)
+
+
+def test_every_ok_estimate_carries_an_interval_around_it(est, ppg_bp_sample):
+    ws = load_ppg_bp(ppg_bp_sample)
+    out = est.estimate(ws.x, fs=ws.fs)
+    ok = np.array([r is None for r in out.reason])
+    assert ok.sum() >= 0.85 * len(ws) and out.level == 0.8
+    assert (out.lo[ok] < out.bp[ok]).all() and (out.bp[ok] < out.hi[ok]).all()
+    width = out.hi[ok] - out.lo[ok]
+    assert (width[:, 0] > 5).all() and (width[:, 0] < 120).all()  # mmHg: an honest, not an absurd, interval
+
+
+def test_the_network_answers_the_same_for_2_5_and_10_s_of_one_person(est):
+    # One person's 10 s of finger PPG (subject 2's three segments, back to back at 1 kHz); crops of 2, 5 and 10 s.
+    from p2p_stream.estimator import run_network
+
+    raw = np.concatenate([read_segment(f"2_{k}") for k in (1, 2, 3)] * 2)[:10_000]
+    x = est.prepare(raw, 1000.0)[0]
+    dev = {
+        s: run_network(est.model, x[None, : int(s * 125)], np.zeros((1, 4), np.float32), est.label_stats, est.crop)[0]
+        for s in (2, 5, 10)
+    }
+    spread = np.ptp(np.concatenate(list(dev.values())), axis=0)
+    # The network's own answer, before shrinkage: the same person within a few mmHg whatever the window length,
+    # where the old model, trained on 2.1 s and served 10 s, spread people 12 → 17 mmHg apart by length alone.
+    assert (spread < 6.0).all(), dev

@@ -91,7 +91,7 @@ def test_daemon_with_ray_backend_streams_the_offline_estimates(local_ray, est):
         got = c.estimates(lambda g: len(g) >= len(windows), timeout_s=60)
         assert c.control({"cmd": "stats"})["device"] == "ray:p2p-daemon"
     assert [e["seq"] for e in got] == list(range(len(windows))) and all(e["ok"] for e in got)
-    np.testing.assert_allclose([[e["sbp"], e["dbp"]] for e in got], expected, atol=0.02)
+    np.testing.assert_allclose([[e["sbp_window"], e["dbp_window"]] for e in got], expected[:, :2], atol=0.02)
     serve.delete("p2p-daemon")
 
 

@@ -65,7 +65,10 @@ def test_bundled_demo_replays_through_the_daemon(est):
     for rec in recs:
         mine = [e for e in got if e["device"] == rec.device]
         windows = rec.ppg.reshape(3, 525)  # three 2.1 s segments at 250 Hz
-        np.testing.assert_allclose([[e["sbp"], e["dbp"]] for e in mine], est.predict(windows, 250.0), atol=0.02)
+        own = [[e["sbp_window"], e["dbp_window"]] for e in mine]
+        # Replay sends the subject's age and sex (the demo CSV's columns) as meta; the daemon passes them on.
+        assert rec.meta() and set(rec.meta()) == {"age", "sex"}
+        np.testing.assert_allclose(own, est.predict(windows, 250.0, meta=rec.meta())[:, :2], atol=0.02)
         assert all(e["ref_sbp"] == rec.sbp_ref[0] and e["ref_dbp"] == rec.dbp_ref[0] for e in mine)
 
 

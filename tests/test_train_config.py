@@ -29,7 +29,8 @@ def test_every_shipped_config_loads():
     [
         ("optim.epoch=3", r"unknown key optim\.'epoch'; valid keys: \[.*'epochs'"),
         ("optim.epochs=3.5", "optim.epochs must be an integer, got 3.5"),
-        ("split.protocol='random'", r"split.protocol must be one of \('subject', 'seed'\)"),
+        ("split.protocol='random'", r"split.protocol must be one of \('subject', 'seed', 'lodo'\)"),
+        ("split.protocol='lodo'", "split.protocol = 'lodo' needs data.dataset = 'pool'"),
         ("optim.loss='mae'", "optim.loss must be one of"),
         ("split.folds=1", "split.folds must be ≥ 2"),
         ("data=3", "data must be a table"),

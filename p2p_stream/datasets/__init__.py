@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DatasetError
+from .aist_wrist import load_aist_wrist
 from .four_wavelength import load_four_wavelength
 from .ppg_bp import load_ppg_bp
 from .pulsedb import load_pulsedb
@@ -16,6 +17,7 @@ LOADERS = {
     "four_wavelength": load_four_wavelength,
     "pulsedb": load_pulsedb,
     "replay_csv": load_replay_csv,
+    "aist_wrist": load_aist_wrist,
 }
 
 
@@ -32,6 +34,7 @@ def load_dataset(name: str, path: str | Path, **options) -> WindowSet:
 __all__ = [
     "LOADERS",
     "WindowSet",
+    "load_aist_wrist",
     "load_dataset",
     "load_four_wavelength",
     "load_ppg_bp",

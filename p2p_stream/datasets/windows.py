@@ -26,9 +26,12 @@ class WindowSet:
     age: np.ndarray  # (N,) float32 years, NaN when unknown
     sex: np.ndarray  # (N,) str: "M", "F" or "" when unknown
     source: str  # dataset name
+    dataset: np.ndarray | None = None  # (N,) str, each window's dataset (a pooled set mixes them); default: source
 
     def __post_init__(self) -> None:
         n = len(self.x)
+        if self.dataset is None:
+            self.dataset = np.full(n, self.source.split(":")[0], dtype=object).astype(str)
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, np.ndarray) and len(value) != n:

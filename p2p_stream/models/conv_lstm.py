@@ -57,13 +57,20 @@ class ConvLSTM(nn.Module):
     def uses_demographics(self) -> bool:
         return self.config.use_demographics
 
-    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
-        # x: (B, T) normalised PPG; meta: (B, META_FEATURES) or None (treated as unknown).
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The PPG's pooled features (B, 4H): what the head reads, and where out-of-distribution is measured."""
         h = self.features(x.unsqueeze(1))  # (B, C, T/16)
         h, _ = self.lstm(h.transpose(1, 2))  # (B, T/16, 2H)
-        pooled = torch.cat([h.mean(dim=1), h.amax(dim=1)], dim=1)  # (B, 4H)
+        return torch.cat([h.mean(dim=1), h.amax(dim=1)], dim=1)  # (B, 4H)
+
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (B, T) normalised PPG; meta: (B, META_FEATURES) or None (treated as unknown).
+        return self.head_from(self.embed(x), meta)
+
+    def head_from(self, pooled: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled features (B, 4H) [+ meta] → (B, outputs)."""
         if self.meta is not None:
             if meta is None:
-                meta = x.new_zeros(x.shape[0], META_FEATURES)
+                meta = pooled.new_zeros(pooled.shape[0], META_FEATURES)
             pooled = torch.cat([pooled, self.meta(meta)], dim=1)
         return self.head(pooled)  # (B, outputs)
