@@ -43,12 +43,14 @@ def random_crop(x: np.ndarray, length: int, rng: np.random.Generator) -> np.ndar
 def sensor_augment(
     x: np.ndarray, length: int, fs: float, rng: np.random.Generator, config: AugmentConfig = AugmentConfig()
 ) -> np.ndarray:
-    """Prepared windows (B, T ≥ length·(1+stretch)) at `fs` Hz → augmented, normalised (B, length)."""
+    """Prepared windows (B, T ≥ length) at `fs` Hz → augmented, normalised (B, length); a stretch is capped where
+    it would read past the window's end."""
     b, t = x.shape
     out = np.empty((b, length), dtype=np.float32)
     grid = np.arange(length, dtype=np.float64)
+    longest = (t - 1) / (length - 1)  # the most a crop can be stretched and still read only real samples
     for i in range(b):
-        scale = 1.0 + rng.uniform(-config.stretch, config.stretch)
+        scale = min(1.0 + rng.uniform(-config.stretch, config.stretch), longest)
         span = (length - 1) * scale
         start = rng.uniform(0.0, max(0.0, t - 1 - span))
         out[i] = np.interp(start + grid * scale, np.arange(t), x[i])

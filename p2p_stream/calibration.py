@@ -10,11 +10,12 @@ Method, for SBP and DBP separately:
        ref = median{ estimate_i : |t_i - t_cal| <= span_s / 2 }
 
    It is formed once at least ``min_estimates`` of them are known. Those before the request come from a short
-   history each device keeps (the last ``span_s/2`` of estimates, at most `HISTORY_MAX`); those that arrive after
-   it refine the reference until an estimate later than ``t_cal + span_s/2`` arrives, which freezes it. If the
-   span closes with fewer than ``min_estimates``, the first estimates after it make up the count. Until the
-   reference is formed, the device's estimates stay as they were (uncalibrated, or under its previous
-   calibration).
+   history each device keeps (the last ``span_s/2`` of estimates); those that arrive after it refine the
+   reference until an estimate later than ``t_cal + span_s/2`` arrives, which freezes it. If the span closes with
+   fewer than ``min_estimates``, the first estimates after it make up the count. Until the reference is formed,
+   the device's estimates stay as they were (uncalibrated, or under its previous calibration). Both the history
+   and a reading's estimates are sized from the configuration (`history_capacity`: every window a span can hold
+   at ``hop_s``, plus ``min_estimates``), so the median really is over the whole span.
 3. From then on::
 
        calibrated = cuff + change_gain * (estimate - ref)
@@ -27,6 +28,12 @@ Method, for SBP and DBP separately:
 
 The median means one bad window near the cuff reading cannot shift every later estimate. Like PulseDB's CalBased
 test, calibration removes a subject's constant bias, not errors that change over time.
+
+State belongs to one *stream generation* of a device (`Window.generation`, numbered by `DeviceTable`): a device
+forgotten or evicted and heard from again is a new generation. A window of a newer generation than the one held
+first drops the device's history and calibrations; a window of an older one (queued, or at the backend, when its
+device was forgotten) changes nothing and goes out uncalibrated (`Applied.stale`). A cuff reading is for the
+generation streaming when it arrives, so a previous wearer's estimates never form its reference.
 """
 
 from __future__ import annotations
@@ -35,16 +42,31 @@ import math
 import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
 from .errors import CheckpointError
 
-HISTORY_MAX = 64  # uncalibrated estimates a device keeps (and a calibration collects) at most
+MIN_ESTIMATES_MAX = 64  # the largest `calibration.min_estimates` the configuration accepts
+# A hop is cut as round(hop_s * fs) samples, which at fs ≥ 20 Hz and hop_s ≥ 0.1 s (the accepted ranges) is ≥ 2
+# samples and so never shorter than 0.8 hop_s (2.5 samples → 2): windows can come that much faster than hop_s.
+HOP_SHORTENING = 0.8
+SLACK = 4  # a few estimates more than the arithmetic gives, so no rounding of t ever drops one from a span
 
 Estimate = tuple[float, float, float]  # (t in Unix s, sbp, dbp in mmHg), uncalibrated
+
+
+def history_capacity(span_s: float, hop_s: float, min_estimates: int) -> int:
+    """Estimates a device's history, and a cuff reading, hold at most: every window a span of ``span_s`` can hold at
+    a hop of ``hop_s`` (shortened by rounding to whole samples, both ends counted), plus the ``min_estimates`` after
+    it that may make up the count, plus `SLACK`. Bounded by the configuration's ranges (span ≤ 3600 s, hop ≥ 0.1 s:
+    45,069). Only a device whose timestamps fall behind its sample count packs more into a span; then the earliest
+    are left out."""
+    if not hop_s > 0:
+        raise ValueError(f"hop_s must be > 0, got {hop_s}")
+    return math.ceil(span_s / (HOP_SHORTENING * hop_s)) + 1 + min_estimates + SLACK
 
 
 def robust_reference(
@@ -135,7 +157,9 @@ class _Reading:
 
 @dataclass
 class _Device:
-    history: deque[Estimate] = field(default_factory=lambda: deque(maxlen=HISTORY_MAX))
+    history: deque[Estimate]  # the last span_s/2 of uncalibrated estimates, at most `history_capacity`
+    generation: int = 0  # the stream generation this state belongs to
+    closed: bool = False  # forgotten: windows of `generation` are stale too, until a newer generation comes
     active: _Reading | None = None  # the calibration applied now
     pending: _Reading | None = None  # a newer reading whose reference is not formed yet
     epoch: int = 0  # +1 each time a calibration starts to apply
@@ -145,6 +169,7 @@ class Applied(NamedTuple):
     row: np.ndarray  # the answer, calibrated when `calibrated`
     calibrated: bool
     epoch: int  # changes whenever a new calibration starts to apply: values of two epochs are not to be mixed
+    stale: bool = False  # the window is of an older stream generation than the device's: not remembered, not smoothed
 
 
 class Calibrations:
@@ -156,17 +181,31 @@ class Calibrations:
         min_estimates: int = 3,
         change_gain: float | tuple[float, float] = 1.0,
         halfwidths: tuple[float | None, float | None] = (None, None),
+        hop_s: float = 0.1,  # the windows' hop; the default, the shortest the configuration accepts, fits any
     ) -> None:
         self.span_s, self.min_estimates = span_s, min_estimates
         self.change_gain, self.halfwidths = change_gain, halfwidths
+        self.capacity = history_capacity(span_s, hop_s, min_estimates)
         self._lock = threading.Lock()
         self._devices: dict[str, _Device] = {}
 
-    def calibrate(self, device: str, sbp: float, dbp: float, t: float) -> bool:
-        """Store a cuff reading taken at `t` (the device's clock); True when its reference could be formed now."""
+    def _state(self, device: str, generation: int) -> _Device | None:
+        """The device's state for `generation` (new when it has none or an older one); None when it is stale."""
+        d = self._devices.get(device)
+        if d is None or generation > d.generation:
+            d = self._devices[device] = _Device(deque(maxlen=self.capacity), generation)
+        elif generation < d.generation or d.closed:
+            return None
+        return d
+
+    def calibrate(self, device: str, sbp: float, dbp: float, t: float, generation: int = 0) -> bool:
+        """Store a cuff reading taken at `t` (the device's clock) for the device's stream `generation`; True when
+        its reference could be formed now. A reading for an older generation than the one held is ignored (False)."""
         with self._lock:
-            d = self._devices.setdefault(device, _Device())
-            collected = deque((e for e in d.history if e[0] >= t - self.span_s / 2), maxlen=HISTORY_MAX)
+            d = self._state(device, generation)
+            if d is None:
+                return False
+            collected = deque((e for e in d.history if e[0] >= t - self.span_s / 2), maxlen=self.capacity)
             reading = _Reading((sbp, dbp), t, collected)
             reading.reference = robust_reference(collected, t, self.span_s, self.min_estimates)
             if reading.reference is None:
@@ -175,11 +214,15 @@ class Calibrations:
             d.active, d.pending, d.epoch = reading, None, d.epoch + 1
             return True
 
-    def apply(self, device: str, t: float, row: np.ndarray) -> Applied:
-        """One window's uncalibrated answer (its last sample at `t`) → `Applied`; remembers it in the history."""
+    def apply(self, device: str, t: float, row: np.ndarray, generation: int = 0) -> Applied:
+        """One window's uncalibrated answer (its last sample at `t`, cut by stream `generation`) → `Applied`;
+        remembers it in the history. A window of an older generation than the device's changes nothing and comes
+        back as it was, `stale`."""
         estimate = (t, float(row[0]), float(row[1]))
         with self._lock:
-            d = self._devices.setdefault(device, _Device())
+            d = self._state(device, generation)
+            if d is None:
+                return Applied(np.asarray(row, dtype=np.float64), False, 0, stale=True)
             d.history.append(estimate)
             while d.history[0][0] < t - self.span_s / 2:
                 d.history.popleft()
@@ -212,6 +255,10 @@ class Calibrations:
             for device in [d for d in self._devices if d not in keep]:
                 del self._devices[device]
 
-    def forget(self, device: str) -> None:
+    def forget(self, device: str, generation: int | None = None) -> None:
+        """Drop the device's state. Given the forgotten stream's `generation`, a marker stays until a newer
+        generation (or `retain`) replaces it, so that stream's windows still on their way change nothing."""
         with self._lock:
             self._devices.pop(device, None)
+            if generation is not None:
+                self._devices[device] = _Device(deque(maxlen=1), generation, closed=True)

@@ -71,7 +71,9 @@ class Daemon:
         self.batcher = DynamicBatcher(b.max_batch, b.max_wait_ms, b.max_queue)
         self.monitor = Monitor()
         cal = config.calibration
-        self.calibrations = Calibrations(cal.span_s, cal.min_estimates, **params_from_metadata(self.estimator.metadata))
+        self.calibrations = Calibrations(
+            cal.span_s, cal.min_estimates, hop_s=w.hop_s, **params_from_metadata(self.estimator.metadata)
+        )
         self.smoother = Smoother(config.smoothing.windows)
         self.stop_event = threading.Event()
         self.warn = RateLimitedLog(log, period_s=10.0)
@@ -196,9 +198,12 @@ class Daemon:
             if not isinstance(device, str) or not DEVICE_RE.match(device):
                 return {"ok": False, "error": f"{cmd} needs 'device', 1–64 characters of [A-Za-z0-9_.:-]"}
             if cmd == "forget":
+                # Its windows still queued or at the backend are of this generation: they must not rebuild its state.
+                stream = self.devices.streams.get(device)
+                generation = stream.generation if stream is not None else None
                 known = self.devices.forget(device)
-                self.calibrations.forget(device)
-                self.smoother.forget(device)
+                self.calibrations.forget(device, generation)
+                self.smoother.forget(device, generation)
                 return {"ok": True, "known": known}
             values = [req.get(k) for k in ("sbp", "dbp")]
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
@@ -213,7 +218,9 @@ class Daemon:
             if stream is None or stream.next_t0 is None:
                 return {"ok": False, "error": f"unknown device {device!r}: it has sent no data (or was forgotten)"}
             # The reading's time on the device's clock, which its estimates' `t` use: its latest sample.
-            applied = self.calibrations.calibrate(device, sbp, dbp, stream.next_t0 - 1.0 / stream.fs)
+            # For the stream sending now: estimates of a stream before it (another wearer) never form its reference.
+            t_cal = stream.next_t0 - 1.0 / stream.fs
+            applied = self.calibrations.calibrate(device, sbp, dbp, t_cal, stream.generation)
             return {"ok": True, "applied": applied}
         return {"ok": False, "error": f"unknown cmd {repr(cmd)[:64]}; valid: {', '.join(COMMANDS)}"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .calibration import HISTORY_MAX
+from .calibration import MIN_ESTIMATES_MAX
 from .config import apply_layers
 from .errors import ConfigError
 from .security import Security
@@ -118,7 +118,7 @@ RANGES = {
     "limits.max_chunk_samples": (16, 100_000),
     "limits.publish_hwm": (10, 10_000_000),
     "calibration.span_s": (0.0, 3600.0),
-    "calibration.min_estimates": (1, HISTORY_MAX),
+    "calibration.min_estimates": (1, MIN_ESTIMATES_MAX),
     "smoothing.windows": (1, 100),
     "operation.heartbeat_s": (0.05, 60.0),
     "ray.max_batch": (1, 1024),
@@ -133,6 +133,7 @@ RANGES = {
     "ray.retries": (0, 100),
 }
 BACKENDS = ("local", "ray")
+MAX_SPAN_WINDOWS = 600  # estimates within a calibration span: 600 × ~120 B per device, bounded at any device count
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ADDRESS_SCHEMES = ("tcp://", "ipc://", "inproc://")
 
@@ -143,6 +144,11 @@ def _validate(c: DaemonConfig) -> None:
         value = getattr(getattr(c, section), name)
         if not lo <= value <= hi:
             raise ConfigError(f"{key} must be within [{lo}, {hi}], got {value}")
+    if c.calibration.span_s / c.windowing.hop_s > MAX_SPAN_WINDOWS:  # bounds each device's calibration history
+        raise ConfigError(
+            f"calibration.span_s / windowing.hop_s must be ≤ {MAX_SPAN_WINDOWS} (the estimates a device's calibration "
+            f"keeps), got {c.calibration.span_s} / {c.windowing.hop_s}; shorten the span or lengthen the hop"
+        )
     if c.windowing.hop_s > c.windowing.window_s:
         raise ConfigError(
             f"windowing.hop_s ({c.windowing.hop_s}) must not exceed windowing.window_s ({c.windowing.window_s})"

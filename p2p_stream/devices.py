@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from .protocol import Ingest
 from .ring_buffer import DeviceStream, PushResult
+
+# Every DeviceStream this process creates gets the next number: a device forgotten (or evicted) and heard from
+# again is a new stream with a higher generation, which its windows carry to calibration and smoothing.
+_GENERATIONS = itertools.count(1)
 
 
 class DeviceLimitError(Exception):
@@ -29,7 +34,9 @@ class DeviceTable:
         if stream is None:
             if len(self.streams) >= self.max_devices:
                 raise DeviceLimitError(f"{len(self.streams)} devices already, the limit is {self.max_devices}")
-            stream = DeviceStream(msg.device, msg.fs, self.window_s, self.hop_s, self.max_chunk, self.gap_tolerance_s)
+            stream = DeviceStream(
+                msg.device, msg.fs, self.window_s, self.hop_s, self.max_chunk, self.gap_tolerance_s, next(_GENERATIONS)
+            )
             self.streams[msg.device] = stream
         self.last_seen[msg.device] = arrival
         return stream.push(msg, arrival)

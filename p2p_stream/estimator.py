@@ -232,8 +232,13 @@ class Estimator:
         features = parse_meta(meta, len(items))
         out = np.full((len(items), len(OUTPUTS)), np.nan, dtype=np.float32)
         quality: list[Quality | None] = [None] * len(items)
+        longest = self.window_range_s[1] * fs
         for length in sorted({len(w) for w in items}):  # one gate and one forward pass per distinct length
             idx = [i for i, w in enumerate(items) if len(w) == length]
+            if length > longest + 1e-6:  # beyond what the checkpoint was made for: no number, a reason
+                for i in idx:
+                    quality[i] = Quality(False, "too_long", 0.0, None)
+                continue
             checks, x = self.assess_batch(np.stack([items[i] for i in idx]), fs)
             passed = [k for k, q in enumerate(checks) if q.ok]
             for k, i in enumerate(idx):

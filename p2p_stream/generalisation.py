@@ -166,20 +166,27 @@ def fit_interval(
     weight: np.ndarray,
     level: float,
     n: int,
+    dataset: np.ndarray | None = None,
 ) -> tuple[list, list, list]:
-    """Normalised split-conformal: per target, the (widen, age_widen) giving the narrowest mean interval, and q.
+    """Normalised split-conformal, worst case over datasets: per target, the (widen, age_widen) giving the narrowest
+    mean interval, with q the largest of the datasets' own conformal quantiles.
 
-    Scores |y − est| / scale (`interval_scale`); q is their weighted quantile at level·(1 + 1/n), n the number
-    of subjects behind the weights, the usual finite-sample correction.
+    Scores |y − est| / scale (`interval_scale`); each dataset's q is the weighted quantile of its scores at
+    level·(1 + 1/n_d), n_d its subjects (the usual finite-sample correction), so the interval reaches the level on
+    every dataset it was calibrated on, not on their pool only: a new sensor is one more dataset, and the pooled
+    quantile left the dataset least like the pool at a third of its cover.
     """
-    share = min(1.0, level * (1.0 + 1.0 / n))
+    dataset = np.zeros(len(y), dtype=int) if dataset is None else np.asarray(dataset)
+    groups = [dataset == d for d in np.unique(dataset)]
+    shares = [min(1.0, level * (1.0 + len(groups) / n)) for _ in groups]  # n subjects shared among the datasets
     qs, widens, age_widens = [], [], []
     for t in range(2):
         best = None
         for widen in WIDEN_GRID:
             for age_widen in AGE_WIDEN_GRID:
                 scale = interval_scale(trust, [widen, widen], decades, [age_widen, age_widen])[:, 0]
-                q = weighted_quantile(np.abs(y[:, t] - est[:, t]) / scale, weight, share)
+                score = np.abs(y[:, t] - est[:, t]) / scale
+                q = max(weighted_quantile(score[g], weight[g], sh) for g, sh in zip(groups, shares))
                 width = float(np.average(q * scale, weights=weight))
                 if best is None or width < best[0] - 1e-9:
                     best = (width, q, widen, age_widen)

@@ -114,7 +114,7 @@ def fit_head(member: Member, unseen: list[OutOfDataset], data: Prepared, level: 
     est = prior + np.asarray(gain) * trust[:, None] * deviation
     n = len(np.unique(data.windows.subject[rows]))
     decades = age_decades(data.windows.age[rows], member.prior)
-    q, widen, age_widen = fit_interval(est, trust, decades, y, weight, level, n)
+    q, widen, age_widen = fit_interval(est, trust, decades, y, weight, level, n, data.windows.dataset[rows])
     return Head(
         prior=member.prior,
         trust=member.trust,

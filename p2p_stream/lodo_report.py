@@ -19,9 +19,12 @@ MOONSHOT_MASE = 0.95  # averaged over folds
 TARGET_COVERAGE = (0.72, 0.88)  # 80 % ± 8
 
 
-def units(subject: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """A unit id per window: the subject and its cuff reading."""
-    return np.array([f"{s}|{a:.1f}/{b:.1f}" for s, a, b in zip(subject, y[:, 0], y[:, 1])])
+def units(subject: np.ndarray, record: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """A unit id per window: the subject's cuff reading. Where a subject has several readings (AIST: one per
+    session) the record tells them apart, even when two sessions' cuffs read the same."""
+    several = {s for s in np.unique(subject) if len(np.unique(y[subject == s], axis=0)) > 1}
+    rows = zip(subject, record, y[:, 0], y[:, 1])
+    return np.array([f"{s}|{r}" if s in several else f"{s}|{a:.1f}/{b:.1f}" for s, r, a, b in rows])
 
 
 def unit_means(unit: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -40,7 +43,7 @@ def score_fold(fold, data) -> dict:
     """Metrics of one fold: the shipped estimate, the unshrunk model, the prior alone, against the constant."""
     ws = data.windows.subset(fold.rows)
     y = data.y[fold.rows].astype(np.float64)
-    unit = units(ws.subject, y)
+    unit = units(ws.subject, ws.record, y)
     names, Y, est, raw, prior = unit_means(unit, y, fold.estimate, fold.raw, fold.prior)
     subjects = np.array([n.split("|")[0] for n in names])
     const = np.tile(np.asarray(fold.head.prior.mean), (len(names), 1))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
+from .demographics import age_years
 from .errors import ProtocolError
 
 VERSION = 1
@@ -135,9 +136,10 @@ def _known_meta(meta: dict | None) -> dict | None:
     if not meta:
         return None
     kept = {}
-    age = meta.get("age")
-    if isinstance(age, (int, float)) and not isinstance(age, bool) and math.isfinite(age):
-        kept["age"] = float(age)
+    try:
+        kept["age"] = age_years(meta["age"])  # the model's rule, so the worker never meets an age it refuses
+    except (KeyError, ValueError):
+        pass
     sex = meta.get("sex")
     if isinstance(sex, str):
         kept["sex"] = sex[:8]

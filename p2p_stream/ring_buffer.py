@@ -28,6 +28,9 @@ class Window:
     enqueued: float = field(default=0.0)  # time.monotonic() when it entered the batcher
     reason: str | None = None  # set for a marker that only reports a break ("gap"): no samples, no model
     seq: int = 0  # the device's estimate counter, given when the window is cut, so estimates go out in order
+    # The DeviceStream that cut it (`DeviceStream.generation`): a forgotten or evicted device that comes back gets a
+    # new, higher one, so its calibration and smoothing never take windows of the stream before (0: built elsewhere).
+    generation: int = 0
 
 
 @dataclass
@@ -43,8 +46,18 @@ class PushResult:
 class DeviceStream:
     """One device: the ring, the run of contiguous samples in it, and where the next window ends."""
 
-    def __init__(self, device: str, fs: float, window_s: float, hop_s: float, max_chunk: int, gap_tolerance_s: float):
+    def __init__(
+        self,
+        device: str,
+        fs: float,
+        window_s: float,
+        hop_s: float,
+        max_chunk: int,
+        gap_tolerance_s: float,
+        generation: int = 0,
+    ):
         self.device = device
+        self.generation = generation  # given by DeviceTable, process-wide increasing; every window carries it
         self.window_s, self.hop_s, self.max_chunk, self.gap_tolerance_s = window_s, hop_s, max_chunk, gap_tolerance_s
         self._configure(fs)
         self.last_seq: int | None = None
@@ -106,6 +119,7 @@ class DeviceStream:
                         self.ref,
                         self.meta,
                         seq=self.take_seq(),
+                        generation=self.generation,
                     )
                 )
         return windows
@@ -135,7 +149,7 @@ class DeviceStream:
                 marker_t = t if t is not None else msg.t0
                 result.windows.append(
                     Window(self.device, None, self.fs, marker_t, arrival, self.ref, self.meta, reason="gap",
-                           seq=self.take_seq())
+                           seq=self.take_seq(), generation=self.generation)
                 )  # fmt: skip
             self._restart()
 

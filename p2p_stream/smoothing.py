@@ -6,6 +6,10 @@ interval bounds are averaged the same way. The history restarts when the device'
 marker), when a new calibration starts to apply (calibrated and uncalibrated values are never averaged together),
 and when the device is forgotten or evicted. Rejected windows neither enter it nor restart it. ``K = 1`` is off:
 each published value is its window's own.
+
+The history belongs to one stream generation of the device (`Window.generation`): a window of a newer generation
+restarts it; a window (or gap marker) of an older one, or of a forgotten one, changes nothing and its value goes
+out unsmoothed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,6 +25,13 @@ import numpy as np
 def smooth_mean(rows: Sequence[np.ndarray]) -> np.ndarray:
     """The column-wise mean of equally long rows (the last K windows' answers), in their units."""
     return np.mean(np.stack([np.asarray(r, dtype=np.float64) for r in rows]), axis=0)
+
+
+@dataclass
+class _History:
+    generation: int  # the stream generation the answers are of
+    epoch: int | None  # the calibration epoch they were calibrated under; None for a forgotten stream's marker
+    rows: deque[np.ndarray]
 
 
 class Smoother:
@@ -30,28 +42,48 @@ class Smoother:
             raise ValueError(f"windows must be ≥ 1, got {windows}")
         self.windows = windows
         self._lock = threading.Lock()
-        self._history: dict[str, tuple[int, deque[np.ndarray]]] = {}  # device → (epoch, last answers)
+        self._history: dict[str, _History] = {}
 
-    def add(self, device: str, row: np.ndarray, epoch: int = 0) -> np.ndarray:
+    def _stale(self, device: str, generation: int) -> bool:
+        entry = self._history.get(device)
+        return entry is not None and (
+            generation < entry.generation or (generation == entry.generation and entry.epoch is None)
+        )
+
+    def add(self, device: str, row: np.ndarray, epoch: int = 0, generation: int = 0) -> np.ndarray:
         """Append one accepted window's answer; returns the mean of the device's last `windows` answers.
 
-        A different `epoch` (a new calibration) or a different row length restarts the history first.
+        A newer `generation`, a different `epoch` (a new calibration) or a different row length restarts the
+        history first; an older (or forgotten) generation leaves it alone and gets its own row back.
         """
         row = np.asarray(row, dtype=np.float64)
         with self._lock:
+            if self._stale(device, generation):
+                return row
             entry = self._history.get(device)
-            if entry is None or entry[0] != epoch or entry[1][-1].shape != row.shape:
-                entry = (epoch, deque(maxlen=self.windows))
-                self._history[device] = entry
-            entry[1].append(row)
-            return smooth_mean(entry[1])
+            if (
+                entry is None
+                or entry.generation != generation
+                or entry.epoch != epoch
+                or entry.rows[-1].shape != row.shape
+            ):
+                entry = self._history[device] = _History(generation, epoch, deque(maxlen=self.windows))
+            entry.rows.append(row)
+            return smooth_mean(entry.rows)
 
-    def reset(self, device: str) -> None:
-        """The device's stream broke: the next answer starts a new history."""
+    def reset(self, device: str, generation: int = 0) -> None:
+        """The device's stream broke: the next answer starts a new history (a stale stream's break is ignored)."""
+        with self._lock:
+            if not self._stale(device, generation):
+                self._history.pop(device, None)
+
+    def forget(self, device: str, generation: int | None = None) -> None:
+        """Drop the device's history. Given the forgotten stream's `generation`, a marker stays until a newer
+        generation (or `retain`) replaces it, so that stream's windows still on their way change nothing."""
         with self._lock:
             self._history.pop(device, None)
-
-    forget = reset
+            if generation is not None:
+                self._history[device] = _History(generation, None, deque(maxlen=1))
 
     def retain(self, devices: Iterable[str]) -> None:
         """Drop every device not in `devices` (evicted or forgotten ones), so nothing grows unbounded."""

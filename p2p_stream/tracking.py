@@ -12,7 +12,8 @@ mean of its windows) and compare with the truth. Three ways, all against the sam
 - change model: cuff + g · (network − reference) + h · (pulse rate − reference pulse rate), g and h fitted
   leave-one-subject-out, so each person is scored by a model fitted on the other ten.
 
-The shipped way's interval half-width is the `level` quantile of its session errors.
+The shipped way's interval half-width is the `level` quantile of its session errors, each person weighted
+equally, with the finite-sample correction for 11 persons; it is measured on the same sessions (in-sample).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .generalisation import weighted_quantile
 from .prior import TARGETS
 
 G_GRID = np.round(np.arange(0.0, 1.0001, 0.1), 2)
@@ -100,7 +102,11 @@ def score_tracking(published: Sessions, network: Sessions, level: float = 0.8) -
     fitted = [_fit(s, np.ones(len(s.subject), bool), t) for t in range(2)]
     result: dict = {"persons": int(len(np.unique(s.subject))), "sessions": int(len(s.subject)), "level": level}
     errors = np.abs(shipped - s.truth)
-    share = min(1.0, level * (1 + 1 / len(errors)))
+    # Each person counts once (their sessions share a weight), and the finite-sample correction counts persons:
+    # 77 sessions of 11 people are 11 draws, not 77. Measured on the same sessions: no one is held out of it.
+    persons = np.unique(s.subject)
+    weight = np.array([1.0 / np.sum(s.subject == p) for p in s.subject])
+    share = min(1.0, level * (1 + 1 / len(persons)))
     for t, name in enumerate(TARGETS):
         c, sh, o, m = (person_mae(s, v)[t] for v in (carry, shipped, offset, loso))
         result[name] = {
@@ -110,7 +116,7 @@ def score_tracking(published: Sessions, network: Sessions, level: float = 0.8) -
             "change_model_mae": float(m),
             "best_vs_carry": float(min(sh, o, m) / c),
             "change_model_g_h": [fitted[t][0], fitted[t][1]],
-            "halfwidth": float(np.quantile(errors[:, t], share)),
+            "halfwidth": weighted_quantile(errors[:, t], weight, share),
         }
     return result
 

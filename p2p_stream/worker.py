@@ -190,15 +190,19 @@ class InferenceWorker(threading.Thread):
                 answers[id(e)] = row if np.isfinite(row).all() else row[:2]  # NaN interval: a model without one
         for w, e in job.out:
             if w.reason:  # the device's stream broke: the smoothing starts again after it
-                self.smoother.reset(w.device)
+                self.smoother.reset(w.device, w.generation)
             elif id(e) in answers:  # rejected windows neither enter the smoothing nor restart it
                 self._fill(w, e, answers[id(e)])
         return job.out
 
     def _fill(self, w: Window, e: dict, row: np.ndarray) -> None:
-        """Calibrate one window's answer, smooth it with the device's last ones, and put both on the estimate."""
-        cal = self.calibrations.apply(w.device, w.t_last, row)
-        smooth = self.smoother.add(w.device, cal.row, cal.epoch)
+        """Calibrate one window's answer, smooth it with the device's last ones, and put both on the estimate.
+
+        A window of a stream the device no longer has (forgotten while it was queued or at the backend) goes out
+        as the model answered it, uncalibrated and unsmoothed, and leaves the new stream's state alone.
+        """
+        cal = self.calibrations.apply(w.device, w.t_last, row, w.generation)
+        smooth = cal.row if cal.stale else self.smoother.add(w.device, cal.row, cal.epoch, w.generation)
         e["sbp"], e["dbp"] = mmhg(smooth[0]), mmhg(smooth[1])
         e["sbp_window"], e["dbp_window"] = mmhg(cal.row[0]), mmhg(cal.row[1])
         e["calibrated"] = cal.calibrated

@@ -11,10 +11,10 @@ from conftest import simulated_ppg
 from p2p_stream import Estimator
 from p2p_stream.batcher import DynamicBatcher
 from p2p_stream.calibration import (
-    HISTORY_MAX,
     Calibrations,
     calibrate_row,
     calibrated_value,
+    history_capacity,
     params_from_metadata,
     robust_reference,
 )
@@ -106,7 +106,8 @@ def test_uncalibrated_until_min_estimates_then_refined_then_frozen():
     frozen = feed(c, "d", [T0 + 6, T0 + 7], [(300.0, 10.0), (124.0, 82.0)])  # past T0 + 5: frozen
     np.testing.assert_allclose(frozen[1].row, [130.0, 85.0])  # still against (124, 82)
     assert frozen[1].epoch == 1
-    much_later = feed(c, "d", [T0 + 8 + k for k in range(2 * HISTORY_MAX)], [(200.0, 50.0)] * (2 * HISTORY_MAX))
+    n = 2 * c.capacity
+    much_later = feed(c, "d", [T0 + 8 + k for k in range(n)], [(200.0, 50.0)] * n)
     np.testing.assert_allclose(much_later[-1].row, [130.0 + 200.0 - 124.0, 85.0 + 50.0 - 82.0])  # and stays
 
 
@@ -130,9 +131,12 @@ def test_a_new_reading_waits_under_the_old_calibration():
 
 
 def test_forget_retain_and_bounded_history():
-    c = Calibrations(span_s=3600.0, min_estimates=1)
+    c = Calibrations(span_s=3600.0, min_estimates=1, hop_s=1.0)
     feed(c, "d", [T0 + k for k in range(500)], [(120.0, 80.0)] * 500)
-    assert len(c._devices["d"].history) == HISTORY_MAX
+    assert len(c._devices["d"].history) == 500  # all within span_s / 2
+    # A clock that goes back packs more into a span than its hop allows: the count stays bounded all the same.
+    feed(c, "d", [T0 + k % 10 for k in range(3 * c.capacity)], [(120.0, 80.0)] * (3 * c.capacity))
+    assert len(c._devices["d"].history) == c.capacity == history_capacity(3600.0, 1.0, 1)
     feed(c, "e", [T0], [(120.0, 80.0)])
     c.calibrate("d", 130.0, 85.0, T0 + 500)
     c.retain({"e"})  # "d" was evicted: its history and calibration go

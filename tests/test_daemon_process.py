@@ -203,3 +203,9 @@ def test_fixed_length_checkpoint_with_other_windows_is_refused(tmp_path, capsys)
                             "--ingest", a["ingest"], "--publish", a["publish"], "--control", a["control"]])  # fmt: skip
     assert code == 2
     assert "outside the window lengths" in (err := capsys.readouterr().err) and "set windowing.window_s = 10" in err
+
+
+def test_a_calibration_span_too_long_for_its_hop_is_refused(capsys):
+    code = daemon_main(["--device", "cpu", "--hop-s", "0.1", "--set", "calibration.span_s=3600"])
+    assert code == 2
+    assert "calibration.span_s / windowing.hop_s must be ≤ 600" in capsys.readouterr().err

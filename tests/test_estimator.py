@@ -115,3 +115,24 @@ def test_the_network_answers_the_same_for_2_5_and_10_s_of_one_person(est):
     # The network's own answer, before shrinkage: the same person within a few mmHg whatever the window length,
     # where the old model, trained on 2.1 s and served 10 s, spread people 12 → 17 mmHg apart by length alone.
     assert (spread < 6.0).all(), dev
+
+
+@pytest.mark.parametrize("age", [70, 70.0, np.int64(70), np.float32(70), "70"])
+def test_an_age_of_any_number_type_is_the_same_age(est, age):
+    raw = read_segment("3_1")
+    as_int = est.predict(raw, 1000.0, meta={"age": 70, "sex": "M"})
+    np.testing.assert_allclose(est.predict(raw, 1000.0, meta={"age": age, "sex": "M"}), as_int)
+    assert not np.allclose(est.predict(raw, 1000.0, meta={"sex": "M"}), as_int)  # the age did count
+
+
+@pytest.mark.parametrize("age", ["seventy", 0, -3, 150, float("nan"), True])
+def test_an_age_that_is_not_one_is_a_clear_error(est, age):
+    with pytest.raises(ValueError, match="age must be"):
+        est.predict(read_segment("3_1"), 1000.0, meta={"age": age})
+
+
+def test_a_window_longer_than_the_checkpoint_takes_gets_no_number(est):
+    lo, hi = est.window_range_s
+    long = np.tile(read_segment("2_1"), int(hi / 2.1) + 2)  # > 120 s at 1 kHz
+    out = est.estimate([long, read_segment("2_1")], fs=1000.0)
+    assert out.reason == ["too_long", None] and np.isnan(out.bp[0]).all() and np.isfinite(out.bp[1]).all()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..demographics import MAX_AGE_Y
 from ..errors import DatasetError
 from ..preprocess import cut_windows, resample, window_samples
 from .windows import WindowSet, build_window_set
@@ -45,7 +46,7 @@ class Recording:
         return meta or None
 
 
-MAX_AGE = 150.0
+MAX_AGE = MAX_AGE_Y  # the model's limit: an older "age" is a typo
 SEXES = ("M", "F")
 
 
@@ -64,7 +65,7 @@ def _parse_age(text: str, where: str) -> float:
         age = float(text)
     except ValueError:
         age = np.nan
-    if not 0.0 <= age <= MAX_AGE:  # NaN fails this too
+    if not 0.0 < age <= MAX_AGE:  # NaN fails this too
         raise DatasetError(f"{where}: age {text!r} is not a number of years (0–{MAX_AGE:g}) or blank")
     return age
 
