@@ -28,8 +28,8 @@ import time
 import numpy as np
 import zmq
 
-from p2p_stream.fleet import Fleet, FleetConfig
-from p2p_stream.protocol import decode_estimate, decode_map, encode_ingest, pack
+from p2p_stream.stream.protocol import decode_estimate, decode_map, encode_ingest, pack
+from p2p_stream.tools.fleet import Fleet, FleetConfig
 
 WINDOW_S, HOP_S, FS = 10.0, 2.0, 125.0
 P99_LIMIT_MS = 250.0
@@ -56,7 +56,7 @@ def start_daemon(addresses: dict, max_batch: int, threads: int, extra: tuple[str
     flags = {"--device": "cpu", "--threads": threads, "--window-s": WINDOW_S, "--hop-s": HOP_S,
              "--max-batch": max_batch, "--log-level": "WARNING", "--ingest": addresses["ingest"],
              "--publish": addresses["publish"], "--control": addresses["control"]}  # fmt: skip
-    cmd = [sys.executable, "-m", "p2p_stream.cli_daemon", *(str(v) for kv in flags.items() for v in kv), *extra]
+    cmd = [sys.executable, "-m", "p2p_stream.tools.cli_daemon", *(str(v) for kv in flags.items() for v in kv), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ctx = zmq.Context()
     req = ctx.socket(zmq.REQ)

@@ -13,8 +13,8 @@ import time
 
 import zmq
 
-from p2p_stream.fleet import Fleet, FleetConfig
-from p2p_stream.protocol import encode_ingest
+from p2p_stream.stream.protocol import encode_ingest
+from p2p_stream.tools.fleet import Fleet, FleetConfig
 
 
 def main() -> None:

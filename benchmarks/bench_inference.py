@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from p2p_stream import Estimator
-from p2p_stream.estimator import resolve_device
-from p2p_stream.models import build_model
+from p2p_stream.model.estimator import resolve_device
+from p2p_stream.model.networks import build_model
 
 WINDOW = 1250  # 10 s at 125 Hz
 

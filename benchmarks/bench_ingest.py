@@ -28,8 +28,8 @@ import time
 import numpy as np
 import zmq
 
-from p2p_stream.protocol import decode_map, encode_ingest, pack
-from p2p_stream.proxy import Proxy
+from p2p_stream.stream.protocol import decode_map, encode_ingest, pack
+from p2p_stream.tools.proxy import Proxy
 
 
 def messages(n_messages: int, devices: int) -> list[list[bytes]]:
@@ -84,7 +84,7 @@ def bare_rate(frames: list[list[bytes]], via_proxy: bool = False) -> float:
 def daemon_rate(frames: list[list[bytes]], profile: str | None = None, source: str | None = None) -> float:
     folder = tempfile.mkdtemp(prefix="p2pi")
     a = {k: f"ipc://{folder}/{k}" for k in ("ingest", "publish", "control")}
-    cmd = [sys.executable, "-m", "p2p_stream.cli_daemon", "--device", "cpu", "--log-level", "WARNING",
+    cmd = [sys.executable, "-m", "p2p_stream.tools.cli_daemon", "--device", "cpu", "--log-level", "WARNING",
            "--ingest", a["ingest"], "--publish", a["publish"], "--control", a["control"]]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": source} if source else None  # the daemon's code from another tree
     proc = subprocess.Popen(cmd, env=env, cwd=source)

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from p2p_stream import Estimator
-from p2p_stream.datasets import load_dataset
-from p2p_stream.estimator import resolve_device
-from p2p_stream.models import build_model
+from p2p_stream.model.estimator import resolve_device
+from p2p_stream.model.networks import build_model
+from p2p_stream.offline.datasets import load_dataset
 
 WINDOW = 1250  # 10 s at 125 Hz
 

@@ -18,9 +18,9 @@ import ray
 from ray import serve
 
 from p2p_stream import Estimator
-from p2p_stream.daemon_config import Ray
-from p2p_stream.estimator import default_model_path
-from p2p_stream.ray_backend import RayBackend
+from p2p_stream.backends.ray import RayBackend
+from p2p_stream.config.daemon import Ray
+from p2p_stream.model.estimator import default_model_path
 
 
 def replicas(app: str) -> int:

@@ -9,7 +9,7 @@ Offline, the same stages serve training and evaluation: datasets/ → preprocess
 models/ → training.py → report.py; `Estimator` (estimator.py) is the public entry to a trained model.
 """
 
-from .errors import CheckpointError, ConfigError, DatasetError, P2PError, ProtocolError
+from p2p_stream.errors import CheckpointError, ConfigError, DatasetError, P2PError, ProtocolError
 
 __version__ = "0.1.0"
 __all__ = ["CheckpointError", "ConfigError", "DatasetError", "Estimator", "P2PError", "ProtocolError", "__version__"]
@@ -18,7 +18,7 @@ __all__ = ["CheckpointError", "ConfigError", "DatasetError", "Estimator", "P2PEr
 def __getattr__(name: str):
     # Estimator pulls in torch (seconds to import): only when asked, so the monitor and simulators start fast.
     if name == "Estimator":
-        from .estimator import Estimator
+        from p2p_stream.model.estimator import Estimator
 
         return Estimator
     raise AttributeError(f"module 'p2p_stream' has no attribute {name!r}")

@@ -3,9 +3,9 @@
 import numpy as np
 from conftest import simulated_ppg
 
-from p2p_stream.augment import AugmentConfig, random_crop, sensor_augment
-from p2p_stream.preprocess import PreprocessConfig, ppg_prepare
-from p2p_stream.quality import ppg_quality
+from p2p_stream.offline.augment import AugmentConfig, random_crop, sensor_augment
+from p2p_stream.ppg.preprocess import PreprocessConfig, ppg_prepare
+from p2p_stream.ppg.quality import ppg_quality
 
 FS = 125.0
 OFF = AugmentConfig(stretch=0.0, rate_p=0.0, lowpass_p=0.0, wander=0.0, noise=0.0, spike_p=0.0)

@@ -6,11 +6,11 @@ import time
 
 import numpy as np
 
-from p2p_stream.batcher import DynamicBatcher
-from p2p_stream.calibration import Calibrations
-from p2p_stream.monitor import Monitor
-from p2p_stream.ratelimit import RateLimitedLog
-from p2p_stream.ring_buffer import Window
+from p2p_stream.stream.batcher import DynamicBatcher
+from p2p_stream.stream.calibration import Calibrations
+from p2p_stream.stream.counters import Monitor
+from p2p_stream.stream.ratelimit import RateLimitedLog
+from p2p_stream.stream.ring_buffer import Window
 
 
 def window(i=0):

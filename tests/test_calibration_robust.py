@@ -9,8 +9,10 @@ import pytest
 from conftest import simulated_ppg
 
 from p2p_stream import Estimator
-from p2p_stream.batcher import DynamicBatcher
-from p2p_stream.calibration import (
+from p2p_stream.backends.local import LocalBackend
+from p2p_stream.errors import CheckpointError
+from p2p_stream.stream.batcher import DynamicBatcher
+from p2p_stream.stream.calibration import (
     Calibrations,
     calibrate_row,
     calibrated_value,
@@ -18,12 +20,10 @@ from p2p_stream.calibration import (
     params_from_metadata,
     robust_reference,
 )
-from p2p_stream.errors import CheckpointError
-from p2p_stream.inference_backend import LocalBackend
-from p2p_stream.monitor import Monitor
-from p2p_stream.ring_buffer import Window
-from p2p_stream.smoothing import Smoother
-from p2p_stream.worker import InferenceWorker
+from p2p_stream.stream.counters import Monitor
+from p2p_stream.stream.ring_buffer import Window
+from p2p_stream.stream.smoothing import Smoother
+from p2p_stream.stream.worker import InferenceWorker
 
 T0 = 1_700_000_000.0
 

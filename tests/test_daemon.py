@@ -6,7 +6,7 @@ from conftest import read_segment, simulated_ppg
 from zmq_helpers import client, running_daemon
 
 from p2p_stream import Estimator
-from p2p_stream.preprocess import cut_windows
+from p2p_stream.ppg.preprocess import cut_windows
 
 FS = 125.0
 T0 = 1_700_000_000.0

@@ -12,9 +12,9 @@ from conftest import simulated_ppg
 from zmq_helpers import client, daemon_process, ipc_addresses
 
 from p2p_stream import Estimator
-from p2p_stream.cli_daemon import main as daemon_main
-from p2p_stream.preprocess import cut_windows
-from p2p_stream.protocol import encode_ingest
+from p2p_stream.ppg.preprocess import cut_windows
+from p2p_stream.stream.protocol import encode_ingest
+from p2p_stream.tools.cli_daemon import main as daemon_main
 
 FS = 125.0
 T0 = 1_700_000_000.0
@@ -147,7 +147,7 @@ def test_bad_model_path_is_refused(tmp_path, capsys):
 
 
 def test_ray_backend_without_ray_installed_says_how_to_get_it(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "p2p_stream.ray_backend", None)  # as if the [cluster] extra were absent
+    monkeypatch.setitem(sys.modules, "p2p_stream.backends.ray", None)  # as if the [cluster] extra were absent
     with ipc_addresses() as a:
         code = daemon_main(["--backend", "ray", "--ingest", a["ingest"], "--publish", a["publish"],
                             "--control", a["control"]])  # fmt: skip
@@ -158,7 +158,7 @@ def test_ray_backend_without_ray_installed_says_how_to_get_it(monkeypatch, capsy
 def test_default_config_file_matches_the_built_in_defaults():
     from pathlib import Path
 
-    from p2p_stream.daemon_config import DaemonConfig, load_daemon_config
+    from p2p_stream.config.daemon import DaemonConfig, load_daemon_config
 
     path = Path(__file__).parent.parent / "configs" / "default.toml"
     assert load_daemon_config(path) == DaemonConfig()
@@ -168,7 +168,7 @@ def test_checkpoint_that_needs_longer_windows_is_refused(tmp_path, capsys):
     import json
     import shutil
 
-    from p2p_stream.estimator import default_model_path
+    from p2p_stream.model.estimator import default_model_path
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(default_model_path(), ckpt)
@@ -189,9 +189,9 @@ def test_fixed_length_checkpoint_with_other_windows_is_refused(tmp_path, capsys)
     # A seed-lstm checkpoint (fixed 10 s input) under a daemon cutting 4 s windows: refused at start-up.
     import torch
 
-    from p2p_stream.checkpoint import save_checkpoint
-    from p2p_stream.estimator import Estimator
-    from p2p_stream.models import build_model
+    from p2p_stream.model.checkpoint import save_checkpoint
+    from p2p_stream.model.estimator import Estimator
+    from p2p_stream.model.networks import build_model
 
     skip = ("model", "weights", "format", "windows", "head", "crop_s")  # the shipped model's, not a seed-lstm's
     meta = {k: v for k, v in Estimator.load().metadata.items() if k not in skip}

@@ -13,9 +13,9 @@ from rich.console import Console
 from zmq_helpers import client, running_daemon
 
 from p2p_stream import Estimator
-from p2p_stream.bp_category import bp_category
-from p2p_stream.dashboard import DashboardState, render, sparkline
-from p2p_stream.protocol import encode_estimate, encode_status
+from p2p_stream.stream.protocol import encode_estimate, encode_status
+from p2p_stream.tools.bp_category import bp_category
+from p2p_stream.tools.dashboard import DashboardState, render, sparkline
 
 NOW = 1000.0
 
@@ -215,7 +215,8 @@ def test_monitor_once_against_a_live_daemon():
     x = simulated_ppg(70, 300, 125.0, seed=8)
     with running_daemon(est, operation={"heartbeat_s": 0.2}) as (daemon, addresses), client(addresses) as c:
         monitor = subprocess.Popen(
-            [sys.executable, "-m", "p2p_stream.dashboard", "--connect", addresses["publish"], "--once", "--wait", "4"],
+            [sys.executable, "-m", "p2p_stream.tools.dashboard"]
+            + ["--connect", addresses["publish"], "--once", "--wait", "4"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -236,7 +237,8 @@ def test_monitor_once_against_a_live_daemon():
 
 def test_monitor_once_without_a_daemon():
     out = subprocess.run(
-        [sys.executable, "-m", "p2p_stream.dashboard", "--connect", "ipc:///tmp/p2p-nobody", "--once", "--wait", "0.3"],
+        [sys.executable, "-m", "p2p_stream.tools.dashboard"]
+        + ["--connect", "ipc:///tmp/p2p-nobody", "--once", "--wait", "0.3"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from scipy.interpolate import CubicSpline
 
-from p2p_stream.datasets import load_dataset
-from p2p_stream.datasets.aist_wrist import ROW_HOP_SAMPLES, load_aist_wrist
 from p2p_stream.errors import DatasetError
-from p2p_stream.quality import ppg_quality
+from p2p_stream.offline.datasets import load_dataset
+from p2p_stream.offline.datasets.aist_wrist import ROW_HOP_SAMPLES, load_aist_wrist
+from p2p_stream.ppg.quality import ppg_quality
 
 SAMPLE = Path(__file__).parent / "data" / "aist_sample"
 SESSIONS = ["A1/week1/session1", "A1/week2/session1", "B1/week1/session1", "B1/week2/session1"]

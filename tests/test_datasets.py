@@ -8,7 +8,8 @@ import numpy as np
 import openpyxl
 import pytest
 
-from p2p_stream.datasets import (
+from p2p_stream.errors import DatasetError
+from p2p_stream.offline.datasets import (
     load_dataset,
     load_four_wavelength,
     load_ppg_bp,
@@ -17,8 +18,7 @@ from p2p_stream.datasets import (
     read_replay_csv,
     write_replay_csv,
 )
-from p2p_stream.datasets.replay_csv import Recording
-from p2p_stream.errors import DatasetError
+from p2p_stream.offline.datasets.replay_csv import Recording
 
 # ---------------------------------------------------------------- PPG-BP (real sample)
 

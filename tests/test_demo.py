@@ -6,15 +6,15 @@ import sys
 import pytest
 from zmq_helpers import ipc_addresses
 
-from p2p_stream.dashboard import DashboardState
-from p2p_stream.demo import population_mean, score_estimates, summary
-from p2p_stream.protocol import encode_estimate
+from p2p_stream.stream.protocol import encode_estimate
+from p2p_stream.tools.dashboard import DashboardState
+from p2p_stream.tools.demo import population_mean, score_estimates, summary
 
 
 def run_demo(*args: str) -> subprocess.CompletedProcess:
     """`p2p-demo` on private ipc:// addresses, non-interactive."""
     with ipc_addresses() as a:
-        cmd = [sys.executable, "-m", "p2p_stream.demo", *args,
+        cmd = [sys.executable, "-m", "p2p_stream.tools.demo", *args,
                "--ingest", a["ingest"], "--publish", a["publish"], "--control", a["control"]]  # fmt: skip
         return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={"COLUMNS": "200", "PATH": ""})
 

@@ -8,10 +8,10 @@ import torch
 from conftest import read_segment
 
 from p2p_stream import Estimator
-from p2p_stream.checkpoint import METADATA, WEIGHTS, sha256_file
-from p2p_stream.datasets import load_ppg_bp
 from p2p_stream.errors import CheckpointError
-from p2p_stream.estimator import default_model_path
+from p2p_stream.model.checkpoint import METADATA, WEIGHTS, sha256_file
+from p2p_stream.model.estimator import default_model_path
+from p2p_stream.offline.datasets import load_ppg_bp
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_predictions_on_real_windows_are_physiological(est, ppg_bp_sample):
 def test_predict_resamples_inside(est):
     raw = read_segment("2_1")  # 1 kHz
     at_1k = est.predict(raw, fs=1000.0)
-    from p2p_stream.preprocess import resample
+    from p2p_stream.ppg.preprocess import resample
 
     at_125 = est.predict(resample(raw, 1000.0, 125.0), fs=125.0)
     np.testing.assert_allclose(at_1k, at_125, atol=0.5)
@@ -103,7 +103,7 @@ def test_every_ok_estimate_carries_an_interval_around_it(est, ppg_bp_sample):
 
 def test_the_network_answers_the_same_for_2_5_and_10_s_of_one_person(est):
     # One person's 10 s of finger PPG (subject 2's three segments, back to back at 1 kHz); crops of 2, 5 and 10 s.
-    from p2p_stream.estimator import run_network
+    from p2p_stream.model.estimator import run_network
 
     raw = np.concatenate([read_segment(f"2_{k}") for k in (1, 2, 3)] * 2)[:10_000]
     x = est.prepare(raw, 1000.0)[0]

@@ -18,7 +18,7 @@ from conftest import simulated_ppg
 from zmq_helpers import client, daemon_process, ipc_addresses, rss_bytes
 
 from p2p_stream.errors import ProtocolError
-from p2p_stream.protocol import decode_ingest, decode_map, encode_ingest, pack
+from p2p_stream.stream.protocol import decode_ingest, decode_map, encode_ingest, pack
 
 FS = 125.0
 T0 = 1_700_000_000.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from p2p_stream.generalisation import Head, fit_gain, fit_interval, fit_trust
-from p2p_stream.prior import fit_prior
+from p2p_stream.model.generalisation import Head, fit_gain, fit_interval, fit_trust
+from p2p_stream.model.prior import fit_prior
 
 
 def test_prior_clips_age_to_the_range_it_was_fitted_on(rng):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from p2p_stream.metrics import bhs_grade, ieee1708_grade, per_subject_errors, regression_report
+from p2p_stream.offline.metrics import bhs_grade, ieee1708_grade, per_subject_errors, regression_report
 
 
 def test_bhs_grades_at_their_boundaries():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from p2p_stream.errors import ConfigError
-from p2p_stream.models import build_model, count_parameters
+from p2p_stream.model.networks import build_model, count_parameters
 
 
 def test_seed_lstm_is_the_notebooks_network():

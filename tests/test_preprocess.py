@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from p2p_stream.preprocess import cut_windows, ppg_bandpass, ppg_normalize, ppg_prepare, resample
+from p2p_stream.ppg.preprocess import cut_windows, ppg_bandpass, ppg_normalize, ppg_prepare, resample
 
 
 @pytest.mark.parametrize("fs_in", [100.0, 200.0, 250.0, 1000.0])

@@ -5,8 +5,8 @@ import openpyxl
 import pytest
 from conftest import SAMPLE, read_segment
 
-from p2p_stream.preprocess import resample
-from p2p_stream.quality import REASONS, ppg_quality
+from p2p_stream.ppg.preprocess import resample
+from p2p_stream.ppg.quality import REASONS, ppg_quality
 
 FS = 125.0
 

@@ -12,11 +12,11 @@ ray = pytest.importorskip("ray", reason="the optional [cluster] extra (Ray Serve
 serve = pytest.importorskip("ray.serve")
 
 from p2p_stream import Estimator  # noqa: E402
-from p2p_stream.daemon_config import Ray  # noqa: E402
-from p2p_stream.estimator import default_model_path  # noqa: E402
-from p2p_stream.inference_backend import BackendUnavailable, LocalBackend  # noqa: E402
-from p2p_stream.preprocess import cut_windows  # noqa: E402
-from p2p_stream.ray_backend import RayBackend  # noqa: E402
+from p2p_stream.backends.local import BackendUnavailable, LocalBackend  # noqa: E402
+from p2p_stream.backends.ray import RayBackend  # noqa: E402
+from p2p_stream.config.daemon import Ray  # noqa: E402
+from p2p_stream.model.estimator import default_model_path  # noqa: E402
+from p2p_stream.ppg.preprocess import cut_windows  # noqa: E402
 
 FS = 125.0
 

@@ -12,7 +12,7 @@ import time
 import zmq
 from zmq_helpers import ROOT, Subscriber, daemon_process, fleet, request, wait_ready
 
-from p2p_stream.proxy import Proxy
+from p2p_stream.tools.proxy import Proxy
 
 
 def test_two_sharded_daemons_behind_a_proxy_estimate_every_device_once():
@@ -55,7 +55,7 @@ def test_p2p_proxy_command_refuses_an_address_in_use():
     squatter = ctx.socket(zmq.PUB)
     port = squatter.bind_to_random_port("tcp://127.0.0.1")
     try:
-        cmd = [sys.executable, "-m", "p2p_stream.proxy", "--wearables", f"tcp://127.0.0.1:{port}"]
+        cmd = [sys.executable, "-m", "p2p_stream.tools.proxy", "--wearables", f"tcp://127.0.0.1:{port}"]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=30)
     finally:
         squatter.close(0)

@@ -11,12 +11,12 @@ import zmq
 from conftest import simulated_ppg
 from zmq_helpers import running_daemon
 
-from p2p_stream.cli_keys import main as keys_main
-from p2p_stream.daemon_config import load_daemon_config
+from p2p_stream.config.daemon import load_daemon_config
 from p2p_stream.errors import ConfigError
-from p2p_stream.estimator import Estimator
-from p2p_stream.protocol import decode_map, encode_ingest, pack
-from p2p_stream.security import curve_client, exposure_warning, is_local
+from p2p_stream.model.estimator import Estimator
+from p2p_stream.stream.protocol import decode_map, encode_ingest, pack
+from p2p_stream.stream.security import curve_client, exposure_warning, is_local
+from p2p_stream.tools.cli_keys import main as keys_main
 
 FS = 125.0
 

@@ -10,13 +10,13 @@ import pytest
 from conftest import simulated_ppg
 
 from p2p_stream import Estimator
-from p2p_stream.batcher import DynamicBatcher
-from p2p_stream.calibration import Calibrations
-from p2p_stream.inference_backend import BackendUnavailable, LocalBackend
-from p2p_stream.monitor import Monitor
-from p2p_stream.ring_buffer import Window
-from p2p_stream.smoothing import Smoother, smooth_mean
-from p2p_stream.worker import InferenceWorker
+from p2p_stream.backends.local import BackendUnavailable, LocalBackend
+from p2p_stream.stream.batcher import DynamicBatcher
+from p2p_stream.stream.calibration import Calibrations
+from p2p_stream.stream.counters import Monitor
+from p2p_stream.stream.ring_buffer import Window
+from p2p_stream.stream.smoothing import Smoother, smooth_mean
+from p2p_stream.stream.worker import InferenceWorker
 
 FS = 125.0
 T0 = 1_700_000_000.0

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from p2p_stream.datasets import load_ppg_bp
-from p2p_stream.splits import cross_validation, holdout
+from p2p_stream.offline.datasets import load_ppg_bp
+from p2p_stream.offline.splits import cross_validation, holdout
 
 
 @pytest.fixture

@@ -12,13 +12,13 @@ from conftest import simulated_ppg
 from zmq_helpers import ipc_addresses
 
 from p2p_stream import Estimator
-from p2p_stream.calibration import Calibrations
-from p2p_stream.daemon import Daemon
-from p2p_stream.daemon_config import load_daemon_config
-from p2p_stream.devices import DeviceTable
-from p2p_stream.inference_backend import LocalBackend
-from p2p_stream.protocol import Ingest, encode_ingest, pack
-from p2p_stream.smoothing import Smoother
+from p2p_stream.backends.local import LocalBackend
+from p2p_stream.config.daemon import load_daemon_config
+from p2p_stream.stream.calibration import Calibrations
+from p2p_stream.stream.daemon import Daemon
+from p2p_stream.stream.devices import DeviceTable
+from p2p_stream.stream.protocol import Ingest, encode_ingest, pack
+from p2p_stream.stream.smoothing import Smoother
 
 FS = 125.0
 T0 = 1_700_000_000.0

@@ -2,8 +2,8 @@
 
 import pytest
 
+from p2p_stream.config.train import load_train_config, parse_override
 from p2p_stream.errors import ConfigError
-from p2p_stream.train_config import load_train_config, parse_override
 
 
 def test_defaults_file_and_overrides(tmp_path):

@@ -14,10 +14,10 @@ from contextlib import contextmanager
 
 import zmq
 
-from p2p_stream.daemon import Daemon
-from p2p_stream.daemon_config import load_daemon_config
-from p2p_stream.estimator import Estimator
-from p2p_stream.protocol import decode_estimate, decode_map, encode_ingest, pack
+from p2p_stream.config.daemon import load_daemon_config
+from p2p_stream.model.estimator import Estimator
+from p2p_stream.stream.daemon import Daemon
+from p2p_stream.stream.protocol import decode_estimate, decode_map, encode_ingest, pack
 
 
 @contextmanager

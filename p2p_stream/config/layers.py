@@ -1,0 +1,84 @@
+"""Configuration layers: dataclass defaults, a TOML file, then CLI overrides; unknown keys and wrong types refused."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from p2p_stream.errors import ConfigError
+
+
+def apply_values(target: Any, values: dict, where: str) -> None:
+    names = {f.name: f for f in fields(target)}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"unknown key {where}{key!r}; valid keys: {sorted(names)}")
+        current = getattr(target, key)
+        if is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{key} must be a table")
+            apply_values(current, value, f"{where}{key}.")
+        elif isinstance(current, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{key} must be a table")
+            current.update(value)
+        else:
+            setattr(target, key, _coerce(value, type(current), f"{where}{key}"))
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list of strings"}
+
+
+def _coerce(value: Any, kind: type, where: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif kind in (int, float) and not isinstance(value, bool):
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            pass
+        else:
+            if kind is float or float(value) == number:
+                return number
+    elif kind is str and isinstance(value, str):
+        return value
+    elif kind is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ConfigError(f"{where} must be {_KIND_NAMES.get(kind, kind.__name__)}, got {value!r}")
+
+
+def parse_override(text: str) -> dict:
+    """`section.key=value` (value read as TOML, else as a string) → nested dict."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    dotted, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    out: dict = {}
+    node = out
+    keys = dotted.strip().split(".")
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+    return out
+
+
+def apply_layers(config: Any, path: str | Path | None, overrides: list[dict] | None) -> None:
+    """Apply the TOML file at `path` (if any), then each override dict, in order, onto `config`."""
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            apply_values(config, tomllib.loads(path.read_text()), "")
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
+    for o in overrides or []:
+        apply_values(config, o, "")

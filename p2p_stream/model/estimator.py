@@ -1,0 +1,267 @@
+"""Estimator: the public API — a checkpoint as ``predict(windows, fs, meta) -> (N, 2)`` SBP/DBP in mmHg."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from p2p_stream.errors import CheckpointError
+from p2p_stream.model.checkpoint import load_checkpoint
+from p2p_stream.model.demographics import AGE_CENTER_Y, AGE_SCALE_Y, parse_meta
+from p2p_stream.model.generalisation import Head
+from p2p_stream.ppg.preprocess import PreprocessConfig, ppg_prepare, window_samples
+from p2p_stream.ppg.quality import Quality, QualityConfig, ppg_assess, ppg_quality
+
+TARGETS = ("sbp", "dbp")
+
+
+def default_model_path() -> Path:
+    """The trained default model shipped inside the package."""
+    return Path(str(resources.files("p2p_stream") / "assets" / "default"))
+
+
+def resolve_device(device: str) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when present)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError(f"device {device!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    return torch.device(device)
+
+
+def crop_starts(length: int, crop: int) -> np.ndarray:
+    """Starts of the crops that tile a window of `length` samples: every `crop` samples, the last one flush with
+    the end. A window shorter than `crop` is one crop of itself."""
+    if crop <= 0 or length <= crop:
+        return np.zeros(1, dtype=int)
+    return np.unique(np.r_[np.arange(0, length - crop + 1, crop), length - crop])
+
+
+def run_network(
+    model: nn.Module, x: np.ndarray, meta: np.ndarray, label_stats: dict, crop: int = 0, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Prepared windows (N, T) and meta features (N, 4) → ((N, 2) mmHg, (N, D) features or None).
+
+    With `crop` > 0 each window is cut into crops of that many samples (`crop_starts`) and the outputs and
+    features are averaged over them: the answer does not depend on the window's length beyond which beats it
+    holds. An output the model lacks is NaN.
+    """
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    mean = np.array([label_stats[f"{t}_mean"] for t in TARGETS], dtype=np.float32)
+    std = np.array([label_stats[f"{t}_std"] for t in TARGETS], dtype=np.float32)
+    starts = crop_starts(x.shape[1], crop) if len(x) else np.zeros(1, dtype=int)
+    width = min(crop, x.shape[1]) if crop > 0 else x.shape[1]
+    k = len(starts)
+    embed = getattr(model, "embed", None)
+    out = np.full((len(x), 2), np.nan, dtype=np.float32)
+    features: np.ndarray | None = None
+    was_training = model.training
+    model.eval()
+    step = max(1, batch_size // k)  # windows per forward pass, so a pass holds about batch_size crops
+    with torch.inference_mode():
+        for start in range(0, len(x), step):
+            xs = x[start : start + step]
+            cut = xs[:, starts[:, None] + np.arange(width)].reshape(-1, width)  # (B·k, width)
+            mb = np.repeat(meta[start : start + step], k, axis=0)
+            xb, mt = torch.from_numpy(np.ascontiguousarray(cut)), torch.from_numpy(np.ascontiguousarray(mb))
+            if cuda:  # pinned host memory lets the copy overlap with the previous batch's kernels
+                xb, mt = xb.pin_memory().to(device, non_blocking=True), mt.pin_memory().to(device, non_blocking=True)
+            if embed is not None:
+                h = embed(xb)  # (B·k, D)
+                y = model.head_from(h, mt).float().cpu().numpy()
+                h = h.float().cpu().numpy().reshape(len(xs), k, -1).mean(axis=1)
+                if features is None:
+                    features = np.empty((len(x), h.shape[1]), dtype=np.float32)
+                features[start : start + len(xs)] = h
+            else:
+                y = model(xb, mt).float().cpu().numpy()  # (B·k, outputs), standardised
+            y = y.reshape(len(xs), k, -1).mean(axis=1)
+            n_out = y.shape[1]
+            out[start : start + len(y), :n_out] = y * std[:n_out] + mean[:n_out]
+    model.train(was_training)
+    return out, features
+
+
+def run_model(
+    model: nn.Module, x: np.ndarray, meta: np.ndarray, label_stats: dict, batch_size: int = 256, crop: int = 0
+) -> np.ndarray:
+    """Prepared windows (N, T) and meta features (N, 4) → (N, 2) mmHg; an output the model lacks is NaN."""
+    return run_network(model, x, meta, label_stats, crop, batch_size)[0]
+
+
+OUTPUTS = ("sbp", "dbp", "sbp_lo", "sbp_hi", "dbp_lo", "dbp_hi")  # columns of `Estimator.infer_prepared`
+
+
+def meta_from_features(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 4) meta features → (ages with NaN unknown, sexes "M"/"F"/""): the inverse of `meta_features`."""
+    f = np.asarray(features, dtype=np.float64)
+    age = np.where(f[:, 3] > 0, f[:, 0] * AGE_SCALE_Y + AGE_CENTER_Y, np.nan)
+    sex = np.where(f[:, 1] > 0, "M", np.where(f[:, 2] > 0, "F", ""))
+    return age, sex
+
+
+@dataclass
+class Estimates:
+    """What `Estimator.estimate` answers per window; rejected windows hold NaN and their reason."""
+
+    bp: np.ndarray  # (N, 2) SBP, DBP mmHg
+    lo: np.ndarray  # (N, 2) lower ends of the prediction interval (NaN without a head)
+    hi: np.ndarray  # (N, 2) upper ends
+    level: float | None  # the interval's level, e.g. 0.8
+    reason: list[str | None]  # None where the window passed the quality gate
+    quality: list[Quality]
+
+
+class Estimator:
+    """A trained model with the preprocessing it was trained with.
+
+    >>> est = Estimator.load()                       # the shipped default
+    >>> est.predict(windows, fs=125.0)               # (N, 2): SBP, DBP in mmHg; NaN where the gate rejects
+    >>> est.estimate(windows, fs=125.0).lo           # the interval's lower ends, and `.reason` per window
+    """
+
+    def __init__(self, model: nn.Module, metadata: dict) -> None:
+        self.model = model
+        self.metadata = metadata
+        self.preprocess = PreprocessConfig(**metadata["preprocess"])
+        self.quality_config = QualityConfig(**metadata.get("quality", {}))
+        self.label_stats = metadata["label_stats"]
+        self.head = Head.from_dict(metadata["head"]) if "head" in metadata else None
+        crop_s = float(metadata.get("crop_s", 0.0))
+        self.crop = window_samples(crop_s, self.preprocess.fs) if crop_s > 0 else 0
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str = "cpu") -> Estimator:
+        """Load a checkpoint folder (default: the shipped model) onto `device` ('cpu', 'cuda', 'auto')."""
+        model, metadata = load_checkpoint(path or default_model_path(), resolve_device(device))
+        return cls(model, metadata)
+
+    @property
+    def name(self) -> str:
+        """Model name and version as published on the wire, e.g. ``conv-lstm@3f2a9c1e``."""
+        return f"{self.metadata['model']['name']}@{self.metadata['weights']['sha256'][:8]}"
+
+    @property
+    def device(self) -> str:
+        """Where the network runs: 'cpu', 'cuda:0', …"""
+        return str(next(self.model.parameters()).device)
+
+    @property
+    def fs(self) -> float:
+        return self.preprocess.fs
+
+    @property
+    def uses_demographics(self) -> bool:
+        """Whether age and sex change the answer: through the network, or through the head's prior."""
+        return self.head is not None or bool(getattr(self.model, "uses_demographics", False))
+
+    @property
+    def interval_level(self) -> float | None:
+        """The level of the prediction intervals (e.g. 0.8), None for a checkpoint without a head."""
+        return self.head.level if self.head is not None else None
+
+    @property
+    def window_range_s(self) -> tuple[float, float]:
+        """The window lengths (s) this checkpoint answers for: a crop-averaging model takes any length from
+        its crop up; an older one the length it was trained on (or any, if it said nothing)."""
+        windows = self.metadata.get("windows")
+        if windows:
+            return float(windows["min_s"]), float(windows["max_s"])
+        if getattr(self.model, "fixed_length", False):
+            trained = float(self.metadata.get("window_s", 0.0))
+            return trained, trained
+        return self.quality_config.min_s, float("inf")
+
+    def prepare(self, windows: np.ndarray, fs: float) -> np.ndarray:
+        """Raw windows (N, T) at `fs` Hz → model input at the model's rate."""
+        return ppg_prepare(windows, fs, self.preprocess)
+
+    def quality(self, window: np.ndarray, fs: float) -> Quality:
+        """The shared quality check on one raw window at `fs` Hz."""
+        return ppg_quality(window, fs, self.quality_config, self.preprocess)
+
+    def assess_batch(self, windows: np.ndarray, fs: float) -> tuple[list[Quality], np.ndarray]:
+        """Raw windows (N, T) at `fs` Hz → (quality of each, model inputs): `ppg_assess` with this model's settings."""
+        return ppg_assess(windows, fs, self.quality_config, self.preprocess)
+
+    def infer_prepared(self, x: np.ndarray, meta_features: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Prepared windows (N, T) of one length and (N, 4) meta features → (N, 6) mmHg, columns `OUTPUTS`.
+
+        With a head: the network's deviation, shrunk toward the prior, and the interval. Without one (an older
+        or a research checkpoint): the network's answer, and NaN for the interval.
+        """
+        out = np.full((len(x), len(OUTPUTS)), np.nan, dtype=np.float32)
+        deviation, features = run_network(self.model, x, meta_features, self.label_stats, self.crop, batch_size)
+        if self.head is None or features is None:
+            out[:, :2] = deviation
+            return out
+        age, sex = meta_from_features(meta_features)
+        bp, half, _ = self.head.estimate(deviation, features, age, sex)
+        out[:, :2] = bp
+        out[:, 2], out[:, 3] = bp[:, 0] - half[:, 0], bp[:, 0] + half[:, 0]
+        out[:, 4], out[:, 5] = bp[:, 1] - half[:, 1], bp[:, 1] + half[:, 1]
+        return out
+
+    def predict_prepared(self, x: np.ndarray, meta_features: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Already-prepared windows (N, T) and (N, 4) meta features → (N, 2) mmHg (no quality gate)."""
+        return self.infer_prepared(x, meta_features, batch_size)[:, :2]
+
+    def estimate(
+        self,
+        windows: np.ndarray | Sequence[np.ndarray],
+        fs: float,
+        meta: Mapping | Sequence[Mapping | None] | None = None,
+        batch_size: int = 256,
+    ) -> Estimates:
+        """Quality gate, then SBP/DBP with their interval, for raw windows at `fs` Hz (resampled inside).
+
+        `windows` is one window (T,), an array (N, T), or a list of windows of different lengths.
+        `meta` is None, one ``{"age": .., "sex": "M"|"F"}`` for all windows, or one per window.
+        """
+        if isinstance(windows, np.ndarray) and windows.ndim <= 2:
+            items = list(np.atleast_2d(np.asarray(windows, dtype=np.float32)))
+        else:
+            items = [np.asarray(w, dtype=np.float32).ravel() for w in windows]
+        features = parse_meta(meta, len(items))
+        out = np.full((len(items), len(OUTPUTS)), np.nan, dtype=np.float32)
+        quality: list[Quality | None] = [None] * len(items)
+        longest = self.window_range_s[1] * fs
+        for length in sorted({len(w) for w in items}):  # one gate and one forward pass per distinct length
+            idx = [i for i, w in enumerate(items) if len(w) == length]
+            if length > longest + 1e-6:  # beyond what the checkpoint was made for: no number, a reason
+                for i in idx:
+                    quality[i] = Quality(False, "too_long", 0.0, None)
+                continue
+            checks, x = self.assess_batch(np.stack([items[i] for i in idx]), fs)
+            passed = [k for k, q in enumerate(checks) if q.ok]
+            for k, i in enumerate(idx):
+                quality[i] = checks[k]
+            if passed:
+                rows = [idx[k] for k in passed]
+                out[rows] = self.infer_prepared(x[passed], features[rows], batch_size)
+        return Estimates(
+            bp=out[:, :2],
+            lo=out[:, [2, 4]],
+            hi=out[:, [3, 5]],
+            level=self.interval_level,
+            reason=[q.reason for q in quality],
+            quality=quality,
+        )
+
+    def predict(
+        self,
+        windows: np.ndarray | Sequence[np.ndarray],
+        fs: float,
+        meta: Mapping | Sequence[Mapping | None] | None = None,
+        batch_size: int = 256,
+    ) -> np.ndarray:
+        """SBP and DBP (N, 2) in mmHg for raw windows at `fs` Hz; a window the quality gate rejects is NaN
+        (`estimate` says why, and gives the intervals)."""
+        return self.estimate(windows, fs, meta, batch_size).bp

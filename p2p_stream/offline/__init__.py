@@ -1,0 +1,1 @@
+"""Offline work: datasets, training, leave-one-dataset-out, metrics and reports. The daemon never imports it."""

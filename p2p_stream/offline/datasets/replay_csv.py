@@ -1,0 +1,201 @@
+"""Dataset: the replay CSV of the wire contract — long format, one row per sample: ``device,t,ppg[,sbp_ref,dbp_ref]``.
+
+``t`` is seconds from the start of that device's recording and gives the sampling rate. A CSV
+without ``device`` is one device; a single column of numbers needs `fs`.
+
+Optional ``age`` (years) and ``sex`` (``M``/``F``) columns are the device's subject facts, which our replay tool
+sends as the ingest ``meta``; other clients may ignore them like any extra column. A blank cell is unknown; a
+device's non-blank values must agree across its rows.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from p2p_stream.errors import DatasetError
+from p2p_stream.model.demographics import MAX_AGE_Y
+from p2p_stream.offline.datasets.windows import WindowSet, build_window_set
+from p2p_stream.ppg.preprocess import cut_windows, resample, window_samples
+
+DEFAULT_DEVICE = "device0"
+
+
+@dataclass
+class Recording:
+    """One device's samples from a replay CSV."""
+
+    device: str
+    fs: float  # Hz
+    ppg: np.ndarray  # (T,) float64
+    sbp_ref: np.ndarray  # (T,) float64, NaN where absent
+    dbp_ref: np.ndarray  # (T,)
+    age: float = np.nan  # years, NaN when unknown
+    sex: str = ""  # "M", "F" or "" when unknown
+
+    def meta(self) -> dict | None:
+        """The ingest `meta` for this device: only the facts that are known; None when none is."""
+        meta: dict = {}
+        if np.isfinite(self.age):
+            meta["age"] = int(self.age) if float(self.age).is_integer() else float(self.age)
+        if self.sex:
+            meta["sex"] = self.sex
+        return meta or None
+
+
+MAX_AGE = MAX_AGE_Y  # the model's limit: an older "age" is a typo
+SEXES = ("M", "F")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_age(text: str, where: str) -> float:
+    if text == "":
+        return np.nan
+    try:
+        age = float(text)
+    except ValueError:
+        age = np.nan
+    if not 0.0 < age <= MAX_AGE:  # NaN fails this too
+        raise DatasetError(f"{where}: age {text!r} is not a number of years (0–{MAX_AGE:g}) or blank")
+    return age
+
+
+def _parse_sex(text: str, where: str) -> str:
+    sex = text.upper()
+    if sex not in ("", *SEXES):
+        raise DatasetError(f"{where}: sex {text!r} must be M, F or blank")
+    return sex
+
+
+def read_replay_csv(path: str | Path, fs: float | None = None) -> list[Recording]:
+    """Read every device's recording, in order of first appearance, with its subject's age and sex if given."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    with path.open(newline="") as f:
+        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise DatasetError(f"{path}: empty file")
+    header = [c.strip() for c in rows[0]]
+    if len(header) == 1 and _is_number(header[0]) or header == ["ppg"]:
+        if fs is None:
+            raise DatasetError(f"{path}: a single column of samples has no time stamps; give its sampling rate (--fs)")
+        body = rows[1:] if header == ["ppg"] else rows
+        try:
+            ppg = np.array([float(r[0]) for r in body])
+        except ValueError as exc:
+            raise DatasetError(f"{path}: non-numeric sample ({exc})") from exc
+        nan = np.full(ppg.size, np.nan)
+        return [Recording(DEFAULT_DEVICE, float(fs), ppg, nan, nan.copy())]
+    if "ppg" not in header or ("t" not in header and fs is None):
+        raise DatasetError(
+            f"{path}: header must name 'ppg' and 't' (and optionally device, sbp_ref, dbp_ref, age, sex); got {header}"
+        )
+    names = ("device", "t", "ppg", "sbp_ref", "dbp_ref", "age", "sex")
+    col = {name: header.index(name) for name in names if name in header}
+    per_device: dict[str, list[list[float]]] = {}
+    # The device's subject facts: (age, sex), and the line that first stated each, for error messages.
+    facts: dict[str, dict[str, tuple[float | str, int]]] = {}
+    for line, r in enumerate(rows[1:], start=2):
+        try:
+            device = r[col["device"]].strip() if "device" in col else DEFAULT_DEVICE
+            values = [
+                float(r[col[k]]) if k in col and r[col[k]].strip() != "" else np.nan
+                for k in ("t", "ppg", "sbp_ref", "dbp_ref")
+            ]
+            cells = {k: r[col[k]].strip() if k in col and col[k] < len(r) else "" for k in ("age", "sex")}
+        except (ValueError, IndexError) as exc:
+            raise DatasetError(f"{path}:{line}: malformed row {r} ({exc})") from exc
+        per_device.setdefault(device, []).append(values)
+        known = facts.setdefault(device, {})
+        for key, parse in (("age", _parse_age), ("sex", _parse_sex)):
+            if cells[key] == "":
+                continue
+            value = parse(cells[key], f"{path}:{line}")
+            if key not in known:
+                known[key] = (value, line)
+            elif known[key][0] != value:
+                first, first_line = known[key]
+                raise DatasetError(
+                    f"{path}:{line}: device {device!r} has {key} {cells[key]!r} here but {first!r} on line "
+                    f"{first_line}; a device's {key} must be the same on all its rows"
+                )
+    recordings = []
+    for device, values in per_device.items():
+        a = np.array(values)
+        t = a[:, 0]
+        if "t" in col:
+            steps = np.diff(t)
+            if len(steps) == 0 or not (steps > 0).all():
+                raise DatasetError(f"{path}: device {device!r}: t must increase strictly, sample by sample")
+            rate = float(1.0 / np.median(steps))
+        else:
+            rate = float(fs)
+        known = facts[device]
+        age = float(known["age"][0]) if "age" in known else np.nan
+        sex = str(known["sex"][0]) if "sex" in known else ""
+        recordings.append(Recording(device, rate, a[:, 1], a[:, 2], a[:, 3], age, sex))
+    return recordings
+
+
+def write_replay_csv(path: str | Path, recordings: list[Recording]) -> None:
+    """Write recordings in the contract's long format (the inverse of `read_replay_csv`).
+
+    ``age`` and ``sex`` columns are written (on every row, blank where unknown) when any recording has them.
+    """
+    facts = any(np.isfinite(rec.age) or rec.sex for rec in recordings)
+    with Path(path).open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["device", "t", "ppg", "sbp_ref", "dbp_ref"] + (["age", "sex"] if facts else []))
+        for rec in recordings:
+            t = np.arange(rec.ppg.size) / rec.fs
+            extra = ["" if np.isnan(rec.age) else f"{rec.age:g}", rec.sex] if facts else []
+            for i in range(rec.ppg.size):
+                refs = ["" if np.isnan(v) else f"{v:.2f}" for v in (rec.sbp_ref[i], rec.dbp_ref[i])]
+                w.writerow([rec.device, f"{t[i]:.6f}", f"{rec.ppg[i]:.6g}", *refs, *extra])
+
+
+def load_replay_csv(
+    path: str | Path,
+    fs: float = 125.0,
+    window_s: float = 10.0,
+    hop_s: float | None = None,
+    source_fs: float | None = None,
+) -> WindowSet:
+    """Windows of every device in a replay CSV; a window's label is the mean reference over its samples."""
+    length = window_samples(window_s, fs)
+    hop = window_samples(hop_s, fs) if hop_s else length
+    rows = []
+    for rec in read_replay_csv(path, fs=source_fs):
+        x = resample(rec.ppg, rec.fs, fs)
+        windows = cut_windows(x, length, hop)
+        for i, w in enumerate(windows):
+            # Map the window's span back to the source rate to average its references.
+            lo = int(i * hop * rec.fs / fs)
+            hi = max(lo + 1, int((i * hop + length) * rec.fs / fs))
+            with np.errstate(all="ignore"):
+                sbp = np.nanmean(rec.sbp_ref[lo:hi]) if np.isfinite(rec.sbp_ref[lo:hi]).any() else np.nan
+                dbp = np.nanmean(rec.dbp_ref[lo:hi]) if np.isfinite(rec.dbp_ref[lo:hi]).any() else np.nan
+            rows.append(
+                {
+                    "x": w[None],
+                    "sbp": sbp,
+                    "dbp": dbp,
+                    "age": rec.age,
+                    "sex": rec.sex,
+                    "subject": rec.device,
+                    "group": rec.device,
+                    "record": f"{rec.device}:{i}",
+                }
+            )
+    return build_window_set(rows, fs, length, source=f"replay:{Path(path).name}")

@@ -1,0 +1,1 @@
+"""The streaming path: wearable → SUB → ring buffer → window → quality gate → batch → model → PUB."""

@@ -1,0 +1,202 @@
+"""Protocol: the wire contract v1 (../shared/PROTOCOL.md) as pure encode/decode pairs, validating before anything acts.
+
+Every message is two frames, ``[topic, msgpack map]``:
+
+    ppg.<device>  ingest     {v, device, seq, t0, fs, ppg, ref?, meta?}
+    sbp.<device>  estimate   {v, device, seq, t, window_s, sbp, dbp, ok, reason?, sqi, hr, calibrated, model,
+                              latency_ms, ref_sbp?, ref_dbp?, sbp_window?, dbp_window?, sbp_lo?, sbp_hi?,
+                              dbp_lo?, dbp_hi?, interval?}
+    status        heartbeat  {uptime_s, devices, windows_total, windows_per_s, batch_mean, latency_p50_ms,
+                              latency_p99_ms, rejected, ...}
+
+`decode_ingest` raises `ProtocolError` whose `reason` is a short name counted in the heartbeat's `rejected`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+
+from p2p_stream.errors import ProtocolError
+from p2p_stream.model.demographics import age_years
+
+VERSION = 1
+INGEST_PREFIX = b"ppg."
+ESTIMATE_PREFIX = b"sbp."
+STATUS_TOPIC = b"status"
+DEVICE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MIN_FS_HZ = 20.0  # below this a pulse wave's shape is gone (PPG sensors sample at 25 Hz and more)
+MAX_FS_HZ = 10_000.0  # above this it is not a PPG sensor
+MAX_SAMPLES = 100_000  # per message; a wearable sends tens to hundreds
+MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: bigger payloads are refused before unpacking
+
+
+@dataclass
+class Ingest:
+    """One validated ingest message."""
+
+    device: str
+    seq: int
+    t0: float  # Unix time of the first sample, s
+    fs: float  # Hz
+    ppg: np.ndarray  # (n,) float32; may hold NaN/Inf (a gap), never empty
+    ref: tuple[float, float] | None  # (sbp, dbp) mmHg
+    meta: dict | None
+
+
+def _unpack(payload: bytes) -> object:
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("oversized", f"payload of {len(payload)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        return msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated exception types for garbage
+        raise ProtocolError("not_msgpack", f"payload is not msgpack ({type(exc).__name__})") from exc
+
+
+def _number(value: object, key: str) -> float:
+    if type(value) is not float and type(value) is not int:  # bool, a subclass of int, is refused too
+        raise ProtocolError("bad_type", f"{key!r} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _samples(value: object) -> np.ndarray:
+    """`ppg` → float32 samples; bytes are viewed in place (zero-copy), not copied."""
+    if type(value) is bytes:
+        if len(value) % 4:
+            raise ProtocolError("bad_samples", f"'ppg' bytes length {len(value)} is not a multiple of 4 (float32)")
+        x = np.frombuffer(value, dtype="<f4")
+    elif isinstance(value, list):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ProtocolError("bad_samples", "'ppg' array must hold only numbers")
+        x = np.asarray(value, dtype=np.float32)
+    else:
+        raise ProtocolError("bad_type", f"'ppg' must be float32 bytes or an array, got {type(value).__name__}")
+    if x.size == 0:
+        raise ProtocolError("empty_samples", "'ppg' holds no samples")
+    if x.size > MAX_SAMPLES:
+        raise ProtocolError("oversized", f"'ppg' holds {x.size} samples, more than {MAX_SAMPLES}")
+    return x
+
+
+REQUIRED_KEYS = ("v", "device", "seq", "t0", "fs", "ppg")
+
+
+def decode_ingest(frames: list[bytes]) -> Ingest:
+    """Validate and decode ``[topic, payload]`` from a wearable; raises ProtocolError(reason, message).
+
+    This runs once per message on the daemon's ingest thread, so the checks are written for speed
+    (exact type tests, one dict lookup per key); each still names what is wrong.
+    """
+    if len(frames) != 2:
+        raise ProtocolError("bad_frames", f"expected 2 frames [topic, payload], got {len(frames)}")
+    topic, payload = frames
+    if not topic.startswith(INGEST_PREFIX):
+        raise ProtocolError("bad_topic", f"topic {topic[:80]!r} does not start with 'ppg.'")
+    msg = _unpack(payload)
+    if type(msg) is not dict:
+        raise ProtocolError("bad_type", f"payload must be a map, got {type(msg).__name__}")
+    try:
+        v, device, seq, t0, fs, ppg = msg["v"], msg["device"], msg["seq"], msg["t0"], msg["fs"], msg["ppg"]
+    except KeyError:
+        missing = next(k for k in REQUIRED_KEYS if k not in msg)
+        raise ProtocolError("missing_key", f"payload lacks {missing!r}") from None
+    if v != VERSION or type(v) is bool:
+        raise ProtocolError("bad_version", f"protocol version {v!r}, this daemon speaks {VERSION}")
+    if type(device) is not str or not DEVICE_RE.match(device):
+        raise ProtocolError("bad_device", f"device id {str(device)[:80]!r} is not 1–64 of [A-Za-z0-9_.:-]")
+    if topic[len(INGEST_PREFIX) :] != device.encode():
+        raise ProtocolError("bad_device", f"topic {topic[:80]!r} does not match device {device!r}")
+    if type(seq) is not int or seq < 0:
+        raise ProtocolError("bad_type", f"'seq' must be an integer ≥ 0, got {seq!r}")
+    t0, fs = _number(t0, "t0"), _number(fs, "fs")
+    if not math.isfinite(t0):
+        raise ProtocolError("bad_time", f"'t0' must be finite, got {t0}")
+    if not (MIN_FS_HZ <= fs <= MAX_FS_HZ):  # NaN fails this too
+        raise ProtocolError("bad_fs", f"'fs' must be within {MIN_FS_HZ}–{MAX_FS_HZ} Hz, got {fs}")
+    ref = None
+    r = msg.get("ref")
+    if r is not None:
+        if type(r) is not dict:
+            raise ProtocolError("bad_type", "'ref' must be a map {sbp, dbp}")
+        ref = (_number(r.get("sbp"), "sbp"), _number(r.get("dbp"), "dbp"))
+        if not all(math.isfinite(v) for v in ref):
+            raise ProtocolError("bad_type", f"'ref' values must be finite, got {ref}")
+    meta = msg.get("meta")
+    if meta is not None and type(meta) is not dict:
+        raise ProtocolError("bad_type", "'meta' must be a map")
+    return Ingest(device, seq, t0, fs, _samples(ppg), ref, _known_meta(meta) if meta else None)
+
+
+def _known_meta(meta: dict | None) -> dict | None:
+    """Keep only the subject facts a model can use (age, sex), small; the rest is not stored per device."""
+    if not meta:
+        return None
+    kept = {}
+    try:
+        kept["age"] = age_years(meta["age"])  # the model's rule, so the worker never meets an age it refuses
+    except (KeyError, ValueError):
+        pass
+    sex = meta.get("sex")
+    if isinstance(sex, str):
+        kept["sex"] = sex[:8]
+    return kept or None
+
+
+def encode_ingest(
+    device: str,
+    seq: int,
+    t0: float,
+    fs: float,
+    ppg: np.ndarray,
+    ref: tuple[float, float] | None = None,
+    meta: dict | None = None,
+) -> list[bytes]:
+    """Frames of one ingest message, samples as little-endian float32 bytes."""
+    msg: dict = {
+        "v": VERSION,
+        "device": device,
+        "seq": seq,
+        "t0": t0,
+        "fs": fs,
+        "ppg": np.ascontiguousarray(ppg, dtype="<f4").tobytes(),
+    }
+    if ref is not None:
+        msg["ref"] = {"sbp": float(ref[0]), "dbp": float(ref[1])}
+    if meta:
+        msg["meta"] = meta
+    return [INGEST_PREFIX + device.encode(), msgpack.packb(msg, use_bin_type=True)]
+
+
+def encode_estimate(estimate: dict) -> list[bytes]:
+    """Frames of one estimate; `estimate` holds the contract's keys (see the module docstring)."""
+    return [ESTIMATE_PREFIX + estimate["device"].encode(), msgpack.packb(estimate, use_bin_type=True)]
+
+
+def decode_estimate(frames: list[bytes]) -> dict:
+    """For subscribers and tests: ``[topic, payload]`` → the estimate map."""
+    if len(frames) != 2 or not frames[0].startswith(ESTIMATE_PREFIX):
+        raise ProtocolError("bad_frames", "not an estimate message")
+    msg = _unpack(frames[1])
+    if not isinstance(msg, dict) or msg.get("v") != VERSION:
+        raise ProtocolError("bad_version", "estimate is not a v1 map")
+    return msg
+
+
+def encode_status(status: dict) -> list[bytes]:
+    return [STATUS_TOPIC, msgpack.packb(status, use_bin_type=True)]
+
+
+def decode_map(payload: bytes) -> dict:
+    """A msgpack map (heartbeat, control request or reply)."""
+    msg = _unpack(payload)
+    if not isinstance(msg, dict):
+        raise ProtocolError("bad_type", f"expected a map, got {type(msg).__name__}")
+    return msg
+
+
+def pack(msg: dict) -> bytes:
+    return msgpack.packb(msg, use_bin_type=True)

@@ -1,0 +1,150 @@
+"""Security: CurveZMQ for the ingest and control sockets, and the rule that plaintext stays on this machine.
+
+With `[security] curve_secret_key` and `authorized_keys` set, the daemon's ingest SUB and control REP are CURVE
+servers: traffic is encrypted and a ZAP authenticator (pyzmq's, in a thread) admits only clients whose public
+key is in the `authorized_keys` folder. A refused handshake never reaches the daemon's code; the socket monitor
+reports it, and the daemon logs it and counts it as `auth_failed` in the heartbeat's `rejected`.
+
+Without CURVE, a socket reachable from other machines (tcp on anything but loopback) is refused at start-up
+unless `security.allow_remote_plaintext` says the operator accepts it, and then a warning says so.
+Key files are the ZeroMQ certificate format that `p2p-keys` (zmq.auth.create_certificates) writes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from p2p_stream.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Security:
+    curve_secret_key: str = ""  # the daemon's secret key file (p2p-keys init); "" = no CURVE
+    authorized_keys: str = ""  # folder of client public keys (*.key) allowed to connect
+    allow_remote_plaintext: bool = False  # bind beyond loopback without CURVE: refused unless this is true
+
+
+def is_local(address: str) -> bool:
+    """True when only this machine can reach `address` (ipc, inproc, or tcp on a loopback host)."""
+    if address.startswith(("ipc://", "inproc://")):
+        return True
+    if not address.startswith("tcp://"):  # any other transport reaches the network
+        return False
+    host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # an interface name or a hostname ("*", "eth0", "example.org"): reachable from outside
+        return False
+
+
+def validate(security: Security, addresses: dict[str, str]) -> None:
+    """Refuse half a CURVE set-up, missing key files, and plaintext sockets exposed beyond this machine."""
+    if bool(security.curve_secret_key) != bool(security.authorized_keys):
+        raise ConfigError(
+            "security.curve_secret_key and security.authorized_keys go together: set both (see `p2p-keys init`) "
+            "or neither"
+        )
+    if security.curve_secret_key:
+        if not zmq.has("curve"):
+            raise ConfigError("this libzmq was built without CURVE support; install pyzmq's wheels (they have it)")
+        if not Path(security.curve_secret_key).is_file():
+            raise ConfigError(f"security.curve_secret_key: no file {security.curve_secret_key!r}; run `p2p-keys init`")
+        if not Path(security.authorized_keys).is_dir():
+            raise ConfigError(f"security.authorized_keys: no folder {security.authorized_keys!r}; run `p2p-keys init`")
+    exposed = {k: a for k, a in plaintext(security, addresses).items() if not is_local(a)}
+    if exposed and not security.allow_remote_plaintext:
+        where = ", ".join(f"sockets.{k} = {a}" for k, a in exposed.items())
+        raise ConfigError(
+            f"{where} would accept unauthenticated plaintext from other machines. Use a loopback or ipc:// "
+            "address, or enable CURVE (p2p-keys init; security.curve_secret_key and security.authorized_keys), "
+            "or set security.allow_remote_plaintext = true to accept the risk"
+        )
+
+
+def plaintext(security: Security, addresses: dict[str, str]) -> dict[str, str]:
+    """The sockets without CURVE: all of them when it is off, the estimates socket always."""
+    return {k: a for k, a in addresses.items() if not security.curve_secret_key or k == "publish"}
+
+
+def exposure_warning(security: Security, addresses: dict[str, str]) -> str | None:
+    """The start-up warning for plaintext sockets other machines can reach, or None."""
+    exposed = {k: a for k, a in plaintext(security, addresses).items() if not is_local(a)}
+    if not exposed:
+        return None
+    what = "anyone who can reach them can read estimates" + ("" if security.curve_secret_key else
+                                                               ", inject PPG and send control commands")  # fmt: skip
+    return f"exposed without authentication: {', '.join(f'{k} {a}' for k, a in exposed.items())}; {what}"
+
+
+class CurveServer:
+    """The daemon's side of CURVE: its key pair, the authenticator thread, and how to make a socket a server."""
+
+    def __init__(self, ctx: zmq.Context, security: Security) -> None:
+        try:
+            self.public, self.secret = zmq.auth.load_certificate(security.curve_secret_key)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"security.curve_secret_key: cannot read a key pair ({exc})") from exc
+        if self.secret is None:
+            raise ConfigError(
+                f"security.curve_secret_key: {security.curve_secret_key} holds only a public key; "
+                "give the server.key_secret file"
+            )
+        if len(self.public) != 40 or len(self.secret) != 40:
+            raise ConfigError(f"security.curve_secret_key: {security.curve_secret_key} is not a CURVE key pair")
+        try:  # pyzmq's authenticator only logs a bad key file; find it here and say which
+            allowed = zmq.auth.load_certificates(security.authorized_keys)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"security.authorized_keys: a key file there cannot be read ({exc})") from exc
+        if not allowed:
+            log.warning("CURVE on, but %s holds no client keys: every client will be refused", security.authorized_keys)
+        self.auth = ThreadAuthenticator(ctx)
+        self.auth.start()
+        self.auth.configure_curve(domain="*", location=str(security.authorized_keys))
+        log.info("CURVE on: %d client key(s) allowed from %s", len(allowed), security.authorized_keys)
+
+    def serve(self, sock: zmq.Socket) -> None:
+        """Make `sock` a CURVE server; call before bind."""
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
+        sock.curve_server = True
+
+    def stop(self) -> None:
+        self.auth.stop()
+
+
+def curve_client(sock: zmq.Socket, server_public_file: str | Path, client_secret_file: str | Path) -> None:
+    """Make `sock` a CURVE client of the daemon whose public key is in `server_public_file`; call before connect."""
+    try:
+        server_public, _ = zmq.auth.load_certificate(server_public_file)
+        public, secret = zmq.auth.load_certificate(client_secret_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read CURVE keys ({exc}); make them with `p2p-keys`") from exc
+    if secret is None:
+        raise ConfigError(f"{client_secret_file} holds no secret key; give the client's .key_secret file")
+    sock.curve_serverkey = server_public
+    sock.curve_publickey = public
+    sock.curve_secretkey = secret
+
+
+def add_client_args(parser) -> None:
+    """`--curve-server-key` and `--curve-client-key` for a client CLI (simulators)."""
+    parser.add_argument("--curve-server-key", help="the daemon's public key file (CURVE on; see p2p-keys)")
+    parser.add_argument("--curve-client-key", help="this client's secret key file (with --curve-server-key)")
+
+
+def client_keys(args, parser) -> tuple[str, str] | None:
+    """The (server public, client secret) files from `add_client_args` flags, both or neither."""
+    if bool(args.curve_server_key) != bool(args.curve_client_key):
+        parser.error("--curve-server-key and --curve-client-key go together")
+    return (args.curve_server_key, args.curve_client_key) if args.curve_server_key else None

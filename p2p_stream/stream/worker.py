@@ -1,0 +1,218 @@
+"""Inference worker: batch → quality gate → model → calibration → smoothing → PUB, off the ingest thread; sends the
+heartbeat."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+
+from p2p_stream.backends.local import Backend, BackendUnavailable
+from p2p_stream.model.demographics import parse_meta
+from p2p_stream.model.estimator import Estimator
+from p2p_stream.stream.batcher import DynamicBatcher
+from p2p_stream.stream.calibration import Calibrations
+from p2p_stream.stream.counters import Monitor
+from p2p_stream.stream.protocol import VERSION, encode_estimate, encode_status
+from p2p_stream.stream.ratelimit import RateLimitedLog
+from p2p_stream.stream.ring_buffer import Window
+from p2p_stream.stream.smoothing import Smoother
+
+log = logging.getLogger(__name__)
+POLL_IN_FLIGHT_S = 0.002  # with batches in flight, how often the worker looks for their answers
+INTERVAL_KEYS = ("sbp_lo", "sbp_hi", "dbp_lo", "dbp_hi")  # columns 2-5 of a backend's answer, when it has them
+
+
+def mmhg(value: float) -> float:
+    return round(float(value), 2)
+
+
+@dataclass
+class InFlight:
+    """A batch whose estimates wait for the backend: the estimates in arrival order and one call per length."""
+
+    out: list[tuple[Window, dict]]
+    calls: list[tuple[list[tuple[Window, dict]], Future]]
+
+    def done(self) -> bool:
+        return all(call.done() for _, call in self.calls)
+
+
+class InferenceWorker(threading.Thread):
+    """Owns the PUB socket: every estimate and heartbeat leaves from this thread."""
+
+    def __init__(
+        self,
+        estimator: Estimator,
+        backend: Backend,
+        batcher: DynamicBatcher,
+        pub: zmq.Socket,
+        calibrations: Calibrations,
+        monitor: Monitor,
+        device_count: Callable[[], int],
+        heartbeat_s: float,
+        window_s: float,
+        stop: threading.Event,
+        smoother: Smoother | None = None,
+    ) -> None:
+        super().__init__(name="p2p-inference", daemon=True)
+        self.est, self.backend, self.batcher, self.pub = estimator, backend, batcher, pub
+        self.warn = RateLimitedLog(log, period_s=10.0)
+        self.calibrations, self.monitor, self.device_count = calibrations, monitor, device_count
+        self.heartbeat_s, self.window_s, self.stop = heartbeat_s, window_s, stop
+        self.smoother = smoother if smoother is not None else Smoother(1)
+        self.model_name = estimator.name
+        level = getattr(estimator, "interval_level", None)  # the level of the model's interval; None: it has none
+        self.interval_level = None if level is None else float(level)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        next_beat = time.monotonic()
+        in_flight: deque[InFlight] = deque()  # batches sent to the backend, published strictly in this order
+        try:
+            while not self.stop.is_set():
+                wait = max(0.0, min(0.05, next_beat - time.monotonic()))
+                batch = self.batcher.next_batch(timeout_s=min(wait, POLL_IN_FLIGHT_S) if in_flight else wait)
+                if batch:
+                    while len(in_flight) >= self.backend.max_in_flight:  # at most that many on their way
+                        self.publish(self.finish(in_flight.popleft()))
+                    in_flight.append(self.submit(batch))
+                while in_flight and in_flight[0].done():
+                    self.publish(self.finish(in_flight.popleft()))
+                if time.monotonic() >= next_beat:
+                    self.pub.send_multipart(encode_status(self.status()))
+                    next_beat = time.monotonic() + self.heartbeat_s
+            while in_flight:  # stopping: what was sent still gets its answer (or its reason) published
+                self.publish(self.finish(in_flight.popleft()))
+        except BaseException as exc:  # surfaced by the daemon, which then stops: a dead worker must not go unnoticed
+            log.exception("inference worker failed")
+            self.error = exc
+            self.stop.set()
+
+    def status(self) -> dict:
+        return self.monitor.snapshot(
+            self.device_count(),
+            {"model": self.model_name, "queue": self.batcher.qsize(), "device": str(self.est_device)},
+        )
+
+    @property
+    def est_device(self) -> str:
+        return self.backend.device
+
+    def _estimate(self, w: Window, ok: bool, reason: str | None, sqi: float, hr: float | None) -> dict:
+        e = {
+            "v": VERSION,
+            "device": w.device,
+            "seq": w.seq,
+            "t": w.t_last,
+            "window_s": round(len(w.x) / w.fs, 6) if w.x is not None else self.window_s,
+            "sbp": None,
+            "dbp": None,
+            "sbp_window": None,  # this window's own value; sbp/dbp are the smoothed ones
+            "dbp_window": None,
+            "ok": ok,
+            "sqi": round(float(sqi), 4),
+            "hr": None if hr is None else round(float(hr), 2),
+            "calibrated": False,
+            "model": self.model_name,
+            "latency_ms": 0.0,
+        }
+        if self.interval_level is not None:  # nil until the model's answer fills them; nil when rejected
+            e.update(dict.fromkeys(INTERVAL_KEYS), interval=self.interval_level)
+        if reason:
+            e["reason"] = reason
+        if w.ref is not None:
+            e["ref_sbp"], e["ref_dbp"] = float(w.ref[0]), float(w.ref[1])
+        return e
+
+    def submit(self, batch: list[Window]) -> InFlight:
+        """Quality-gate each window; send those that pass to the backend, one call per window length."""
+        out: list[tuple[Window, dict]] = []
+        passed: list[tuple[Window, dict, np.ndarray]] = []
+        checked: dict[int, tuple] = {}  # position in batch → (quality, model input)
+        shapes = {(w.fs, len(w.x)) for w in batch if not w.reason}
+        for fs, length in shapes:  # one vectorised resample + band-pass per device rate and window length
+            rows = [k for k, w in enumerate(batch) if not w.reason and w.fs == fs and len(w.x) == length]
+            qualities, inputs = self.est.assess_batch(np.stack([batch[k].x for k in rows]), fs)
+            checked.update({k: (q, x) for k, q, x in zip(rows, qualities, inputs)})
+        for k, w in enumerate(batch):
+            if w.reason:
+                e = self._estimate(w, False, w.reason, 0.0, None)
+            else:
+                q, x = checked[k]
+                e = self._estimate(w, q.ok, q.reason, q.sqi, q.hr_bpm)
+                if q.ok:
+                    passed.append((w, e, x))
+                else:
+                    self.monitor.reject(q.reason)
+            out.append((w, e))  # in arrival order, so each device's seq goes out in order
+        calls = []
+        for length in {len(x) for _, _, x in passed}:
+            group = [(w, e) for w, e, x in passed if len(x) == length]
+            features = (
+                parse_meta([w.meta for w, _ in group], len(group))
+                if self.est.uses_demographics
+                else np.zeros((len(group), 4), dtype=np.float32)
+            )
+            calls.append(
+                (group, self.backend.submit(np.stack([x for _, _, x in passed if len(x) == length]), features))
+            )
+        return InFlight(out, calls)
+
+    def finish(self, job: InFlight) -> list[tuple[Window, dict]]:
+        """The backend's answers into the estimates; a call it could not answer marks its windows rejected.
+
+        Calibration and smoothing then run over the estimates in arrival order, so each device's history sees
+        its windows, and its breaks, in the order they happened.
+        """
+        answers: dict[int, np.ndarray] = {}  # id(estimate) → its row: sbp, dbp[, sbp_lo, sbp_hi, dbp_lo, dbp_hi]
+        for group, call in job.calls:
+            try:
+                pred = np.asarray(call.result(), dtype=np.float64)  # (N, 2) or (N, 6): sbp, dbp[, interval]
+            except BackendUnavailable as exc:  # the windows go out as rejected, counted; the daemon carries on
+                self.warn.warning(exc.reason, "published %d windows as rejected: %s", len(group), exc)
+                for _, e in group:
+                    e["ok"], e["reason"] = False, exc.reason
+                self.monitor.reject(exc.reason, len(group))
+                continue
+            for (_, e), row in zip(group, pred):
+                if not np.isfinite(row[:2]).all():  # e.g. samples near float32's limit
+                    e["ok"], e["reason"] = False, "nan"
+                    self.monitor.reject("nan")
+                    continue
+                answers[id(e)] = row if np.isfinite(row).all() else row[:2]  # NaN interval: a model without one
+        for w, e in job.out:
+            if w.reason:  # the device's stream broke: the smoothing starts again after it
+                self.smoother.reset(w.device, w.generation)
+            elif id(e) in answers:  # rejected windows neither enter the smoothing nor restart it
+                self._fill(w, e, answers[id(e)])
+        return job.out
+
+    def _fill(self, w: Window, e: dict, row: np.ndarray) -> None:
+        """Calibrate one window's answer, smooth it with the device's last ones, and put both on the estimate.
+
+        A window of a stream the device no longer has (forgotten while it was queued or at the backend) goes out
+        as the model answered it, uncalibrated and unsmoothed, and leaves the new stream's state alone.
+        """
+        cal = self.calibrations.apply(w.device, w.t_last, row, w.generation)
+        smooth = cal.row if cal.stale else self.smoother.add(w.device, cal.row, cal.epoch, w.generation)
+        e["sbp"], e["dbp"] = mmhg(smooth[0]), mmhg(smooth[1])
+        e["sbp_window"], e["dbp_window"] = mmhg(cal.row[0]), mmhg(cal.row[1])
+        e["calibrated"] = cal.calibrated
+        if len(smooth) >= 6:
+            e.update({key: mmhg(value) for key, value in zip(INTERVAL_KEYS, smooth[2:6])})
+
+    def publish(self, results: list[tuple[Window, dict]]) -> None:
+        latencies = []
+        for w, e in results:
+            e["latency_ms"] = round(1000.0 * (time.monotonic() - w.arrival), 3)
+            self.pub.send_multipart(encode_estimate(e))
+            latencies.append(e["latency_ms"])
+        self.monitor.batch(sum(1 for w, _ in results if not w.reason), latencies)

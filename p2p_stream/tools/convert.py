@@ -1,0 +1,104 @@
+"""Converter: any dataset the project reads → the contract's replay CSV, one device per subject, cuff or ABP references.
+
+    python simulators/make_replay.py --dataset ppg_bp --data ../shared/data --subjects 2,3 --fs 250 --out demo.csv
+
+A subject's windows (non-overlapping, in order) are joined into one recording; each sample carries its window's
+reference (the subject's cuff reading, or for PulseDB the segment's ABP-derived SBP/DBP). Datasets that give the
+subject's age and sex (PPG-BP) also get `age` and `sex` columns, which replay sends as the ingest `meta`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from p2p_stream.errors import P2PError
+from p2p_stream.offline.datasets import WindowSet, load_dataset, write_replay_csv
+from p2p_stream.offline.datasets.replay_csv import Recording
+
+# Window lengths that make each dataset's windows its natural records, so joining them loses nothing.
+NATIVE_WINDOW_S = {"ppg_bp": 2.1, "four_wavelength": 10.0, "pulsedb": 10.0, "replay_csv": 10.0}
+
+
+def subject_age_sex(age: np.ndarray, sex: np.ndarray) -> tuple[float, str]:
+    """One subject's age and sex from its windows' (NaN / "" when unknown).
+
+    A replay device has one of each; should a dataset's segments of one subject disagree, the age is their
+    median and a contested sex is left unknown rather than guessed.
+    """
+    ages = age[np.isfinite(age)]
+    sexes = {s for s in sex.tolist() if s in ("M", "F")}
+    return (float(np.median(ages)) if ages.size else np.nan), (sexes.pop() if len(sexes) == 1 else "")
+
+
+def recordings_from_windows(ws: WindowSet, prefix: str) -> list[Recording]:
+    """One recording per subject: its windows back to back, each sample labelled with its window's reference."""
+    recordings = []
+    for subject in dict.fromkeys(ws.subject.tolist()):  # first-seen order
+        rows = np.flatnonzero(ws.subject == subject)
+        n = ws.x.shape[1]
+        age, sex = subject_age_sex(ws.age[rows].astype(np.float64), ws.sex[rows].astype(str))
+        recordings.append(
+            Recording(
+                device=f"{prefix}{subject}",
+                fs=ws.fs,
+                ppg=ws.x[rows].reshape(-1).astype(np.float64),
+                sbp_ref=np.repeat(ws.sbp[rows].astype(np.float64), n),
+                dbp_ref=np.repeat(ws.dbp[rows].astype(np.float64), n),
+                age=age,
+                sex=sex,
+            )
+        )
+    return recordings
+
+
+def convert(
+    dataset: str, path: str, out: Path, fs: float, subjects: list[str] | None = None, channel: str | None = None
+) -> list[Recording]:
+    options: dict = {"fs": fs, "window_s": NATIVE_WINDOW_S[dataset]}
+    if channel:
+        options["channel"] = channel
+    ws = load_dataset(dataset, path, **options)
+    if subjects:
+        missing = sorted(set(subjects) - set(ws.subject.tolist()))
+        if missing:
+            raise P2PError(f"subjects {missing} are not in {ws.source}")
+        ws = ws.subset(np.isin(ws.subject, subjects))
+    recordings = recordings_from_windows(ws, prefix=f"{dataset.replace('_', '')}-")
+    write_replay_csv(out, recordings)
+    return recordings
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="make_replay.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--dataset", required=True, choices=sorted(NATIVE_WINDOW_S))
+    p.add_argument("--data", required=True, help="dataset path (a folder, or the .mat/.csv file)")
+    p.add_argument("--out", type=Path, required=True, help="replay CSV to write")
+    p.add_argument("--fs", type=float, default=125.0, help="sampling rate of the written recording, Hz")
+    p.add_argument("--subjects", help="comma-separated subject ids (default: all)")
+    p.add_argument("--channel", help="four_wavelength channel")
+    args = p.parse_args(argv)
+    try:
+        recs = convert(
+            args.dataset,
+            args.data,
+            args.out,
+            args.fs,
+            args.subjects.split(",") if args.subjects else None,
+            args.channel,
+        )
+    except P2PError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    seconds = sum(r.ppg.size / r.fs for r in recs)
+    print(f"wrote {args.out}: {len(recs)} devices, {seconds:.1f} s of PPG at {args.fs:g} Hz")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
