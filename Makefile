@@ -25,10 +25,12 @@ demo: $(STAMP)  ## daemon + replay of bundled real recordings + live dashboard, 
 
 cluster: $(CLUSTER)  ## install the [cluster] extra (Ray Serve) for model.backend = "ray"
 
-test: $(CLUSTER)  ## fast checks, what CI runs
+test: $(CLUSTER)  ## every test not marked slow (a few minutes on 2 cores); what CI runs (.ci/run)
 	$(BIN)/pytest -m "not slow"
 
-test-all: $(CLUSTER)  ## including slow checks (needs ../shared/data)
+# The slow ones: fault, fuzz and soak runs against a daemon process, 5-60 s each. Tests on the full datasets run
+# where ../shared/data exists and skip elsewhere, in both targets.
+test-all: $(CLUSTER)  ## every test, the slow ones too
 	$(BIN)/pytest
 
 lint: $(STAMP)

@@ -28,7 +28,8 @@ import time
 import numpy as np
 import zmq
 
-from p2p_stream.stream.protocol import decode_estimate, decode_map, encode_ingest, pack
+from p2p_stream.stream.probe import wait_for_subscriber, wait_ready
+from p2p_stream.stream.protocol import decode_estimate, encode_ingest
 from p2p_stream.tools.fleet import Fleet, FleetConfig
 
 WINDOW_S, HOP_S, FS = 10.0, 2.0, 125.0
@@ -58,16 +59,9 @@ def start_daemon(addresses: dict, max_batch: int, threads: int, extra: tuple[str
              "--publish": addresses["publish"], "--control": addresses["control"]}  # fmt: skip
     cmd = [sys.executable, "-m", "p2p_stream.tools.cli_daemon", *(str(v) for kv in flags.items() for v in kv), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    ctx = zmq.Context()
-    req = ctx.socket(zmq.REQ)
-    req.setsockopt(zmq.LINGER, 0)
-    req.connect(addresses["control"])
-    req.send(pack({"cmd": "ping"}))
-    if not req.poll(120_000):
+    if not wait_ready(addresses["control"], timeout_s=120, proc=proc):
         proc.kill()
         raise RuntimeError(f"daemon did not start: {proc.stderr.read()}")
-    decode_map(req.recv())
-    ctx.destroy(linger=0)
     return proc
 
 
@@ -81,8 +75,7 @@ def join_daemon(addresses: dict) -> tuple[zmq.Context, zmq.Socket, zmq.Socket]:
     pub = ctx.socket(zmq.XPUB)
     pub.setsockopt(zmq.SNDHWM, 0)
     pub.connect(addresses["ingest"])
-    while pub.recv()[:1] != b"\x01":  # the daemon has subscribed
-        pass
+    wait_for_subscriber(pub, addresses["ingest"], timeout_s=60)
     time.sleep(0.5)  # and our SUB has joined the daemon's PUB
     return ctx, sub, pub
 

@@ -28,6 +28,7 @@ import time
 import numpy as np
 import zmq
 
+from p2p_stream.stream.probe import wait_for_subscriber, wait_ready
 from p2p_stream.stream.protocol import decode_map, encode_ingest, pack
 from p2p_stream.tools.proxy import Proxy
 
@@ -57,8 +58,7 @@ def bare_rate(frames: list[list[bytes]], via_proxy: bool = False) -> float:
     else:
         pub.bind(f"ipc://{folder}/bare")
         sub.connect(f"ipc://{folder}/bare")
-    while pub.recv()[:1] != b"\x01":  # the subscription has arrived (through the proxy when there is one)
-        pass
+    wait_for_subscriber(pub, "the counting SUB", timeout_s=60)  # through the proxy when there is one
     done = threading.Event()
     count = [0]
 
@@ -97,13 +97,14 @@ def daemon_rate(frames: list[list[bytes]], profile: str | None = None, source: s
         req.send(pack({"cmd": "stats"}))
         return decode_map(req.recv())
 
-    stats()
+    if not wait_ready(a["control"], timeout_s=120, proc=proc):
+        proc.kill()
+        raise RuntimeError("the daemon did not start")
     pub = ctx.socket(zmq.XPUB)
     pub.setsockopt(zmq.SNDHWM, 0)
     pub.setsockopt(zmq.LINGER, 0)
     pub.connect(a["ingest"])
-    while pub.recv()[:1] != b"\x01":
-        pass
+    wait_for_subscriber(pub, a["ingest"], timeout_s=60)
     spy = None
     if profile:  # py-spy samples every thread of the daemon, idle ones included, for the whole ingest
         spy_cmd = ["py-spy", "record", "--pid", str(proc.pid), "--threads", "--idle", "--format", "raw", "-r", "250",

@@ -1,12 +1,14 @@
 """Pulse2Pressure: cuff-less blood pressure from a PPG stream.
 
-The data path, one module per stage:
+The streaming path, one module per stage (stream/):
 
-    wearable → SUB (daemon.py, protocol.py) → ring buffer (ring_buffer.py) → window → quality gate (quality.py)
-             → batch (batcher.py) → model (worker.py, models/) → PUB → dashboard (dashboard.py)
+    wearable → SUB (daemon.py, protocol.py) → ring buffer (ring_buffer.py) → window → quality gate (ppg/quality.py)
+             → batch (batcher.py) → model (worker.py, backends/, model/) → PUB → dashboard (tools/dashboard.py)
 
-Offline, the same stages serve training and evaluation: datasets/ → preprocess.py → quality.py →
-models/ → training.py → report.py; `Estimator` (estimator.py) is the public entry to a trained model.
+Offline (offline/), the same signal path and model serve training and evaluation: datasets/ → ppg/ → model/
+networks/ → training.py → lodo.py → report.py; `Estimator` (model/estimator.py) is the public entry to a trained
+model. Folders: config/ ppg/ model/ stream/ backends/ are the core; offline/ and tools/ build on it, never the
+reverse.
 """
 
 from p2p_stream.errors import CheckpointError, ConfigError, DatasetError, P2PError, ProtocolError

@@ -1,14 +1,23 @@
-"""Dynamic batching, the classic calibration offset, heartbeat counters and rate-limited warnings."""
+"""Dynamic batching (in the batcher and through the daemon's parts), the classic calibration offset, heartbeat
+counters and rate-limited warnings."""
 
 import logging
 import threading
 import time
+from concurrent.futures import Future
 
 import numpy as np
+from conftest import simulated_ppg
+from zmq_helpers import ipc_addresses
 
+from p2p_stream.backends import LocalBackend
+from p2p_stream.config.daemon import load_daemon_config
+from p2p_stream.model.estimator import Estimator
 from p2p_stream.stream.batcher import DynamicBatcher
 from p2p_stream.stream.calibration import Calibrations
-from p2p_stream.stream.counters import Monitor
+from p2p_stream.stream.counters import Counters
+from p2p_stream.stream.daemon import Daemon
+from p2p_stream.stream.protocol import encode_ingest
 from p2p_stream.stream.ratelimit import RateLimitedLog
 from p2p_stream.stream.ring_buffer import Window
 
@@ -24,20 +33,45 @@ def test_full_batch_goes_at_once_and_the_rest_waits():
     assert [w.device for w in b.next_batch(1.0)] == ["d0", "d1", "d2", "d3"]
 
 
-def test_a_lone_window_goes_after_max_wait():
+def test_a_lone_window_goes_after_max_wait_without_waiting_for_a_full_batch():
     b = DynamicBatcher(max_batch=64, max_wait_ms=30, max_queue=100)
     b.put(window())
     got = b.next_batch(5.0)
     assert len(got) == 1  # did not wait for 64
 
 
+def test_a_batch_waits_max_wait_ms_for_company_and_no_longer():
+    """Windows that arrive within max_wait_ms of the first join its batch; one that arrives long after does not.
+
+    Ordering, not speed: ignoring max_wait_ms either sends d0 alone at once (d1 and d2 missing) or waits for the
+    late d3 (or for ever). The lower bound on the wait only says the batcher did not leave early.
+    """
+    max_wait_s = 1.0
+    b = DynamicBatcher(max_batch=64, max_wait_ms=1000 * max_wait_s, max_queue=100)
+    first = window(0)
+    b.put(first)
+    timers = [
+        threading.Timer(0.05, b.put, [window(1)]),  # well within the wait
+        threading.Timer(0.5, b.put, [window(2)]),
+        threading.Timer(4 * max_wait_s, b.put, [window(3)]),  # long after it
+    ]
+    for t in timers:
+        t.start()
+    try:
+        batch = b.next_batch(5.0)
+        waited_s = time.monotonic() - first.enqueued
+    finally:
+        for t in timers:
+            t.cancel()
+    assert [w.device for w in batch] == ["d0", "d1", "d2"]
+    assert waited_s >= max_wait_s - 0.02  # it waited the deadline out: up to 64 windows could have come
+
+
 def test_late_arrivals_join_before_the_deadline():
-    b = DynamicBatcher(max_batch=64, max_wait_ms=2000, max_queue=100)
+    b = DynamicBatcher(max_batch=4, max_wait_ms=2000, max_queue=100)
     b.put(window(0))
     threading.Timer(0.05, lambda: [b.put(window(i)) for i in (1, 2, 3)] and None).start()
-    batch = b.next_batch(5.0)
-    while len(batch) < 4:  # the deadline is long: everything that came meanwhile is in
-        batch += b.next_batch(5.0)
+    batch = b.next_batch(5.0)  # one call: the three that came meanwhile are in the same batch as d0
     assert [w.device for w in batch] == ["d0", "d1", "d2", "d3"]
 
 
@@ -72,8 +106,8 @@ def test_calibration_offsets():
     assert apply(c, "new", 7.0, 100.0, 60.0)[2]
 
 
-def test_monitor_snapshot():
-    m = Monitor()
+def test_counters_snapshot():
+    m = Counters()
     m.reject("not_msgpack")
     m.reject("not_msgpack")
     m.batch(3, [10.0, 20.0, 30.0])
@@ -88,3 +122,43 @@ def test_repeated_warnings_are_rate_limited(caplog):
         for _ in range(100):
             log.warning("k", "bad message %d", 1)
     assert len(caplog.records) == 1
+
+
+# ---------------------------------------------------------------- batching through the daemon's parts
+
+
+class CountingBackend(LocalBackend):
+    """The local backend, recording how many windows each call to the model carried."""
+
+    def __init__(self, estimator: Estimator) -> None:
+        super().__init__(estimator)
+        self.calls: list[int] = []
+
+    def submit(self, x: np.ndarray, features: np.ndarray) -> Future:
+        self.calls.append(len(x))
+        return super().submit(x, features)
+
+
+def test_windows_from_several_devices_reach_the_model_in_one_batch():
+    """Five wearables' windows queued together go to the model as one batch of five, in one call: what dynamic
+    batching is for. Fails if the batcher, the daemon's wiring of `batching.max_batch` or the worker sends them
+    one at a time."""
+    est = Estimator.load()
+    with ipc_addresses() as addresses:
+        overrides = [{"sockets": addresses, "windowing": {"window_s": 4.0, "hop_s": 1.0}}]
+        daemon = Daemon(load_daemon_config(None, overrides), est)
+        try:
+            backend = daemon.worker.backend = CountingBackend(est)
+            devices = [f"watch-{k}" for k in range(5)]
+            for k, device in enumerate(devices):
+                x = simulated_ppg(65 + 5 * k, 4, 125.0, seed=k)
+                for i in range(0, len(x), 25):  # one 4 s window each
+                    frames = encode_ingest(device, i // 25, 1_700_000_000.0 + i / 125.0, 125.0, x[i : i + 25])
+                    daemon.on_ingest(frames, time.monotonic())
+            batch = daemon.parts.batcher.next_batch(timeout_s=1.0)
+            estimates = [e for _, e in daemon.worker.finish(daemon.worker.submit(batch))]
+        finally:
+            daemon.close()
+    assert [e["device"] for e in estimates] == devices
+    assert all(e["ok"] for e in estimates)
+    assert backend.calls == [5]

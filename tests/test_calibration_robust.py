@@ -9,7 +9,7 @@ import pytest
 from conftest import simulated_ppg
 
 from p2p_stream import Estimator
-from p2p_stream.backends.local import LocalBackend
+from p2p_stream.backends import LocalBackend
 from p2p_stream.errors import CheckpointError
 from p2p_stream.stream.batcher import DynamicBatcher
 from p2p_stream.stream.calibration import (
@@ -20,7 +20,7 @@ from p2p_stream.stream.calibration import (
     params_from_metadata,
     robust_reference,
 )
-from p2p_stream.stream.counters import Monitor
+from p2p_stream.stream.counters import Counters
 from p2p_stream.stream.ring_buffer import Window
 from p2p_stream.stream.smoothing import Smoother
 from p2p_stream.stream.worker import InferenceWorker
@@ -154,9 +154,18 @@ def test_worker_calibrates_each_window_then_smooths_and_restarts_at_calibration(
     est = Estimator.load()
     calibrations = Calibrations(span_s=4.0, min_estimates=2)
     worker = InferenceWorker(
-        est, LocalBackend(est), DynamicBatcher(64, 0.0, 100), None, calibrations, Monitor(), lambda: 1, 1.0, 4.0,
-        threading.Event(), Smoother(3),
-    )  # fmt: skip
+        estimator=est,
+        backend=LocalBackend(est),
+        batcher=DynamicBatcher(64, 0.0, 100),
+        pub=None,  # submit/finish only: nothing is published
+        calibrations=calibrations,
+        counters=Counters(),
+        device_count=lambda: 1,
+        heartbeat_s=1.0,
+        window_s=4.0,
+        stop=threading.Event(),
+        smoother=Smoother(3),
+    )
 
     def window(k: int) -> Window:
         x = simulated_ppg(60 + 4 * k, 4, 125.0, seed=k).astype(np.float32)

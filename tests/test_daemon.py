@@ -168,7 +168,7 @@ def test_control_commands_and_calibration(est):
         np.testing.assert_allclose([[e["sbp"], e["dbp"]] for e in later], smoothed, atol=0.02)
         assert c.control({"cmd": "stats"})["devices"] >= 1
         assert c.control({"cmd": "forget", "device": "cuffed"})["ok"]
-        assert "cuffed" not in daemon.devices.streams
+        assert "cuffed" not in daemon.parts.devices.streams
         c.stream("cuffed", x[:625], FS, t0=T0 + 100)
         fresh = [e for e in c.estimates(lambda g: any(e["t"] > T0 + 100 for e in g)) if e["t"] > T0 + 100]
         assert not fresh[0]["calibrated"]  # forgetting dropped the calibration too
@@ -199,6 +199,8 @@ def test_heartbeat(est):
     with running_daemon(est, operation={"heartbeat_s": 0.2}) as (daemon, addresses), client(addresses) as c:
         beat = c.heartbeat()
     assert beat["model"] == est.name and isinstance(beat["rejected"], dict) and beat["uptime_s"] > 0
+    # `devices` counts wearables; `backend_device` is where the network runs, `device` its deprecated old name.
+    assert isinstance(beat["devices"], int) and beat["backend_device"] == beat["device"] == est.device
 
 
 def test_demographics_in_meta_reach_the_model(est):

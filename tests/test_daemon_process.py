@@ -124,8 +124,12 @@ def test_port_in_use_fails_at_start_up(capsys):
         (["--window-s", "1"], "windowing.window_s must be within [2.0, 120.0], got 1.0"),
         (["--hop-s", "20"], "windowing.hop_s (20.0) must not exceed windowing.window_s (10.0)"),
         (["--device", "tpu"], "model.device must be cpu, cuda, cuda:N or auto, got 'tpu'"),
-        (["--ingest", "udp://x"], "sockets.ingest must start with one of"),
-        (["--set", "limits.max_device=3"], "unknown key limits.'max_device'; valid keys: ['device_idle_s'"),
+        (["--ingest", "udp://x"], "sockets.ingest must be a tcp://, ipc:// or inproc:// address, got 'udp://x'"),
+        (
+            ["--set", "limits.max_device=3"],
+            "unknown key limits.max_device; valid keys: device_idle_s, max_chunk_samples, max_devices, publish_hwm; "
+            "did you mean max_devices?",
+        ),
         (["--log-level", "LOUD"], "operation.log_level must be one of"),
         (["--backend", "gpu"], "model.backend must be one of ('local', 'ray'), got 'gpu'"),
         (["--set", "ray.min_replicas=5", "--set", "ray.max_replicas=2"], "ray.min_replicas (5) must not exceed"),

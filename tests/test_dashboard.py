@@ -216,7 +216,7 @@ def test_monitor_once_against_a_live_daemon():
     with running_daemon(est, operation={"heartbeat_s": 0.2}) as (daemon, addresses), client(addresses) as c:
         monitor = subprocess.Popen(
             [sys.executable, "-m", "p2p_stream.tools.dashboard"]
-            + ["--connect", addresses["publish"], "--once", "--wait", "4"],
+            + ["--estimates", addresses["publish"], "--once", "--wait-s", "4"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -238,7 +238,7 @@ def test_monitor_once_against_a_live_daemon():
 def test_monitor_once_without_a_daemon():
     out = subprocess.run(
         [sys.executable, "-m", "p2p_stream.tools.dashboard"]
-        + ["--connect", "ipc:///tmp/p2p-nobody", "--once", "--wait", "0.3"],
+        + ["--estimates", "ipc:///tmp/p2p-nobody", "--once", "--wait-s", "0.3"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -15,12 +15,12 @@ def run_demo(*args: str) -> subprocess.CompletedProcess:
     """`p2p-demo` on private ipc:// addresses, non-interactive."""
     with ipc_addresses() as a:
         cmd = [sys.executable, "-m", "p2p_stream.tools.demo", *args,
-               "--ingest", a["ingest"], "--publish", a["publish"], "--control", a["control"]]  # fmt: skip
+               "--ingest", a["ingest"], "--estimates", a["publish"], "--control", a["control"]]  # fmt: skip
         return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={"COLUMNS": "200", "PATH": ""})
 
 
 def test_demo_runs_by_itself_and_summarises():
-    out = run_demo("--duration", "12", "--speed", "2", "--device", "cpu")
+    out = run_demo("--duration-s", "12", "--speed", "2", "--torch-device", "cpu")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "devices: 8" in out.stdout
     assert "mean absolute error against the cuff references: SBP" in out.stdout
@@ -31,9 +31,9 @@ def test_demo_runs_by_itself_and_summarises():
 
 
 def test_demo_reports_a_daemon_that_cannot_start():
-    out = run_demo("--duration", "1", "--device", "tpu")
+    out = run_demo("--duration-s", "1", "--torch-device", "tpu")
     assert out.returncode == 2
-    assert "the daemon did not start" in out.stdout and "model.device must be" in out.stdout
+    assert "the daemon did not start" in out.stderr and "model.device must be" in out.stderr
 
 
 def scored(sbp, dbp, ref, interval=None, ok=True):

@@ -11,6 +11,7 @@ import signal
 import time
 
 import numpy as np
+import pytest
 import zmq
 from conftest import simulated_ppg
 from zmq_helpers import Client, Subscriber, daemon_process, fleet, ipc_addresses, wait_ready
@@ -20,6 +21,7 @@ from p2p_stream.stream.protocol import encode_ingest
 WINDOW_S, HOP_S, FS = 4.0, 1.0, 125.0
 
 
+@pytest.mark.slow
 def test_publisher_dies_and_reconnects_without_a_window_over_the_hole():
     with ipc_addresses() as a, daemon_process(a) as daemon:
         wait_ready(a["control"])
@@ -52,6 +54,7 @@ def test_publisher_dies_and_reconnects_without_a_window_over_the_hole():
     assert seqs == list(range(len(seqs)))  # one estimate stream per device, nothing skipped or repeated
 
 
+@pytest.mark.slow
 def test_daemon_killed_and_restarted_under_a_running_fleet():
     with ipc_addresses() as a:
         pub = fleet(a["ingest"], devices=20)
@@ -82,6 +85,7 @@ def test_daemon_killed_and_restarted_under_a_running_fleet():
     assert all(e["seq"] >= 0 for _, e in sub.got)
 
 
+@pytest.mark.slow
 def test_a_subscriber_that_stops_reading_costs_nothing_to_the_others():
     with ipc_addresses() as a, daemon_process(a, "--set", "limits.publish_hwm=500") as daemon:
         c = Client(a)
@@ -116,6 +120,7 @@ def test_a_subscriber_that_stops_reading_costs_nothing_to_the_others():
     assert stats["latency_p99_ms"] < 2000
 
 
+@pytest.mark.slow
 def test_sigterm_at_full_load_exits_cleanly():
     with ipc_addresses() as a, daemon_process(a) as daemon:
         wait_ready(a["control"])
@@ -137,6 +142,7 @@ def test_sigterm_at_full_load_exits_cleanly():
     assert elapsed < 5.0, f"took {elapsed:.1f} s to stop"
 
 
+@pytest.mark.slow
 def test_publisher_reconnect_with_a_bare_socket_keeps_seq_order():
     # The same fault without the simulator: a raw PUB closes and a new one continues with a seq jump; the
     # daemon reports the gap once and keeps one ordered estimate stream for the device.

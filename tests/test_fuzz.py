@@ -101,6 +101,7 @@ def estimates_of(got: list[dict], device: str) -> list[tuple]:
     return [tuple(e.get(k) for k in keys) for e in got if e["device"] == device]
 
 
+@pytest.mark.slow
 def test_ten_thousand_hostile_messages_change_nothing_for_the_good_device():
     rng = np.random.default_rng(SEED)
     barrage = [hostile(rng) for _ in range(10_000)]
@@ -172,6 +173,7 @@ def hostile_request(rng: np.random.Generator) -> list[bytes]:
     return [msgpack.packb(req)]
 
 
+@pytest.mark.slow
 def test_ten_thousand_hostile_control_requests_each_get_a_clear_reply():
     rng = np.random.default_rng(SEED + 1)
     with ipc_addresses() as addresses, daemon_process(addresses) as proc:

@@ -1,9 +1,13 @@
 """The quality gate: every rejection reason on real and constructed windows, and physiology on simulated pulses."""
 
+from functools import partial
+from pathlib import Path
+
 import numpy as np
 import openpyxl
 import pytest
 from conftest import SAMPLE, read_segment
+from conftest import simulated_ppg as simulated
 
 from p2p_stream.ppg.preprocess import resample
 from p2p_stream.ppg.quality import REASONS, ppg_quality
@@ -16,13 +20,7 @@ def real(name: str) -> np.ndarray:
     return resample(read_segment(name), 1000.0, FS).astype(np.float64)
 
 
-def simulated_ppg(hr_bpm: float, seconds: float = 10.0, fs: float = FS, seed: int = 0) -> np.ndarray:
-    """Systolic wave plus a delayed, smaller dicrotic wave per beat, with mild noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * fs)) / fs
-    phase = (t * hr_bpm / 60.0) % 1.0
-    beat = np.exp(-((phase - 0.15) ** 2) / 0.005) + 0.4 * np.exp(-((phase - 0.45) ** 2) / 0.01)
-    return 1000 + 200 * beat + 2 * rng.normal(size=t.size)
+simulated_ppg = partial(simulated, seconds=10.0, fs=FS)  # 10 s at the model rate (conftest's pulse shape)
 
 
 def sheet_hr(subject: int) -> float:
@@ -85,5 +83,14 @@ def test_no_pulse_real_and_constructed(rng):
     assert q.reason == "no_pulse" and q.hr_bpm is None and q.sqi < 0.5
 
 
-def test_reasons_are_the_wire_names():
-    assert set(REASONS) == {"too_short", "nan", "flatline", "clipping", "no_pulse"}
+def test_every_reason_the_gate_gives_is_a_wire_name_and_every_wire_name_is_given(rng):
+    """REASONS is what goes on the wire: the gate gives no reason outside it, and each of its names is reachable."""
+    x = simulated_ppg(70)
+    flat, holed = x.copy(), x.copy()
+    flat[300:400] = flat[300]
+    holed[5] = np.nan
+    windows = [x[:100], holed, flat, np.minimum(x, np.percentile(x, 85)), rng.normal(size=1250), x]
+    given = {ppg_quality(w, FS).reason for w in windows}
+    assert given == set(REASONS) | {None}
+    contract = (Path(__file__).parents[1] / "docs" / "protocol.md").read_text()
+    assert all(f"`{reason}`" in contract for reason in REASONS)  # renaming one breaks clients: the doc says so

@@ -12,7 +12,7 @@ ray = pytest.importorskip("ray", reason="the optional [cluster] extra (Ray Serve
 serve = pytest.importorskip("ray.serve")
 
 from p2p_stream import Estimator  # noqa: E402
-from p2p_stream.backends.local import BackendUnavailable, LocalBackend  # noqa: E402
+from p2p_stream.backends import BackendUnavailable, LocalBackend  # noqa: E402
 from p2p_stream.backends.ray import RayBackend  # noqa: E402
 from p2p_stream.config.daemon import Ray  # noqa: E402
 from p2p_stream.model.estimator import default_model_path  # noqa: E402
@@ -89,7 +89,8 @@ def test_daemon_with_ray_backend_streams_the_offline_estimates(local_ray, est):
         c.join()
         c.stream("watch-1", x, FS, chunk=25)
         got = c.estimates(lambda g: len(g) >= len(windows), timeout_s=60)
-        assert c.control({"cmd": "stats"})["device"] == "ray:p2p-daemon"
+        stats = c.control({"cmd": "stats"})
+        assert stats["backend_device"] == stats["device"] == "ray:p2p-daemon"  # `device`: the deprecated name
     assert [e["seq"] for e in got] == list(range(len(windows))) and all(e["ok"] for e in got)
     np.testing.assert_allclose([[e["sbp_window"], e["dbp_window"]] for e in got], expected[:, :2], atol=0.02)
     serve.delete("p2p-daemon")

@@ -81,7 +81,7 @@ def test_replay_cli_fans_out_devices(est, tmp_path):
                 sys.executable,
                 "simulators/replay.py",
                 str(demo_recording()),
-                "--connect",
+                "--ingest",
                 addresses["ingest"],
                 "--speed",
                 "50",
@@ -120,7 +120,9 @@ def test_replay_waits_for_a_daemon_then_gives_up_clearly():
     pub.setsockopt(zmq.LINGER, 0)
     pub.connect("ipc:///tmp/p2p-nobody-listens")
     try:
-        with pytest.raises(P2PError, match="no daemon subscribed at ipc:///tmp/p2p-nobody-listens within 0.3 s"):
+        with pytest.raises(
+            P2PError, match="no subscription arrived from a daemon at ipc:///tmp/p2p-nobody-listens within 0.3 s"
+        ):
             wait_for_subscriber(pub, "ipc:///tmp/p2p-nobody-listens", timeout_s=0.3)
     finally:
         ctx.destroy(linger=0)

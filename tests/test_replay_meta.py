@@ -181,7 +181,7 @@ def test_replay_cli_sends_each_devices_meta_with_every_message(tmp_path, listene
     address = listener.address
     path = tmp_path / "r.csv"
     path.write_text(csv_text({"w1": ("54", "F"), "w2": ("", ""), "w3": ("", "M")}, n=200))
-    cmd = [sys.executable, "simulators/replay.py", str(path), "--connect", address, "--speed", "100"]
+    cmd = [sys.executable, "simulators/replay.py", str(path), "--ingest", address, "--speed", "100"]
     proc = subprocess.run([*cmd, "--wait-s", "30"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     got = listener.wait_for(3 * 8)  # 200 samples in chunks of 25, per device

@@ -71,7 +71,7 @@ def test_nan_is_a_hole():
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 def test_any_non_finite_sample_breaks_but_huge_finite_ones_do_not(bad):
-    # The finiteness check is a dot product with zeros: it must not mistake overflow for a hole, nor miss one.
+    # The finiteness check (np.isfinite) must not mistake a huge finite sample for a hole, nor miss a real one.
     huge = np.full(30, 3e38, dtype=np.float32)  # its squares would overflow float32
     s = stream()
     assert s.push(msg(0, 0, 30, values=huge), 0.0).breaks == [] and s.run == 30
@@ -82,7 +82,7 @@ def test_any_non_finite_sample_breaks_but_huge_finite_ones_do_not(bad):
 
 
 def test_device_table_limit_and_eviction():
-    t = DeviceTable(2.0, 0.5, 64, 0.05, max_devices=2, idle_s=10.0)
+    t = DeviceTable(window_s=2.0, hop_s=0.5, max_chunk=64, gap_tolerance_s=0.05, max_devices=2, idle_s=10.0)
     t.push(msg(0, 0, 10, device="a"), arrival=0.0)
     t.push(msg(0, 0, 10, device="b"), arrival=5.0)
     with pytest.raises(DeviceLimitError):

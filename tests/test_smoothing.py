@@ -10,10 +10,10 @@ import pytest
 from conftest import simulated_ppg
 
 from p2p_stream import Estimator
-from p2p_stream.backends.local import BackendUnavailable, LocalBackend
+from p2p_stream.backends import BackendUnavailable, LocalBackend
 from p2p_stream.stream.batcher import DynamicBatcher
 from p2p_stream.stream.calibration import Calibrations
-from p2p_stream.stream.counters import Monitor
+from p2p_stream.stream.counters import Counters
 from p2p_stream.stream.ring_buffer import Window
 from p2p_stream.stream.smoothing import Smoother, smooth_mean
 from p2p_stream.stream.worker import InferenceWorker
@@ -105,17 +105,17 @@ def est() -> Estimator:
 
 def make_worker(est, backend, windows=3, calibrations=None, level=0.8) -> InferenceWorker:
     worker = InferenceWorker(
-        est,
-        backend,
-        DynamicBatcher(64, 0.0, 100),
-        None,  # no socket: these tests call submit/finish, which never publish
-        calibrations or Calibrations(),
-        Monitor(),
-        lambda: 1,
-        1.0,
-        4.0,
-        threading.Event(),
-        Smoother(windows),
+        estimator=est,
+        backend=backend,
+        batcher=DynamicBatcher(64, 0.0, 100),
+        pub=None,  # no socket: these tests call submit/finish, which never publish
+        calibrations=calibrations or Calibrations(),
+        counters=Counters(),
+        device_count=lambda: 1,
+        heartbeat_s=1.0,
+        window_s=4.0,
+        stop=threading.Event(),
+        smoother=Smoother(windows),
     )
     worker.interval_level = level  # as a model with an 80 % interval states it
     return worker

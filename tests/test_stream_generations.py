@@ -12,10 +12,10 @@ from conftest import simulated_ppg
 from zmq_helpers import ipc_addresses
 
 from p2p_stream import Estimator
-from p2p_stream.backends.local import LocalBackend
+from p2p_stream.backends import LocalBackend
 from p2p_stream.config.daemon import load_daemon_config
 from p2p_stream.stream.calibration import Calibrations
-from p2p_stream.stream.daemon import Daemon
+from p2p_stream.stream.daemon import Daemon, build
 from p2p_stream.stream.devices import DeviceTable
 from p2p_stream.stream.protocol import Ingest, encode_ingest, pack
 from p2p_stream.stream.smoothing import Smoother
@@ -34,7 +34,7 @@ def est() -> Estimator:
 
 
 def test_a_new_stream_of_a_device_gets_a_higher_generation_on_its_windows():
-    table = DeviceTable(2.0, 0.5, 64, 0.05, max_devices=4, idle_s=10.0)
+    table = DeviceTable(window_s=2.0, hop_s=0.5, max_chunk=64, gap_tolerance_s=0.05, max_devices=4, idle_s=10.0)
     x = np.zeros(250, np.float32)
     first = table.push(Ingest("d", 0, 0.0, 100.0, x, None, None), 0.0).windows
     other = table.push(Ingest("e", 0, 0.0, 100.0, x, None, None), 0.0).windows
@@ -108,7 +108,7 @@ def send(daemon: Daemon, device: str, x: np.ndarray, t0: float, seq0: int = 0) -
 
 def drain(daemon: Daemon) -> list[dict]:
     got = []
-    while batch := daemon.batcher.next_batch(timeout_s=0.0):
+    while batch := daemon.parts.batcher.next_batch(timeout_s=0.0):
         got += [e for _, e in daemon.worker.finish(daemon.worker.submit(batch))]
     return got
 
@@ -133,7 +133,7 @@ def test_windows_queued_across_forget_do_not_reach_the_next_wearer(est):
         seq = send(daemon, "watch", x1[:750], T0)  # windows ending at 4, 5, 6 s
         assert values(drain(daemon)) == [WEARER_1] * 3
         send(daemon, "watch", x1[750:], T0 + 6, seq)  # 7, 8 and 9 s: queued, not yet at the model
-        assert daemon.batcher.qsize() == 3
+        assert daemon.parts.batcher.qsize() == 3
         assert daemon.on_control(FORGET) == {"ok": True, "known": True}
         seq = send(daemon, "watch", x2[:625], T0 + 9)  # wearer 2: windows ending at 13 and 14 s
         got = drain(daemon)
@@ -158,7 +158,7 @@ def test_windows_in_flight_across_forget_and_a_calibrate_before_they_land(est):
         seq = send(daemon, "watch", x1[:750], T0)
         drain(daemon)
         send(daemon, "watch", x1[750:], T0 + 6, seq)
-        in_flight = daemon.worker.submit(daemon.batcher.next_batch(timeout_s=0.0))  # at the backend
+        in_flight = daemon.worker.submit(daemon.parts.batcher.next_batch(timeout_s=0.0))  # at the backend
         assert daemon.on_control(FORGET)["known"]
         send(daemon, "watch", x2[:625], T0 + 8)
         reply = daemon.on_control(CALIBRATE)
@@ -178,20 +178,14 @@ def test_a_60_s_span_at_a_half_second_hop_takes_the_median_of_all_its_estimates(
     """121 estimates, 0.5 s apart, within ±30 s of the cuff reading, rising 1 mmHg each: the reference is the
     middle one (the reading's own time), not the median of the last few dozen."""
     sections = {"windowing": {"window_s": 4.0, "hop_s": 0.5}, "calibration": {"span_s": 60.0, "min_estimates": 3}}
-    with ipc_addresses() as addresses:
-        overrides = [{"sockets": addresses}, sections]
-        daemon = Daemon(load_daemon_config(None, overrides), est)
-        try:
-            c = daemon.calibrations
-            ts = [T0 - 30 + 0.5 * i for i in range(121)]
-            for i, t in enumerate(ts[:61]):
-                c.apply("d", t, np.array([100.0 + i, 80.0 - 0.25 * i]))
-            assert c.calibrate("d", 130.0, 85.0, t=T0)
-            for i, t in enumerate(ts[61:], start=61):
-                c.apply("d", t, np.array([100.0 + i, 80.0 - 0.25 * i]))
-            after = c.apply("d", T0 + 30.5, np.array([170.0, 70.0]))  # past the span: the reference is frozen
-            reference = np.median([[100.0 + i, 80.0 - 0.25 * i] for i in range(121)], axis=0)
-            assert tuple(reference) == (160.0, 65.0)
-            np.testing.assert_allclose(after.row, np.array([130.0, 85.0]) + [170.0, 70.0] - reference)
-        finally:
-            daemon.close()
+    c = build(load_daemon_config(None, [sections]), est).calibrations  # the daemon's own, as it builds them
+    ts = [T0 - 30 + 0.5 * i for i in range(121)]
+    for i, t in enumerate(ts[:61]):
+        c.apply("d", t, np.array([100.0 + i, 80.0 - 0.25 * i]))
+    assert c.calibrate("d", 130.0, 85.0, t=T0)
+    for i, t in enumerate(ts[61:], start=61):
+        c.apply("d", t, np.array([100.0 + i, 80.0 - 0.25 * i]))
+    after = c.apply("d", T0 + 30.5, np.array([170.0, 70.0]))  # past the span: the reference is frozen
+    reference = np.median([[100.0 + i, 80.0 - 0.25 * i] for i in range(121)], axis=0)
+    assert tuple(reference) == (160.0, 65.0)
+    np.testing.assert_allclose(after.row, np.array([130.0, 85.0]) + [170.0, 70.0] - reference)

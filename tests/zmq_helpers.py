@@ -16,6 +16,7 @@ import zmq
 
 from p2p_stream.config.daemon import load_daemon_config
 from p2p_stream.model.estimator import Estimator
+from p2p_stream.stream import probe
 from p2p_stream.stream.daemon import Daemon
 from p2p_stream.stream.protocol import decode_estimate, decode_map, encode_ingest, pack
 
@@ -184,7 +185,8 @@ def request(address: str, msg: dict, timeout_s: float = 10.0) -> dict:
 
 
 def wait_ready(address: str, timeout_s: float = 60.0) -> None:
-    assert request(address, {"cmd": "ping"}, timeout_s) == {"ok": True}
+    """Fail unless a daemon answers `ping` at `address` within `timeout_s`."""
+    assert probe.wait_ready(address, timeout_s), f"no daemon answered ping at {address} within {timeout_s} s"
 
 
 class Subscriber:

@@ -23,7 +23,7 @@ import ray
 import torch
 from ray import serve
 
-from p2p_stream.backends.local import BackendUnavailable
+from p2p_stream.backends.base import BackendUnavailable
 from p2p_stream.errors import ConfigError
 from p2p_stream.model.checkpoint import METADATA, read_metadata
 from p2p_stream.model.estimator import OUTPUTS, Estimator
@@ -49,7 +49,12 @@ class PressureModel:
         self.predict.set_batch_wait_timeout_s(max_wait_s)
 
     def info(self) -> dict:
-        return {"model": self.est.name, "device": self.est.device, "requests": self.requests, "forwards": self.forwards}
+        return {
+            "model": self.est.name,
+            "torch_device": self.est.device,
+            "requests": self.requests,
+            "forwards": self.forwards,
+        }
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # replaced in __init__ by the configured knobs
     async def predict(self, xs: list[np.ndarray], features: list[np.ndarray]) -> list[np.ndarray]:
@@ -103,7 +108,7 @@ class RayBackend:
             self.started_ray = local
         serve.start(proxy_location="Disabled")  # no HTTP ingress: daemons reach the model through handles
         self.handle = self._join_or_deploy(estimator, checkpoint)
-        self.device = f"ray:{config.app}"
+        self.runs_on = f"ray:{config.app}"
         self.max_in_flight = config.max_in_flight
         self.pool = ThreadPoolExecutor(max_workers=config.max_in_flight, thread_name_prefix="p2p-ray")
 

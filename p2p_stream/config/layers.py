@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ def apply_values(target: Any, values: dict, where: str) -> None:
     names = {f.name: f for f in fields(target)}
     for key, value in values.items():
         if key not in names:
-            raise ConfigError(f"unknown key {where}{key!r}; valid keys: {sorted(names)}")
+            raise ConfigError(unknown_key(f"{where}{key}", sorted(names)))
         current = getattr(target, key)
         if is_dataclass(current):
             if not isinstance(value, dict):
@@ -26,6 +27,12 @@ def apply_values(target: Any, values: dict, where: str) -> None:
             current.update(value)
         else:
             setattr(target, key, _coerce(value, type(current), f"{where}{key}"))
+
+
+def unknown_key(key: str, valid: list[str]) -> str:
+    """'unknown key limits.max_device; valid keys: device_idle_s, …; did you mean max_devices?'"""
+    near = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
+    return f"unknown key {key}; valid keys: {', '.join(valid)}" + (f"; did you mean {near[0]}?" if near else "")
 
 
 _KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list of strings"}

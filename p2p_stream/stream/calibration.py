@@ -49,7 +49,6 @@ import numpy as np
 
 from p2p_stream.errors import CheckpointError
 
-MIN_ESTIMATES_MAX = 64  # the largest `calibration.min_estimates` the configuration accepts
 # A hop is cut as round(hop_s * fs) samples, which at fs ≥ 20 Hz and hop_s ≥ 0.1 s (the accepted ranges) is ≥ 2
 # samples and so never shorter than 0.8 hop_s (2.5 samples → 2): windows can come that much faster than hop_s.
 HOP_SHORTENING = 0.8

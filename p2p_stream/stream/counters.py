@@ -1,4 +1,4 @@
-"""Monitor: the daemon's counters (windows, batches, latencies, rejections) and the heartbeat built from them."""
+"""Counters: windows, batches, latencies and rejections, kept by the ingest loop and the worker; the heartbeat map."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections import Counter, deque
 import numpy as np
 
 
-class Monitor:
+class Counters:
     """Thread-safe counters shared by the ingest loop and the inference worker."""
 
     def __init__(self, latency_window: int = 10_000, rate_window_s: float = 10.0) -> None:
@@ -29,7 +29,8 @@ class Monitor:
             self.rejected[reason] += n
 
     def message(self) -> None:
-        # Only the ingest thread writes this counter: no lock on the hot path (an int store is atomic).
+        # Unlocked on the hot path: only the ingest thread writes this counter. `+=` is a read, an add and a store,
+        # not atomic, but with a single writer no increment is lost; a reader sees the old or the new value.
         self.messages_total += 1
 
     def batch(self, size: int, latencies_ms: list[float]) -> None:

@@ -19,8 +19,18 @@ class DeviceLimitError(Exception):
 
 class DeviceTable:
     def __init__(
-        self, window_s: float, hop_s: float, max_chunk: int, gap_tolerance_s: float, max_devices: int, idle_s: float
+        self,
+        *,
+        window_s: float,
+        hop_s: float,
+        max_chunk: int,
+        gap_tolerance_s: float,
+        max_devices: int,
+        idle_s: float,
     ) -> None:
+        """Windows of `window_s` every `hop_s` seconds; chunks of at most `max_chunk` samples; a time gap above
+        `gap_tolerance_s` seconds breaks a stream; at most `max_devices` devices, each forgotten after `idle_s`
+        seconds of silence."""
         self.window_s, self.hop_s, self.max_chunk, self.gap_tolerance_s = window_s, hop_s, max_chunk, gap_tolerance_s
         self.max_devices, self.idle_s = max_devices, idle_s
         self.streams: dict[str, DeviceStream] = {}
@@ -35,7 +45,13 @@ class DeviceTable:
             if len(self.streams) >= self.max_devices:
                 raise DeviceLimitError(f"{len(self.streams)} devices already, the limit is {self.max_devices}")
             stream = DeviceStream(
-                msg.device, msg.fs, self.window_s, self.hop_s, self.max_chunk, self.gap_tolerance_s, next(_GENERATIONS)
+                msg.device,
+                msg.fs,
+                window_s=self.window_s,
+                hop_s=self.hop_s,
+                max_chunk=self.max_chunk,
+                gap_tolerance_s=self.gap_tolerance_s,
+                generation=next(_GENERATIONS),
             )
             self.streams[msg.device] = stream
         self.last_seen[msg.device] = arrival

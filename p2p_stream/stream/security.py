@@ -7,84 +7,23 @@ reports it, and the daemon logs it and counts it as `auth_failed` in the heartbe
 
 Without CURVE, a socket reachable from other machines (tcp on anything but loopback) is refused at start-up
 unless `security.allow_remote_plaintext` says the operator accepts it, and then a warning says so.
-Key files are the ZeroMQ certificate format that `p2p-keys` (zmq.auth.create_certificates) writes.
+Key files are the ZeroMQ certificate format that `p2p-keys` (zmq.auth.create_certificates) writes. The settings and
+the rules above (`Security`, `validate`, `is_local`, `exposure_warning`) are in config/security.py.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from p2p_stream.config.security import Security
 from p2p_stream.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Security:
-    curve_secret_key: str = ""  # the daemon's secret key file (p2p-keys init); "" = no CURVE
-    authorized_keys: str = ""  # folder of client public keys (*.key) allowed to connect
-    allow_remote_plaintext: bool = False  # bind beyond loopback without CURVE: refused unless this is true
-
-
-def is_local(address: str) -> bool:
-    """True when only this machine can reach `address` (ipc, inproc, or tcp on a loopback host)."""
-    if address.startswith(("ipc://", "inproc://")):
-        return True
-    if not address.startswith("tcp://"):  # any other transport reaches the network
-        return False
-    host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # an interface name or a hostname ("*", "eth0", "example.org"): reachable from outside
-        return False
-
-
-def validate(security: Security, addresses: dict[str, str]) -> None:
-    """Refuse half a CURVE set-up, missing key files, and plaintext sockets exposed beyond this machine."""
-    if bool(security.curve_secret_key) != bool(security.authorized_keys):
-        raise ConfigError(
-            "security.curve_secret_key and security.authorized_keys go together: set both (see `p2p-keys init`) "
-            "or neither"
-        )
-    if security.curve_secret_key:
-        if not zmq.has("curve"):
-            raise ConfigError("this libzmq was built without CURVE support; install pyzmq's wheels (they have it)")
-        if not Path(security.curve_secret_key).is_file():
-            raise ConfigError(f"security.curve_secret_key: no file {security.curve_secret_key!r}; run `p2p-keys init`")
-        if not Path(security.authorized_keys).is_dir():
-            raise ConfigError(f"security.authorized_keys: no folder {security.authorized_keys!r}; run `p2p-keys init`")
-    exposed = {k: a for k, a in plaintext(security, addresses).items() if not is_local(a)}
-    if exposed and not security.allow_remote_plaintext:
-        where = ", ".join(f"sockets.{k} = {a}" for k, a in exposed.items())
-        raise ConfigError(
-            f"{where} would accept unauthenticated plaintext from other machines. Use a loopback or ipc:// "
-            "address, or enable CURVE (p2p-keys init; security.curve_secret_key and security.authorized_keys), "
-            "or set security.allow_remote_plaintext = true to accept the risk"
-        )
-
-
-def plaintext(security: Security, addresses: dict[str, str]) -> dict[str, str]:
-    """The sockets without CURVE: all of them when it is off, the estimates socket always."""
-    return {k: a for k, a in addresses.items() if not security.curve_secret_key or k == "publish"}
-
-
-def exposure_warning(security: Security, addresses: dict[str, str]) -> str | None:
-    """The start-up warning for plaintext sockets other machines can reach, or None."""
-    exposed = {k: a for k, a in plaintext(security, addresses).items() if not is_local(a)}
-    if not exposed:
-        return None
-    what = "anyone who can reach them can read estimates" + ("" if security.curve_secret_key else
-                                                               ", inject PPG and send control commands")  # fmt: skip
-    return f"exposed without authentication: {', '.join(f'{k} {a}' for k, a in exposed.items())}; {what}"
 
 
 class CurveServer:

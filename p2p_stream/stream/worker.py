@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
-from p2p_stream.backends.local import Backend, BackendUnavailable
+from p2p_stream.backends.base import Backend, BackendUnavailable
 from p2p_stream.model.demographics import parse_meta
 from p2p_stream.model.estimator import Estimator
 from p2p_stream.stream.batcher import DynamicBatcher
 from p2p_stream.stream.calibration import Calibrations
-from p2p_stream.stream.counters import Monitor
+from p2p_stream.stream.counters import Counters
 from p2p_stream.stream.protocol import VERSION, encode_estimate, encode_status
 from p2p_stream.stream.ratelimit import RateLimitedLog
 from p2p_stream.stream.ring_buffer import Window
@@ -50,22 +50,25 @@ class InferenceWorker(threading.Thread):
 
     def __init__(
         self,
+        *,
         estimator: Estimator,
         backend: Backend,
         batcher: DynamicBatcher,
-        pub: zmq.Socket,
+        pub: zmq.Socket | None,
         calibrations: Calibrations,
-        monitor: Monitor,
+        counters: Counters,
         device_count: Callable[[], int],
         heartbeat_s: float,
         window_s: float,
         stop: threading.Event,
         smoother: Smoother | None = None,
     ) -> None:
+        """Every collaborator by keyword. `pub` may be None for a worker whose `submit`/`finish` a test calls
+        directly (nothing is published then); `device_count` gives the number of wearables for the heartbeat."""
         super().__init__(name="p2p-inference", daemon=True)
         self.est, self.backend, self.batcher, self.pub = estimator, backend, batcher, pub
         self.warn = RateLimitedLog(log, period_s=10.0)
-        self.calibrations, self.monitor, self.device_count = calibrations, monitor, device_count
+        self.calibrations, self.counters, self.device_count = calibrations, counters, device_count
         self.heartbeat_s, self.window_s, self.stop = heartbeat_s, window_s, stop
         self.smoother = smoother if smoother is not None else Smoother(1)
         self.model_name = estimator.name
@@ -97,14 +100,14 @@ class InferenceWorker(threading.Thread):
             self.stop.set()
 
     def status(self) -> dict:
-        return self.monitor.snapshot(
-            self.device_count(),
-            {"model": self.model_name, "queue": self.batcher.qsize(), "device": str(self.est_device)},
-        )
+        """The heartbeat map (and `stats` reply): the counters plus the model, the queue and where the model runs.
 
-    @property
-    def est_device(self) -> str:
-        return self.backend.device
+        `devices` counts wearables; `backend_device` is where the network runs. `device` repeats `backend_device`
+        for clients written before it existed: deprecated, kept because outside clients may read it.
+        """
+        runs_on = str(self.backend.runs_on)
+        extra = {"model": self.model_name, "queue": self.batcher.qsize(), "backend_device": runs_on, "device": runs_on}
+        return self.counters.snapshot(self.device_count(), extra)
 
     def _estimate(self, w: Window, ok: bool, reason: str | None, sqi: float, hr: float | None) -> dict:
         e = {
@@ -151,7 +154,7 @@ class InferenceWorker(threading.Thread):
                 if q.ok:
                     passed.append((w, e, x))
                 else:
-                    self.monitor.reject(q.reason)
+                    self.counters.reject(q.reason)
             out.append((w, e))  # in arrival order, so each device's seq goes out in order
         calls = []
         for length in {len(x) for _, _, x in passed}:
@@ -180,12 +183,12 @@ class InferenceWorker(threading.Thread):
                 self.warn.warning(exc.reason, "published %d windows as rejected: %s", len(group), exc)
                 for _, e in group:
                     e["ok"], e["reason"] = False, exc.reason
-                self.monitor.reject(exc.reason, len(group))
+                self.counters.reject(exc.reason, len(group))
                 continue
             for (_, e), row in zip(group, pred):
                 if not np.isfinite(row[:2]).all():  # e.g. samples near float32's limit
                     e["ok"], e["reason"] = False, "nan"
-                    self.monitor.reject("nan")
+                    self.counters.reject("nan")
                     continue
                 answers[id(e)] = row if np.isfinite(row).all() else row[:2]  # NaN interval: a model without one
         for w, e in job.out:
@@ -215,4 +218,4 @@ class InferenceWorker(threading.Thread):
             e["latency_ms"] = round(1000.0 * (time.monotonic() - w.arrival), 3)
             self.pub.send_multipart(encode_estimate(e))
             latencies.append(e["latency_ms"])
-        self.monitor.batch(sum(1 for w, _ in results if not w.reason), latencies)
+        self.counters.batch(sum(1 for w, _ in results if not w.reason), latencies)

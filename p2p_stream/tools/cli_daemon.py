@@ -12,59 +12,35 @@ from pathlib import Path
 from rich.console import Console
 from rich.logging import RichHandler
 
-from p2p_stream.config.daemon import load_daemon_config
+from p2p_stream.config.daemon import DaemonConfig, load_daemon_config
 from p2p_stream.config.layers import parse_override
+from p2p_stream.config.settings import FlagParser, add_flags, flag_values
 from p2p_stream.errors import P2PError
 
-# flag → config key; each flag overrides the file.
-FLAGS = {
-    "ingest": "sockets.ingest",
-    "publish": "sockets.publish",
-    "control": "sockets.control",
-    "device": "model.device",
-    "backend": "model.backend",
-    "model": "model.path",
-    "window_s": "windowing.window_s",
-    "hop_s": "windowing.hop_s",
-    "max_batch": "batching.max_batch",
-    "max_wait_ms": "batching.max_wait_ms",
-    "threads": "model.threads",
-    "log_level": "operation.log_level",
-}
 
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="p2p-daemon", description="Live PPG → blood-pressure estimates over ZeroMQ.")
-    p.add_argument("--config", type=Path, help="TOML file (default: configs/default.toml values built in)")
-    p.add_argument("--ingest", help="SUB address wearables publish to (tcp://127.0.0.1:5555)")
-    p.add_argument("--publish", help="PUB address of estimates and heartbeat (tcp://127.0.0.1:5556)")
-    p.add_argument("--control", help="REP address of the control socket (tcp://127.0.0.1:5557)")
-    p.add_argument("--device", help="cpu | cuda | cuda:N | auto")
-    p.add_argument("--backend", help="local | ray (the network on a Ray Serve deployment; [ray] in the config)")
-    p.add_argument("--model", help="checkpoint folder (default: the shipped model)")
-    p.add_argument("--window-s", type=float, help="window length, s")
-    p.add_argument("--hop-s", type=float, help="hop between windows, s")
-    p.add_argument("--max-batch", type=int, help="windows per model call at most")
-    p.add_argument("--max-wait-ms", type=float, help="longest wait of the oldest window for a batch, ms")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (0 = all cores but one)")
-    p.add_argument("--log-level", help="DEBUG | INFO | WARNING | ERROR")
+def build_parser(prog: str = "p2p-daemon") -> argparse.ArgumentParser:
+    """--config, a flag for each setting that declares one (config/daemon.py), --set for every other."""
+    p = FlagParser(prog=prog, description="Live PPG → blood-pressure estimates over ZeroMQ.")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any key, e.g. limits.max_devices=500"
+        "--config", type=Path, metavar="FILE", help="TOML file; flags override it (defaults: configs/default.toml)"
     )
-    return p.parse_args(argv)
+    add_flags(p, DaemonConfig)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any setting (configs/default.toml lists them), e.g. limits.max_devices=500",
+    )
+    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "p2p-daemon") -> int:
     console = Console(stderr=True)
     try:
-        flags: dict = {}
-        for name, key in FLAGS.items():
-            value = getattr(args, name)
-            if value is not None:
-                section, field = key.split(".")
-                flags.setdefault(section, {})[field] = value
-        config = load_daemon_config(args.config, [flags] + [parse_override(s) for s in args.set])
+        args = build_parser(prog).parse_args(argv)
+        overrides = [flag_values(args, DaemonConfig)] + [parse_override(s) for s in args.set]
+        config = load_daemon_config(args.config, overrides)
         logging.basicConfig(
             level=config.operation.log_level.upper(),
             format="%(message)s",

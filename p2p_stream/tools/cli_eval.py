@@ -11,12 +11,13 @@ import numpy as np
 from rich.console import Console
 from rich.logging import RichHandler
 
-from p2p_stream.errors import P2PError
+from p2p_stream.errors import ConfigError, P2PError
 from p2p_stream.model.estimator import Estimator
 from p2p_stream.offline import predictions
 from p2p_stream.offline.datasets import load_dataset
 from p2p_stream.offline.report import summary_lines, write_report
 from p2p_stream.offline.training import prepare
+from p2p_stream.tools.common import alias, command, parent_parser
 
 
 def evaluate_checkpoint(
@@ -57,8 +58,9 @@ def evaluate_checkpoint(
     return table, {"model": est.name, "dataset": ws.summary(), "split": split, "quality_rejected": rejected}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="p2p-eval", description=__doc__)
+@command
+def main(argv: list[str] | None = None, prog: str = "p2p-eval") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, parents=[parent_parser()])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--predictions", type=Path, help="a predictions.csv written by p2p-train (e.g. cross-validation)")
     src.add_argument("--model", help="a checkpoint folder, or 'default' for the shipped model")
@@ -70,33 +72,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window-s", type=float, help="window length, s (default: the checkpoint's)")
     p.add_argument("--channel", help="four_wavelength channel")
     p.add_argument("--no-gate", action="store_true", help="score windows the quality gate rejects too")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument(
+        "--torch-device", default="cpu", help="where the model runs: cpu | cuda | cuda:N | auto (default cpu)"
+    )
+    alias(p, "--device", "torch_device")
     p.add_argument("--title", help="report title")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     args = p.parse_args(argv)
     console = Console(stderr=True)
     logging.basicConfig(
-        level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
+        level=args.log_level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
     )
-    try:
-        if args.predictions:
-            table, extra = predictions.read_predictions(args.predictions), {"source": str(args.predictions)}
-            title = args.title or f"Evaluation of {args.predictions}"
-        else:
-            if not args.data:
-                raise P2PError("--model needs --data, the dataset path (e.g. ../shared/data)")
-            est = Estimator.load(None if args.model == "default" else args.model, device=args.device)
-            dataset = args.dataset or est.metadata["data"]["dataset"]
-            if dataset == "pool":
-                raise P2PError(f"{est.name} was trained on several datasets; name one with --dataset")
-            table, extra = evaluate_checkpoint(
-                est, dataset, args.data, args.split, args.window_s, args.channel, not args.no_gate
-            )
-            title = args.title or f"{est.name} on {dataset} ({args.split})"
-        result = write_report(table, args.out, title, extra)
-    except P2PError as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
-        return 2
+    if args.predictions:
+        table, extra = predictions.read_predictions(args.predictions), {"source": str(args.predictions)}
+        title = args.title or f"Evaluation of {args.predictions}"
+    else:
+        if not args.data:
+            raise ConfigError("--model needs --data, the dataset path (e.g. ../shared/data)")
+        est = Estimator.load(None if args.model == "default" else args.model, device=args.torch_device)
+        dataset = args.dataset or est.metadata["data"]["dataset"]
+        if dataset == "pool":
+            raise ConfigError(f"{est.name} was trained on several datasets; name one with --dataset")
+        table, extra = evaluate_checkpoint(
+            est, dataset, args.data, args.split, args.window_s, args.channel, not args.no_gate
+        )
+        title = args.title or f"{est.name} on {dataset} ({args.split})"
+    result = write_report(table, args.out, title, extra)
     for line in summary_lines(result):
         console.print(line, soft_wrap=True, highlight=False)
     console.print(f"wrote {args.out}/report.md")

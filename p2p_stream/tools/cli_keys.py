@@ -1,8 +1,8 @@
-"""p2p-keys: make the CURVE key pairs for the daemon and its wearables.
+"""p2p keys: make the CURVE key pairs for the daemon and its wearables (keys/ is in .gitignore: keep them out of git).
 
-    p2p-keys init keys/                 # keys/server.key(_secret) and an empty keys/authorized/
-    p2p-keys client watch-17 --dir keys/  # keys/clients/watch-17.key(_secret); its public key goes into authorized/
-    p2p-keys revoke watch-17 --dir keys/  # removes it from authorized/ (the daemon reads the folder at start-up)
+    p2p keys init keys/                 # keys/server.key(_secret) and an empty keys/authorized/
+    p2p keys client watch-17 --dir keys/  # keys/clients/watch-17.key(_secret); its public key goes into authorized/
+    p2p keys revoke watch-17 --dir keys/  # removes it from authorized/ (the daemon reads the folder at start-up)
 
 The daemon gets `security.curve_secret_key = "keys/server.key_secret"` and `security.authorized_keys =
 "keys/authorized"`; a wearable or simulator gets the server's public key and its own secret key
@@ -20,12 +20,15 @@ from pathlib import Path
 
 import zmq.auth
 
+from p2p_stream.errors import ConfigError
+from p2p_stream.tools.common import command, parent_parser, setup_logging
+
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def init(folder: Path) -> None:
     if (folder / "server.key_secret").exists():
-        raise SystemExit(f"error: {folder}/server.key_secret exists; remove it first to make a new server key")
+        raise ConfigError(f"{folder}/server.key_secret exists; remove it first to make a new server key")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "authorized").mkdir(exist_ok=True)
     public, secret = zmq.auth.create_certificates(folder, "server")
@@ -36,13 +39,13 @@ def init(folder: Path) -> None:
 
 def client(name: str, folder: Path) -> None:
     if not NAME_RE.match(name):
-        raise SystemExit(f"error: client name {name!r} must be 1-64 characters of [A-Za-z0-9_.-]")
+        raise ConfigError(f"client name {name!r} must be 1-64 characters of [A-Za-z0-9_.-]")
     if not (folder / "authorized").is_dir():
-        raise SystemExit(f"error: {folder}/authorized/ does not exist; run `p2p-keys init {folder}` first")
+        raise ConfigError(f"{folder}/authorized/ does not exist; run `p2p keys init {folder}` first")
     clients = folder / "clients"
     clients.mkdir(exist_ok=True)
     if (clients / f"{name}.key").exists():
-        raise SystemExit(f"error: client {name!r} exists in {clients}; revoke it or choose another name")
+        raise ConfigError(f"client {name!r} exists in {clients}; revoke it or choose another name")
     public, secret = zmq.auth.create_certificates(clients, name)
     os.chmod(secret, 0o600)
     shutil.copy(public, folder / "authorized" / f"{name}.key")
@@ -51,18 +54,19 @@ def client(name: str, folder: Path) -> None:
 
 def revoke(name: str, folder: Path) -> None:
     if not NAME_RE.match(name):
-        raise SystemExit(f"error: client name {name!r} must be 1-64 characters of [A-Za-z0-9_.-]")
+        raise ConfigError(f"client name {name!r} must be 1-64 characters of [A-Za-z0-9_.-]")
     target = folder / "authorized" / f"{name}.key"
     if not target.exists():
         allowed = sorted(p.stem for p in target.parent.glob("*.key"))
-        raise SystemExit(f"error: {target} does not exist; allowed now: {allowed}")
+        raise ConfigError(f"{target} does not exist; give a client allowed now: {allowed}")
     target.unlink()
     print(f"revoked {name}; restart the daemon to apply")
 
 
-def main(argv: list[str] | None = None) -> int:
+@command
+def main(argv: list[str] | None = None, prog: str = "p2p-keys") -> int:
     p = argparse.ArgumentParser(
-        prog="p2p-keys", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[parent_parser()]
     )
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("init", help="the daemon's key pair and an empty authorized/ folder").add_argument("dir", type=Path)
@@ -71,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("name")
         c.add_argument("--dir", type=Path, default=Path("keys"))
     args = p.parse_args(argv)
+    setup_logging(args.log_level)
     old_mask = os.umask(0o077)  # secret keys are never readable by others, not even before their chmod
     try:
         if args.cmd == "init":

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from p2p_stream.config.settings import FlagParser, add_flags, flag_values
 from p2p_stream.config.train import TrainConfig, load_train_config, parse_override
 from p2p_stream.errors import P2PError
 from p2p_stream.model.checkpoint import save_checkpoint
@@ -82,44 +83,37 @@ def run_split(config: TrainConfig, data: Prepared, split: Split, progress: Progr
     return model, stats, history, (train, val, test)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="p2p-train", description=__doc__)
-    p.add_argument("--config", type=Path, help="TOML file holding what differs from the defaults (configs/train/)")
-    p.add_argument("--data", help="dataset path (overrides data.path), e.g. ../shared/data")
-    p.add_argument("--dataset", help="ppg_bp | four_wavelength | pulsedb | replay_csv (overrides data.dataset)")
+def build_parser(prog: str = "p2p-train") -> argparse.ArgumentParser:
+    """--config, the run's own options, a flag for each setting that declares one (config/train.py), --set."""
+    p = FlagParser(prog=prog, description=__doc__)
+    p.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML file holding what differs from the defaults (configs/train/)"
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder: the checkpoint (holdout runs)")
     p.add_argument("--report-dir", type=Path, help="predictions.csv and the report (default: OUT/report)")
     p.add_argument(
         "--cv", type=int, default=0, metavar="K", help="K-fold cross-validation by group instead of one holdout run"
     )
+    add_flags(p, TrainConfig)
     p.add_argument(
-        "--protocol",
-        choices=["subject", "seed", "lodo"],
-        help="subject-disjoint (default), the notebook's random split, or leave-one-dataset-out (data.dataset = pool)",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any setting (configs/train-defaults.toml lists them), e.g. model.params.hidden=96",
     )
-    p.add_argument("--epochs", type=int, help="overrides optim.epochs")
-    p.add_argument("--seed", type=int, help="overrides split.seed")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any key, e.g. model.params.hidden=96"
-    )
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "p2p-train") -> int:
     console = Console(stderr=True)
     logging.basicConfig(
         level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
     )
     try:
-        flags: dict = {}
-        for key, value in (
-            ("data.path", args.data),
-            ("data.dataset", args.dataset),
-            ("split.protocol", args.protocol),
-            ("optim.epochs", args.epochs),
-            ("split.seed", args.seed),
-        ):
-            if value is not None:
-                section, name = key.split(".")
-                flags.setdefault(section, {})[name] = value
-        config = load_train_config(args.config, [flags] + [parse_override(s) for s in args.set])
+        args = build_parser(prog).parse_args(argv)
+        overrides = [flag_values(args, TrainConfig)] + [parse_override(s) for s in args.set]
+        config = load_train_config(args.config, overrides)
         if args.cv == 1 or args.cv < 0:
             raise P2PError(f"--cv must be 0 (one holdout run) or ≥ 2 folds, got {args.cv}")
         return train(config, args.out, args.report_dir or args.out / "report", args.cv, console)

@@ -1,6 +1,6 @@
 """Converter: any dataset the project reads → the contract's replay CSV, one device per subject, cuff or ABP references.
 
-    python simulators/make_replay.py --dataset ppg_bp --data ../shared/data --subjects 2,3 --fs 250 --out demo.csv
+    p2p convert --dataset ppg_bp --data ../shared/data --subjects 2,3 --fs 250 --out demo.csv
 
 A subject's windows (non-overlapping, in order) are joined into one recording; each sample carries its window's
 reference (the subject's cuff reading, or for PulseDB the segment's ABP-derived SBP/DBP). Datasets that give the
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from p2p_stream.errors import P2PError
+from p2p_stream.errors import ConfigError, P2PError
 from p2p_stream.offline.datasets import WindowSet, load_dataset, write_replay_csv
 from p2p_stream.offline.datasets.replay_csv import Recording
+from p2p_stream.tools.common import command, parent_parser, setup_logging
 
 # Window lengths that make each dataset's windows its natural records, so joining them loses nothing.
 NATIVE_WINDOW_S = {"ppg_bp": 2.1, "four_wavelength": 10.0, "pulsedb": 10.0, "replay_csv": 10.0}
@@ -65,16 +66,19 @@ def convert(
     if subjects:
         missing = sorted(set(subjects) - set(ws.subject.tolist()))
         if missing:
-            raise P2PError(f"subjects {missing} are not in {ws.source}")
+            raise P2PError(
+                f"subjects {missing} are not in {ws.source}; give some of {sorted(set(ws.subject.tolist()))[:10]}"
+            )
         ws = ws.subset(np.isin(ws.subject, subjects))
     recordings = recordings_from_windows(ws, prefix=f"{dataset.replace('_', '')}-")
     write_replay_csv(out, recordings)
     return recordings
 
 
-def main(argv: list[str] | None = None) -> int:
+@command
+def main(argv: list[str] | None = None, prog: str = "make_replay.py") -> int:
     p = argparse.ArgumentParser(
-        prog="make_replay.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[parent_parser()]
     )
     p.add_argument("--dataset", required=True, choices=sorted(NATIVE_WINDOW_S))
     p.add_argument("--data", required=True, help="dataset path (a folder, or the .mat/.csv file)")
@@ -83,18 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subjects", help="comma-separated subject ids (default: all)")
     p.add_argument("--channel", help="four_wavelength channel")
     args = p.parse_args(argv)
-    try:
-        recs = convert(
-            args.dataset,
-            args.data,
-            args.out,
-            args.fs,
-            args.subjects.split(",") if args.subjects else None,
-            args.channel,
-        )
-    except P2PError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    setup_logging(args.log_level)
+    if args.fs <= 0:
+        raise ConfigError(f"--fs must be > 0 Hz, got {args.fs}")
+    subjects = args.subjects.split(",") if args.subjects else None
+    recs = convert(args.dataset, args.data, args.out, args.fs, subjects, args.channel)
     seconds = sum(r.ppg.size / r.fs for r in recs)
     print(f"wrote {args.out}: {len(recs)} devices, {seconds:.1f} s of PPG at {args.fs:g} Hz")
     return 0

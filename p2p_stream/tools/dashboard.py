@@ -24,9 +24,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from p2p_stream.errors import ProtocolError
+from p2p_stream.errors import ConfigError, ProtocolError
+from p2p_stream.stream.addresses import FORMS, check_address
 from p2p_stream.stream.protocol import STATUS_TOPIC, decode_estimate, decode_map
 from p2p_stream.tools.bp_category import CATEGORIES, bp_category
+from p2p_stream.tools.common import alias, command, parent_parser, setup_logging
 
 SPARK = "▁▂▃▄▅▆▇█"
 STALE_S = 10.0  # an estimate older than this is shown as stale
@@ -124,7 +126,7 @@ def _header(state: DashboardState, now: float) -> Panel:
         waited = now - (state.heartbeat_at or state.started)
         text = Text(
             f"No daemon reachable at {state.address} (no heartbeat for {waited:.0f} s). "
-            "Is p2p-daemon running, and is this its estimates address?",
+            "Is p2p daemon running, and is this its estimates address (--estimates)?",
             style="bold red",
         )
         return Panel(text, title="Pulse2Pressure")
@@ -265,12 +267,18 @@ def render(state: DashboardState, now: float | None = None, max_rows: int = 40) 
 
 
 def subscribe(address: str) -> tuple[zmq.Context, zmq.Socket]:
+    """A SUB to the daemon's estimates and heartbeat at `address` (checked first: a bad one is a `ConfigError`)."""
+    check_address(address, "--estimates", example="tcp://127.0.0.1:5556")
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"sbp.")
     sub.setsockopt(zmq.SUBSCRIBE, STATUS_TOPIC)
-    sub.connect(address)
+    try:
+        sub.connect(address)
+    except zmq.ZMQError as exc:
+        ctx.destroy(linger=0)
+        raise ConfigError(f"--estimates: cannot connect to {address} ({exc}); give {FORMS}") from exc
     return ctx, sub
 
 
@@ -297,19 +305,42 @@ def run_live(
             live.update(render(state, max_rows=max(5, console.size.height - 8)), refresh=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="p2p-monitor", description=__doc__)
-    p.add_argument("--connect", default="tcp://127.0.0.1:5556", help="the daemon's estimates address")
-    p.add_argument("--once", action="store_true", help="collect for --wait seconds, print one frame, exit")
-    p.add_argument("--wait", type=float, default=3.0, help="with --once: seconds to listen before printing")
+DESCRIPTION = """Live terminal dashboard of a running daemon: one row per wearable with its latest blood pressure
+(and prediction interval), trend, pulse, signal quality and status, worst first; a header with the daemon's
+heartbeat (devices, windows/s, batch size, latency, rejections). Ctrl-C quits; --once prints one frame and exits
+(0 when a heartbeat arrived, 1 when no daemon answered)."""
+
+
+@command
+def main(argv: list[str] | None = None, prog: str = "p2p-monitor") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, parents=[parent_parser()])
+    p.add_argument(
+        "--estimates",
+        default="tcp://127.0.0.1:5556",
+        metavar="ADDRESS",
+        help="the daemon's estimates address, to read from (default %(default)s; old name: --connect)",
+    )
+    alias(p, "--connect", "estimates")
+    p.add_argument("--once", action="store_true", help="collect for --wait-s seconds, print one frame, exit")
+    p.add_argument(
+        "--wait-s",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="with --once: seconds to listen before printing (default 3)",
+    )
+    alias(p, "--wait", "wait_s", type=float)
     p.add_argument("--rows", type=int, default=40, help="with --once: device rows to print")
     args = p.parse_args(argv)
+    setup_logging(args.log_level)
+    if args.wait_s < 0 or args.rows < 1:
+        raise ConfigError(f"--wait-s must be ≥ 0 and --rows ≥ 1, got {args.wait_s} and {args.rows}")
     console = Console()
-    ctx, sub = subscribe(args.connect)
-    state = DashboardState(args.connect)
+    ctx, sub = subscribe(args.estimates)
+    state = DashboardState(args.estimates)
     try:
         if args.once:
-            deadline = time.monotonic() + args.wait
+            deadline = time.monotonic() + args.wait_s
             while time.monotonic() < deadline:
                 pump(sub, state, 100)
             console.print(render(state, max_rows=args.rows))

@@ -1,7 +1,7 @@
-"""Demo: `p2p-demo` starts the daemon, replays the bundled real recordings as live wearables and shows the dashboard.
+"""Demo: `p2p demo` starts the daemon, replays the bundled real recordings as live wearables and shows the dashboard.
 
-    p2p-demo                      # until Ctrl-C
-    p2p-demo --duration 30        # ends by itself and prints a summary (for scripts and CI)
+    p2p demo                      # until Ctrl-C
+    p2p demo --duration-s 30      # ends by itself and prints a summary (for scripts and CI)
 
 The bundled recordings are PPG-BP subjects the shipped model never trained on (2.1 s segments, so the
 demo's windows are 2.1 s with a 2.1 s hop: each window is one real segment). The summary scores the estimates
@@ -27,13 +27,16 @@ import numpy as np
 import zmq
 from rich.console import Console
 
-from p2p_stream.errors import CheckpointError
+from p2p_stream.errors import CheckpointError, ConfigError, P2PError
 from p2p_stream.offline.datasets.replay_csv import read_replay_csv
-from p2p_stream.stream.protocol import decode_map, pack
+from p2p_stream.stream import probe
+from p2p_stream.stream.addresses import check_address
+from p2p_stream.tools.common import alias, command, parent_parser, setup_logging
 from p2p_stream.tools.dashboard import DashboardState, interval_level, interval_of, pump, run_live, subscribe
 from p2p_stream.tools.replay import Replayer, fan_out, wait_for_subscriber
 
 DEMO_WINDOW_S = 2.1  # one PPG-BP segment
+READY_TIMEOUT_S = 120.0  # the daemon's start-up (torch, the model) on a slow machine
 
 
 def demo_recording() -> Path:
@@ -41,18 +44,19 @@ def demo_recording() -> Path:
 
 
 def start_daemon(args: argparse.Namespace, log_path: Path) -> subprocess.Popen:
+    """`p2p daemon` in a child process on the demo's addresses, its output (and any error) in `log_path`."""
     cmd = [
         sys.executable,
         "-m",
         "p2p_stream.tools.cli_daemon",
         "--ingest",
         args.ingest,
-        "--publish",
-        args.publish,
+        "--publish",  # the daemon's estimates address; the name every version of the daemon's flags accepts
+        args.estimates,
         "--control",
         args.control,
-        "--device",
-        args.device,
+        "--device",  # the torch device, under the name every version of the daemon's flags accepts
+        args.torch_device,
         "--window-s",
         str(DEMO_WINDOW_S),
         "--hop-s",
@@ -64,23 +68,28 @@ def start_daemon(args: argparse.Namespace, log_path: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
 
 
-def wait_ready(proc: subprocess.Popen, control: str, timeout_s: float) -> bool:
-    """Ping the control socket until the daemon answers, it exits, or time runs out."""
-    ctx = zmq.Context()
+def daemon_error(log_text: str) -> str:
+    """The daemon's own one-line reason for stopping, from its log: its last `error:` line, else its last line."""
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:") or " error: " in line]
+    reason = (errors or lines or ["it exited without a word"])[-1]
+    return reason.split("error:", 1)[-1].strip()
+
+
+def wait_ready(proc: subprocess.Popen, control: str, timeout_s: float, taken: bool = False) -> bool:
+    """Whether our daemon came up: it answers `ping` at `control` within `timeout_s` while still running.
+
+    `taken`: something already answered there before ours started. Then a reply proves nothing (it may be the
+    other daemon's), and ours, which cannot bind, is waited for to exit (False); should it keep running that
+    long (an ipc:// path taken over), it still counts as not started.
+    """
+    if not taken:
+        return probe.wait_ready(control, timeout_s, proc) and proc.poll() is None
     try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and proc.poll() is None:
-            req = ctx.socket(zmq.REQ)
-            req.setsockopt(zmq.LINGER, 0)
-            req.connect(control)
-            req.send(pack({"cmd": "ping"}))
-            ok = req.poll(500) and decode_map(req.recv()).get("ok")
-            req.close()
-            if ok:
-                return True
-        return False
-    finally:
-        ctx.term()
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pass
+    return False
 
 
 @dataclass
@@ -186,31 +195,73 @@ def model_constant(model: str | None) -> tuple[tuple[float, float], str] | None:
         return None
 
 
-def main(argv: list[str] | None = None) -> int:
+@command
+def main(argv: list[str] | None = None, prog: str = "p2p-demo") -> int:
     p = argparse.ArgumentParser(
-        prog="p2p-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[parent_parser()],
     )
-    p.add_argument("--duration", type=float, help="seconds of streaming, then stop and print a summary")
+    p.add_argument(
+        "--duration-s", type=float, metavar="SECONDS", help="stream this long, then stop and print a summary"
+    )
+    alias(p, "--duration", "duration_s", type=float)
     p.add_argument("--speed", type=float, default=1.0, help="replay speed (1 = real time)")
-    p.add_argument("--device", default="auto", help="cpu | cuda | auto, for the daemon's model")
+    p.add_argument(
+        "--torch-device",
+        default="auto",
+        help="where the daemon's model runs: cpu | cuda | cuda:N | auto (default auto)",
+    )
+    alias(p, "--device", "torch_device")
     p.add_argument("--model", help="checkpoint folder for the daemon (default: the shipped model)")
-    p.add_argument("--ingest", default="tcp://127.0.0.1:5555")
-    p.add_argument("--publish", default="tcp://127.0.0.1:5556")
-    p.add_argument("--control", default="tcp://127.0.0.1:5557")
+    p.add_argument("--ingest", default="tcp://127.0.0.1:5555", metavar="ADDRESS", help="the daemon's ingest address")
+    p.add_argument(
+        "--estimates",
+        default="tcp://127.0.0.1:5556",
+        metavar="ADDRESS",
+        help="the daemon's estimates address (old name: --publish)",
+    )
+    alias(p, "--publish", "estimates")
+    p.add_argument("--control", default="tcp://127.0.0.1:5557", metavar="ADDRESS", help="the daemon's control address")
     p.add_argument("--no-dashboard", action="store_true", help="no live view (the default when not on a terminal)")
     args = p.parse_args(argv)
+    setup_logging(args.log_level)
+    for flag, example in (
+        ("ingest", "tcp://127.0.0.1:5555"),
+        ("estimates", "tcp://127.0.0.1:5556"),
+        ("control", "tcp://127.0.0.1:5557"),
+    ):
+        check_address(getattr(args, flag), f"--{flag}", example)
+    if len({args.ingest, args.estimates, args.control}) < 3:
+        raise ConfigError(
+            f"--ingest, --estimates and --control must differ, got {args.ingest}, {args.estimates} and {args.control}"
+        )
+    if args.speed <= 0 or (args.duration_s is not None and args.duration_s < 0):
+        raise ConfigError(f"--speed must be > 0 and --duration-s ≥ 0, got {args.speed} and {args.duration_s}")
     console = Console()
+    taken = probe.ping(args.control)  # another daemon there: ours cannot bind, and its answers are not ours
     log_path = Path(tempfile.mkstemp(prefix="p2p-demo-daemon-", suffix=".log")[1])
-    console.print(f"starting p2p-daemon (log: {log_path}) ...")
+    console.print(f"starting p2p daemon (log: {log_path}) ...")
     daemon = start_daemon(args, log_path)
     stop = threading.Event()
     ctx = zmq.Context()
     try:
-        if not wait_ready(daemon, args.control, timeout_s=120):
-            console.print(f"[red]the daemon did not start[/red]:\n{log_path.read_text()[-2000:]}", highlight=False)
-            return 2
-        sub_ctx, sub = subscribe(args.publish)
-        state = DashboardState(args.publish)
+        if not wait_ready(daemon, args.control, READY_TIMEOUT_S, taken):
+            if daemon.poll() is not None:
+                reason = daemon_error(log_path.read_text())
+            elif taken:
+                reason = f"another daemon answers at {args.control}"
+            else:
+                reason = f"it did not answer at {args.control} within {READY_TIMEOUT_S:g} s"
+            if "bind" in reason or "answers at" in reason:  # the demo's addresses are taken
+                advice = (
+                    "stop whatever uses the demo's addresses, or give it free ones (--ingest, --estimates, --control)"
+                )
+                reason += (" " + advice[0].upper() + advice[1:]) if reason.endswith("?") else f"; {advice}"
+            raise P2PError(f"the daemon did not start: {reason} (its log: {log_path})")
+        sub_ctx, sub = subscribe(args.estimates)
+        state = DashboardState(args.estimates)
         pub = ctx.socket(zmq.XPUB)
         pub.setsockopt(zmq.LINGER, 0)
         pub.connect(args.ingest)
@@ -223,10 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"replaying {len(feeds)} real PPG-BP subjects from {demo_recording().name}; Ctrl-C to stop")
         try:
             if console.is_terminal and not args.no_dashboard:
-                run_live(state, sub, console, args.duration)
+                run_live(state, sub, console, args.duration_s)
             else:
                 start = time.monotonic()
-                while args.duration is None or time.monotonic() - start < args.duration:
+                while args.duration_s is None or time.monotonic() - start < args.duration_s:
                     pump(sub, state, 200)
         except KeyboardInterrupt:
             pass

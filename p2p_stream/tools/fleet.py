@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from p2p_stream.errors import ConfigError
+from p2p_stream.tools.common import command, parent_parser, setup_logging
+
 log = logging.getLogger(__name__)
 
 
@@ -146,30 +149,42 @@ def run(fleet: Fleet, sock, duration_s: float | None, t_wall0: float | None = No
     return sent
 
 
-def main(argv: list[str] | None = None) -> int:
-    from p2p_stream.stream.security import add_client_args, client_keys
-    from p2p_stream.tools.replay import run_publisher
+@command
+def main(argv: list[str] | None = None, prog: str = "fleet.py") -> int:
+    from p2p_stream.tools.replay import add_publisher_args, check_publisher_args, run_publisher
 
-    p = argparse.ArgumentParser(prog="fleet.py", description=__doc__)
-    p.add_argument("--devices", type=int, default=100)
-    p.add_argument("--connect", default="tcp://127.0.0.1:5555", help="the daemon's ingest address")
-    p.add_argument("--rates", default="100,125,200", help="sampling rates, Hz, assigned round-robin")
-    p.add_argument("--chunk-s", type=float, default=0.2, help="seconds of samples per message")
-    p.add_argument("--motion-per-min", type=float, default=0.0, help="motion artefacts per device per minute")
-    p.add_argument("--dropout-per-min", type=float, default=0.0, help="dropouts per device per minute")
-    p.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--wait-s", type=float, help="give up if no daemon subscribes within this time (default: wait)")
-    add_client_args(p)
+    d = FleetConfig()  # the defaults, declared once
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, parents=[parent_parser(log_level="INFO")])
+    p.add_argument(
+        "--devices", type=int, default=d.devices, metavar="N", help="wearables to simulate (default %(default)s)"
+    )
+    p.add_argument(
+        "--rates",
+        default=",".join(f"{r:g}" for r in d.rates_hz),
+        help="sampling rates, Hz, assigned round-robin (default %(default)s)",
+    )
+    p.add_argument(
+        "--chunk-s", type=float, default=d.chunk_s, help="seconds of samples per message (default %(default)s)"
+    )
+    p.add_argument(
+        "--motion-per-min", type=float, default=d.motion_per_min, help="motion artefacts per device per minute"
+    )
+    p.add_argument("--dropout-per-min", type=float, default=d.dropout_per_min, help="dropouts per device per minute")
+    p.add_argument("--seed", type=int, default=d.seed)
+    add_publisher_args(p)
     args = p.parse_args(argv)
-    curve = client_keys(args, p)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(args.log_level)
+    curve = check_publisher_args(args)
     try:
         rates = tuple(float(r) for r in args.rates.split(","))
     except ValueError:
-        p.error(f"--rates must be comma-separated numbers, got {args.rates!r}")
+        raise ConfigError(
+            f"--rates must be comma-separated numbers in Hz, e.g. 100,125,200; got {args.rates!r}"
+        ) from None
     if args.devices < 1 or args.chunk_s <= 0 or any(r <= 0 for r in rates):
-        p.error("--devices must be ≥ 1, --chunk-s and every rate > 0")
+        raise ConfigError(
+            f"--devices must be ≥ 1, --chunk-s and every rate > 0; got {args.devices}, {args.chunk_s} and {args.rates}"
+        )
     config = FleetConfig(
         devices=args.devices,
         rates_hz=rates,
@@ -180,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def publish(sock) -> int:
-        log.info("fleet: %d devices at %s Hz to %s", args.devices, args.rates, args.connect)
-        return run(Fleet(config), sock, args.duration)
+        log.info("fleet: %d devices at %s Hz to %s", args.devices, args.rates, args.ingest)
+        return run(Fleet(config), sock, args.duration_s)
 
-    return run_publisher(args.connect, publish, args.wait_s, curve)
+    return run_publisher(args.ingest, publish, args.wait_s, curve)
 
 
 if __name__ == "__main__":

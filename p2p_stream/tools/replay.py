@@ -20,10 +20,13 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from p2p_stream.errors import P2PError
+from p2p_stream.errors import ConfigError, P2PError
 from p2p_stream.offline.datasets.replay_csv import Recording, read_replay_csv
+from p2p_stream.stream import probe
+from p2p_stream.stream.addresses import FORMS, check_address
 from p2p_stream.stream.protocol import encode_ingest
-from p2p_stream.stream.security import add_client_args, client_keys, curve_client
+from p2p_stream.stream.security import curve_client
+from p2p_stream.tools.common import alias, command, parent_parser, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +58,27 @@ def fan_out(recordings: list[Recording], devices: int) -> list[Feed]:
     ]
 
 
-def wait_for_subscriber(sock: zmq.Socket, address: str, timeout_s: float | None) -> None:
-    """Block until the daemon's SUB has subscribed through our XPUB (its subscription message arrives)."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    next_note = time.monotonic() + 2.0
-    while True:
-        if sock.poll(200):
-            if sock.recv()[:1] == b"\x01":
-                return
-        now = time.monotonic()
-        if deadline is not None and now > deadline:
-            raise P2PError(f"no daemon subscribed at {address} within {timeout_s} s")
-        if now >= next_note:
-            log.warning("waiting for a daemon at %s ...", address)
-            next_note = now + 5.0
+CURVE_HINT = (
+    "if that daemon uses CURVE, give its public key and an allowed client key "
+    "(--curve-server-key keys/server.key --curve-client-key keys/clients/NAME.key_secret)"
+)
+
+
+def wait_for_subscriber(sock: zmq.Socket, address: str, timeout_s: float | None, curve: bool = False) -> None:
+    """Block until the daemon's SUB has subscribed through our XPUB (`probe.wait_for_subscriber`).
+
+    A daemon that is not there and one that refuses our handshake (CURVE keys missing or not allowed) look the
+    same from here: no subscription arrives. The error says that much, and what to check; `curve`: whether we
+    gave keys.
+    """
+    try:
+        probe.wait_for_subscriber(sock, address, timeout_s)
+    except P2PError as exc:
+        hint = "check that this client's key is in the daemon's authorized/ folder" if curve else CURVE_HINT
+        raise P2PError(
+            f"no subscription arrived from a daemon at {address} within {timeout_s:g} s; check that p2p daemon "
+            f"runs with this ingest address (--ingest), and {hint}"
+        ) from exc
 
 
 def run_publisher(
@@ -76,9 +86,11 @@ def run_publisher(
 ) -> int:
     """Connect an XPUB to the daemon's ingest, wait for its subscription, then `publish(sock)`; an exit code.
 
-    Ctrl-C ends it cleanly (0); a daemon that never subscribes within `wait_s` is an error (2). `curve` is
-    (server public key file, client secret key file) for a daemon with CURVE on.
+    Ctrl-C ends it cleanly (0); a bad address, or a daemon that never subscribes within `wait_s`, is a `P2PError`
+    (the tools' error handler makes it one line and exit status 2). `curve` is (server public key file, client
+    secret key file) for a daemon with CURVE on.
     """
+    check_address(address, "--ingest")
     ctx = zmq.Context()
     sock = ctx.socket(zmq.XPUB)
     sock.setsockopt(zmq.LINGER, 2000)  # let queued messages reach the daemon on exit
@@ -86,14 +98,15 @@ def run_publisher(
     try:
         if curve:
             curve_client(sock, *curve)
-        sock.connect(address)
-        wait_for_subscriber(sock, address, wait_s)
+        try:
+            sock.connect(address)
+        except zmq.ZMQError as exc:
+            sock.setsockopt(zmq.LINGER, 0)
+            raise ConfigError(f"--ingest: cannot connect to {address} ({exc}); give {FORMS}") from exc
+        wait_for_subscriber(sock, address, wait_s, curve=curve is not None)
         log.info("sent %d messages", publish(sock))
     except KeyboardInterrupt:
         log.info("stopped")
-    except P2PError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     finally:
         sock.close()
         ctx.term()
@@ -149,34 +162,65 @@ class Replayer:
         return self.messages
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="replay.py", description=__doc__)
+def add_publisher_args(p: argparse.ArgumentParser) -> None:
+    """The flags replay and fleet share: where to send, how long, how long to wait for the daemon, CURVE keys."""
+    p.add_argument(
+        "--ingest",
+        default="tcp://127.0.0.1:5555",
+        metavar="ADDRESS",
+        help="the daemon's ingest address, to send PPG to (default %(default)s; old name: --connect)",
+    )
+    alias(p, "--connect", "ingest")
+    p.add_argument("--duration-s", type=float, metavar="SECONDS", help="stop after this long (default: run on)")
+    alias(p, "--duration", "duration_s", type=float)
+    p.add_argument(
+        "--wait-s",
+        type=float,
+        metavar="SECONDS",
+        help="give up if no daemon subscribes within this long (default: wait, with a note every 5 s)",
+    )
+    p.add_argument("--curve-server-key", metavar="FILE", help="the daemon's public key file (CURVE on; see p2p keys)")
+    p.add_argument("--curve-client-key", metavar="FILE", help="this client's secret key file (with --curve-server-key)")
+
+
+def check_publisher_args(args: argparse.Namespace) -> tuple[str, str] | None:
+    """Check what `add_publisher_args` gave; the CURVE key files, or None."""
+    check_address(args.ingest, "--ingest")
+    for flag, value in (("--duration-s", args.duration_s), ("--wait-s", args.wait_s)):
+        if value is not None and value < 0:
+            raise ConfigError(f"{flag} must be ≥ 0 seconds, got {value}")
+    if bool(args.curve_server_key) != bool(args.curve_client_key):
+        raise ConfigError(
+            "--curve-server-key and --curve-client-key go together; give both (the daemon's public key file and "
+            "this client's secret key file) or neither"
+        )
+    return (args.curve_server_key, args.curve_client_key) if args.curve_server_key else None
+
+
+@command
+def main(argv: list[str] | None = None, prog: str = "replay.py") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, parents=[parent_parser(log_level="INFO")])
     p.add_argument("csv", type=Path, help="replay CSV: device,t,ppg[,sbp_ref,dbp_ref,age,sex] (see PROTOCOL.md)")
-    p.add_argument("--connect", default="tcp://127.0.0.1:5555", help="the daemon's ingest address")
     p.add_argument("--speed", type=float, default=1.0, help="1 = real time; 10 = ten times faster")
     p.add_argument("--loop", action="store_true", help="start over at the end, forever (time stamps carry on)")
     p.add_argument("--chunk", type=int, default=25, help="samples per message")
-    p.add_argument("--devices", type=int, default=0, help="fan the recordings out to N device ids (load tests)")
+    p.add_argument("--devices", type=int, default=0, metavar="N", help="fan the recordings out to N device ids")
     p.add_argument("--fs", type=float, help="sampling rate of a single-column CSV, Hz")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
-    p.add_argument("--wait-s", type=float, help="give up if no daemon subscribes within this time (default: wait)")
-    add_client_args(p)
+    add_publisher_args(p)
     args = p.parse_args(argv)
-    curve = client_keys(args, p)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(args.log_level)
+    curve = check_publisher_args(args)
     if args.speed <= 0 or args.chunk < 1 or args.devices < 0:
-        p.error("--speed must be > 0, --chunk ≥ 1 and --devices ≥ 0")
-    try:
-        feeds = fan_out(read_replay_csv(args.csv, fs=args.fs), args.devices)
-    except P2PError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ConfigError(
+            f"--speed must be > 0, --chunk ≥ 1 and --devices ≥ 0, got {args.speed}, {args.chunk} and {args.devices}"
+        )
+    feeds = fan_out(read_replay_csv(args.csv, fs=args.fs), args.devices)
 
     def publish(sock: zmq.Socket) -> int:
-        log.info("replaying %d device(s) from %s to %s at %gx", len(feeds), args.csv, args.connect, args.speed)
-        return Replayer(feeds, sock, args.chunk, args.speed, args.loop).run(args.duration)
+        log.info("replaying %d device(s) from %s to %s at %gx", len(feeds), args.csv, args.ingest, args.speed)
+        return Replayer(feeds, sock, args.chunk, args.speed, args.loop).run(args.duration_s)
 
-    return run_publisher(args.connect, publish, args.wait_s, curve)
+    return run_publisher(args.ingest, publish, args.wait_s, curve)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,126 @@
+"""The control protocol without sockets: every command and every error reply of `control.handle(request, state)`.
+
+tests/test_daemon.py checks the same on a real daemon over REQ/REP; here a fake state records what was asked of it,
+so each test can also say that a refused request touched nothing.
+"""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from p2p_stream.stream.control import COMMANDS, handle
+from p2p_stream.stream.protocol import pack
+
+
+class FakeState:
+    """A daemon as the control protocol sees it: one known wearable, "watch"; every call recorded."""
+
+    def __init__(self, applied: bool = True) -> None:
+        self.devices = {"watch"}
+        self.applied = applied
+        self.calls: list[tuple] = []
+
+    def status(self) -> dict:
+        self.calls.append(("status",))
+        return {"devices": len(self.devices), "backend_device": "cpu", "device": "cpu"}
+
+    def known(self, device: str) -> bool:
+        self.calls.append(("known", device))
+        return device in self.devices
+
+    def forget(self, device: str) -> bool:
+        self.calls.append(("forget", device))
+        known = device in self.devices
+        self.devices.discard(device)
+        return known
+
+    def calibrate(self, device: str, sbp: float, dbp: float) -> bool:
+        self.calls.append(("calibrate", device, sbp, dbp))
+        return self.applied
+
+
+def test_ping():
+    state = FakeState()
+    assert handle({"cmd": "ping"}, state) == {"ok": True}
+    assert state.calls == []
+
+
+def test_stats_is_the_heartbeat_map():
+    assert handle({"cmd": "stats"}, FakeState()) == {"ok": True, "devices": 1, "backend_device": "cpu", "device": "cpu"}
+
+
+@pytest.mark.parametrize("applied", [True, False])
+def test_calibrate_a_known_device(applied):
+    state = FakeState(applied)
+    reply = handle({"cmd": "calibrate", "device": "watch", "sbp": 128, "dbp": 81.5}, state)
+    assert reply == {"ok": True, "applied": applied}
+    assert state.calls == [("known", "watch"), ("calibrate", "watch", 128.0, 81.5)]
+    assert all(isinstance(v, float) for v in state.calls[-1][2:])  # ints from msgpack arrive as mmHg floats
+
+
+def test_forget_known_and_unknown():
+    state = FakeState()
+    assert handle({"cmd": "forget", "device": "watch"}, state) == {"ok": True, "known": True}
+    assert handle({"cmd": "forget", "device": "watch"}, state) == {"ok": True, "known": False}
+
+
+def test_requests_arrive_as_frames_bytes_or_a_map():
+    for request in ([pack({"cmd": "ping"})], pack({"cmd": "ping"}), {"cmd": "ping"}):
+        assert handle(request, FakeState()) == {"ok": True}
+
+
+@pytest.mark.parametrize(
+    "request_,error",
+    [
+        ({"cmd": "reboot"}, "unknown cmd 'reboot'; valid: ping, stats, calibrate, forget"),
+        ({"nocmd": 1}, "unknown cmd None"),
+        ({"cmd": "x" * 500}, "unknown cmd 'xxxxx"),
+        ({"cmd": "calibrate", "sbp": 120, "dbp": 80}, "calibrate needs 'device', 1–64 characters of [A-Za-z0-9_.:-]"),
+        ({"cmd": "forget", "device": "bad id!"}, "forget needs 'device'"),
+        ({"cmd": "forget", "device": "d" * 65}, "forget needs 'device'"),
+        ({"cmd": "forget", "device": 7}, "forget needs 'device'"),
+        ({"cmd": "calibrate", "device": "watch", "sbp": "120", "dbp": 80}, "calibrate needs numeric 'sbp' and 'dbp'"),
+        ({"cmd": "calibrate", "device": "watch", "sbp": 120}, "calibrate needs numeric 'sbp' and 'dbp'"),
+        ({"cmd": "calibrate", "device": "watch", "sbp": True, "dbp": 80}, "numeric 'sbp' and 'dbp'"),
+        ({"cmd": "calibrate", "device": "watch", "sbp": float("nan"), "dbp": 80}, "numeric 'sbp' and 'dbp'"),
+        ({"cmd": "calibrate", "device": "watch", "sbp": float("inf"), "dbp": 80}, "numeric 'sbp' and 'dbp'"),
+        (
+            {"cmd": "calibrate", "device": "watch", "sbp": 80, "dbp": 120},
+            "implausible cuff reading 80.0/120.0 mmHg: need SBP 50–260, DBP 25–160, DBP < SBP",
+        ),
+        ({"cmd": "calibrate", "device": "watch", "sbp": 49.9, "dbp": 30}, "implausible cuff reading"),
+        ({"cmd": "calibrate", "device": "watch", "sbp": 261, "dbp": 80}, "implausible cuff reading"),
+        ({"cmd": "calibrate", "device": "watch", "sbp": 120, "dbp": 24.9}, "implausible cuff reading"),
+        ({"cmd": "calibrate", "device": "watch", "sbp": 200, "dbp": 161}, "implausible cuff reading"),
+        ({"cmd": "calibrate", "device": "watch", "sbp": 90, "dbp": 90}, "implausible cuff reading"),
+        (b"\xc1not msgpack", "malformed request"),
+        (b"\x93\x01\x02\x03", "malformed request: expected a map"),
+        ([pack({"cmd": "ping"}), b"extra"], "a request is one frame holding a msgpack map, got 2 frames"),
+        ([], "got 0 frames"),
+    ],
+)
+def test_every_error_is_a_clear_reply_and_touches_nothing(request_, error):
+    state = FakeState()
+    reply = handle(request_, state)
+    assert reply["ok"] is False and error in reply["error"], reply
+    assert set(reply) == {"ok", "error"}
+    assert [c for c in state.calls if c[0] != "known"] == []  # validated before acting
+
+
+def test_calibrating_a_device_that_has_sent_nothing_is_an_error():
+    state = FakeState()
+    reply = handle({"cmd": "calibrate", "device": "never-seen", "sbp": 120, "dbp": 80}, state)
+    assert reply == {"ok": False, "error": "unknown device 'never-seen': it has sent no data (or was forgotten)"}
+    assert state.calls == [("known", "never-seen")]
+
+
+def test_the_edges_of_the_plausible_range_are_accepted():
+    for sbp, dbp in ((50, 25), (260, 160), (50, 49.9)):
+        assert handle({"cmd": "calibrate", "device": "watch", "sbp": sbp, "dbp": dbp}, FakeState())["ok"]
+
+
+def test_commands_are_the_documented_ones():
+    for cmd in COMMANDS:
+        reply = handle(msgpack.packb({"cmd": cmd, "device": "watch", "sbp": 120, "dbp": 80}), FakeState())
+        assert reply["ok"], (cmd, reply)
