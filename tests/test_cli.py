@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import zmq
 
+from p2p_stream.config.addresses import check_address
 from p2p_stream.errors import ConfigError
-from p2p_stream.stream.addresses import check_address
 from p2p_stream.tools.cli import VERBS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -124,7 +124,12 @@ def test_port_in_use_fails_at_start_up(capsys):
         (["--window-s", "1"], "windowing.window_s must be within [2.0, 120.0], got 1.0"),
         (["--hop-s", "20"], "windowing.hop_s (20.0) must not exceed windowing.window_s (10.0)"),
         (["--device", "tpu"], "model.device must be cpu, cuda, cuda:N or auto, got 'tpu'"),
-        (["--ingest", "udp://x"], "sockets.ingest must be a tcp://, ipc:// or inproc:// address, got 'udp://x'"),
+        (
+            ["--ingest", "udp://x"],
+            "sockets.ingest must be one of tcp://HOST:PORT, ipc://PATH or inproc://NAME (a tcp port 1–65535), "
+            "got 'udp://x'",
+        ),
+        (["--control", "tcp://127.0.0.1:70000"], "got 'tcp://127.0.0.1:70000'"),  # the tools' port rule too
         (
             ["--set", "limits.max_device=3"],
             "unknown key limits.max_device; valid keys: device_idle_s, max_chunk_samples, max_devices, publish_hwm; "

@@ -6,18 +6,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from p2p_stream.config.addresses import FORMS, check_address
 from p2p_stream.config.layers import apply_layers
 from p2p_stream.config.security import Security
 from p2p_stream.config.security import validate as validate_security
 from p2p_stream.config.settings import check_settings, defaults_toml, setting
 from p2p_stream.errors import ConfigError
 
-ADDRESS_SCHEMES = ("tcp://", "ipc://", "inproc://")
 MAX_SPAN_WINDOWS = 600  # estimates within a calibration span: 600 × ~120 B per device, bounded at any device count
 
 
 def _address(value: str) -> bool:
-    return value.startswith(ADDRESS_SCHEMES)
+    try:  # the one address rule the tools apply too
+        check_address(value, "address")
+    except ConfigError:
+        return False
+    return True
 
 
 def _prefixes(value: str) -> bool:
@@ -32,7 +36,7 @@ def _ray_address(value: str) -> bool:
     return not value or value == "auto" or value.startswith("ray://") or ":" in value
 
 
-_ADDRESS = "a tcp://, ipc:// or inproc:// address"
+_ADDRESS = f"one of {FORMS} (a tcp port 1–65535)"
 
 
 @dataclass

@@ -74,16 +74,3 @@ def curve_client(sock: zmq.Socket, server_public_file: str | Path, client_secret
     sock.curve_serverkey = server_public
     sock.curve_publickey = public
     sock.curve_secretkey = secret
-
-
-def add_client_args(parser) -> None:
-    """`--curve-server-key` and `--curve-client-key` for a client CLI (simulators)."""
-    parser.add_argument("--curve-server-key", help="the daemon's public key file (CURVE on; see p2p-keys)")
-    parser.add_argument("--curve-client-key", help="this client's secret key file (with --curve-server-key)")
-
-
-def client_keys(args, parser) -> tuple[str, str] | None:
-    """The (server public, client secret) files from `add_client_args` flags, both or neither."""
-    if bool(args.curve_server_key) != bool(args.curve_client_key):
-        parser.error("--curve-server-key and --curve-client-key go together")
-    return (args.curve_server_key, args.curve_client_key) if args.curve_server_key else None

@@ -17,8 +17,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from p2p_stream.config.addresses import FORMS
 from p2p_stream.errors import P2PError
-from p2p_stream.stream.addresses import FORMS
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 USAGE_ERROR = 2  # argparse's own exit status for a bad command line; every user's mistake gets it

@@ -24,8 +24,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from p2p_stream.config.addresses import FORMS, check_address
 from p2p_stream.errors import ConfigError, ProtocolError
-from p2p_stream.stream.addresses import FORMS, check_address
 from p2p_stream.stream.protocol import STATUS_TOPIC, decode_estimate, decode_map
 from p2p_stream.tools.bp_category import CATEGORIES, bp_category
 from p2p_stream.tools.common import alias, command, parent_parser, setup_logging

@@ -27,10 +27,10 @@ import numpy as np
 import zmq
 from rich.console import Console
 
+from p2p_stream.config.addresses import check_address
 from p2p_stream.errors import CheckpointError, ConfigError, P2PError
 from p2p_stream.offline.datasets.replay_csv import read_replay_csv
 from p2p_stream.stream import probe
-from p2p_stream.stream.addresses import check_address
 from p2p_stream.tools.common import alias, command, parent_parser, setup_logging
 from p2p_stream.tools.dashboard import DashboardState, interval_level, interval_of, pump, run_live, subscribe
 from p2p_stream.tools.replay import Replayer, fan_out, wait_for_subscriber
@@ -51,11 +51,11 @@ def start_daemon(args: argparse.Namespace, log_path: Path) -> subprocess.Popen:
         "p2p_stream.tools.cli_daemon",
         "--ingest",
         args.ingest,
-        "--publish",  # the daemon's estimates address; the name every version of the daemon's flags accepts
+        "--estimates",
         args.estimates,
         "--control",
         args.control,
-        "--device",  # the torch device, under the name every version of the daemon's flags accepts
+        "--torch-device",
         args.torch_device,
         "--window-s",
         str(DEMO_WINDOW_S),

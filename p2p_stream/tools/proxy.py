@@ -22,8 +22,8 @@ import time
 import zmq
 from zmq.devices import ThreadProxy
 
+from p2p_stream.config.addresses import check_address
 from p2p_stream.errors import ConfigError
-from p2p_stream.stream.addresses import check_address
 from p2p_stream.tools.common import command, parent_parser, setup_logging
 
 DEFAULTS = {

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from p2p_stream.config.addresses import FORMS, check_address
 from p2p_stream.errors import ConfigError, P2PError
 from p2p_stream.offline.datasets.replay_csv import Recording, read_replay_csv
 from p2p_stream.stream import probe
-from p2p_stream.stream.addresses import FORMS, check_address
 from p2p_stream.stream.protocol import encode_ingest
 from p2p_stream.stream.security import curve_client
 from p2p_stream.tools.common import alias, command, parent_parser, setup_logging
