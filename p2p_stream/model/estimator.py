@@ -15,10 +15,9 @@ from p2p_stream.errors import CheckpointError
 from p2p_stream.model.checkpoint import load_checkpoint
 from p2p_stream.model.demographics import AGE_CENTER_Y, AGE_SCALE_Y, parse_meta
 from p2p_stream.model.generalisation import Head
+from p2p_stream.model.prior import TARGETS
 from p2p_stream.ppg.preprocess import PreprocessConfig, ppg_prepare, window_samples
 from p2p_stream.ppg.quality import Quality, QualityConfig, ppg_assess, ppg_quality
-
-TARGETS = ("sbp", "dbp")
 
 
 def default_model_path() -> Path:

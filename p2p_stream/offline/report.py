@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from p2p_stream.model.estimator import TARGETS
+from p2p_stream.model.prior import TARGETS  # a constant: no torch to import for a report
 from p2p_stream.offline.metrics import per_subject_errors, regression_report
 from p2p_stream.offline.predictions import as_arrays
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 
+from p2p_stream.errors import P2PError
 from p2p_stream.stream.protocol import Ingest
 from p2p_stream.stream.ring_buffer import DeviceStream, PushResult
 
@@ -13,7 +14,7 @@ from p2p_stream.stream.ring_buffer import DeviceStream, PushResult
 _GENERATIONS = itertools.count(1)
 
 
-class DeviceLimitError(Exception):
+class DeviceLimitError(P2PError):
     """A new device would exceed `max_devices`."""
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from p2p_stream.errors import DatasetError
-from p2p_stream.offline.datasets.windows import WindowSet, build_window_set
+from p2p_stream.offline.datasets.windows import WindowSet, build_window_set, window_grid
 from p2p_stream.ppg.preprocess import cut_windows, resample, window_samples
 
 FS_HZ = 31.25
@@ -105,8 +105,7 @@ def load_aist_wrist(
     if max_windows_per_session is not None and max_windows_per_session < 1:
         raise DatasetError(f"max_windows_per_session must be ≥ 1 or None, got {max_windows_per_session}")
     root = find_root(path)
-    length = window_samples(window_s, fs)
-    hop = window_samples(hop_s, fs) if hop_s else length
+    length, hop = window_grid(window_s, hop_s, fs)
     per_row = (window_samples(ROW_S, fs) - length) // hop + 1  # windows cut from one row
     row_step = max(1, math.ceil(per_row * hop / fs / ROW_HOP_S - 0.01))  # 1 % slack: hop_s=2 → every row
     rows = []

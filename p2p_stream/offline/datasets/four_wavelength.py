@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from p2p_stream.errors import DatasetError
-from p2p_stream.offline.datasets.windows import WindowSet, build_window_set
+from p2p_stream.offline.datasets.windows import WindowSet, build_window_set, recording_windows, window_grid
 from p2p_stream.offline.datasets.xlsx import read_sheet
-from p2p_stream.ppg.preprocess import cut_windows, resample, window_samples
 
 FS_HZ = 200.0
 SHEET = "Subjects Information.xlsx"
@@ -58,8 +57,7 @@ def load_four_wavelength(
     root = find_root(path)
     info = read_sheet(root / SHEET, header_row=0, required=["ID", "SBP(mmHg)", "DBP(mmHg)", "Age", "Gender"])
     subjects = {str(int(r["ID"])): r for r in info if r.get("ID") is not None}
-    length = window_samples(window_s, fs)
-    hop = window_samples(hop_s, fs) if hop_s else length
+    length, hop = window_grid(window_s, hop_s, fs)
     rows = []
     files = sorted((p for p in root.iterdir() if _FILE.match(p.name)), key=lambda p: int(_FILE.match(p.name).group(1)))
     for p in files:
@@ -68,7 +66,7 @@ def load_four_wavelength(
             raise DatasetError(f"{p}: subject {sid} is not in {SHEET}")
         s = subjects[sid]
         sex = str(s.get("Gender") or "").strip().lower()
-        x = cut_windows(resample(read_channel(p, channel), FS_HZ, fs), length, hop)
+        x = recording_windows(read_channel(p, channel), FS_HZ, fs, length, hop)
         rows.append(
             {
                 "x": x,

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from p2p_stream.errors import DatasetError
-from p2p_stream.offline.datasets.windows import WindowSet, build_window_set
+from p2p_stream.offline.datasets.windows import WindowSet, build_window_set, recording_windows, window_grid
 from p2p_stream.offline.datasets.xlsx import read_sheet
-from p2p_stream.ppg.preprocess import cut_windows, resample, window_samples
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +117,10 @@ def load_ppg_bp(path: str | Path, fs: float = 125.0, window_s: float = 2.1, hop_
         kept.append((p, sid))
 
     groups = _union_groups(shared, sorted({sid for _, sid in kept} | {b for _, b in shared}, key=int))
-    length = window_samples(window_s, fs)
-    hop = window_samples(hop_s, fs) if hop_s else length
+    length, hop = window_grid(window_s, hop_s, fs)
     rows = []
     for p, sid in kept:
-        x = cut_windows(resample(read_segment(p), FS_HZ, fs), length, hop)
+        x = recording_windows(read_segment(p), FS_HZ, fs, length, hop)
         if len(x):
             rows.append({"x": x, **subjects[sid], "subject": sid, "group": groups[sid], "record": p.stem})
     return build_window_set(rows, fs, length, source="ppg_bp")

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from p2p_stream.errors import DatasetError
-from p2p_stream.offline.datasets.windows import WindowSet, build_window_set
-from p2p_stream.ppg.preprocess import cut_windows, resample, window_samples
+from p2p_stream.offline.datasets.windows import WindowSet, build_window_set, window_grid
+from p2p_stream.ppg.preprocess import cut_windows, resample
 
 FS_HZ = 125.0
 PPG_CHANNEL = 1  # 0 ECG, 1 PPG, 2 ABP
@@ -67,8 +67,7 @@ def load_pulsedb(
         else:
             sexes = [""] * n
 
-    length = window_samples(window_s, fs)
-    hop = window_samples(hop_s, fs) if hop_s else length
+    length, hop = window_grid(window_s, hop_s, fs)
     x = resample(ppg, FS_HZ, fs, axis=-1)
     rows = []
     for i in range(n):

@@ -18,8 +18,7 @@ import numpy as np
 
 from p2p_stream.errors import DatasetError
 from p2p_stream.model.demographics import MAX_AGE_Y
-from p2p_stream.offline.datasets.windows import WindowSet, build_window_set
-from p2p_stream.ppg.preprocess import cut_windows, resample, window_samples
+from p2p_stream.offline.datasets.windows import WindowSet, build_window_set, recording_windows, window_grid
 
 DEFAULT_DEVICE = "device0"
 
@@ -173,12 +172,10 @@ def load_replay_csv(
     source_fs: float | None = None,
 ) -> WindowSet:
     """Windows of every device in a replay CSV; a window's label is the mean reference over its samples."""
-    length = window_samples(window_s, fs)
-    hop = window_samples(hop_s, fs) if hop_s else length
+    length, hop = window_grid(window_s, hop_s, fs)
     rows = []
     for rec in read_replay_csv(path, fs=source_fs):
-        x = resample(rec.ppg, rec.fs, fs)
-        windows = cut_windows(x, length, hop)
+        windows = recording_windows(rec.ppg, rec.fs, fs, length, hop)
         for i, w in enumerate(windows):
             # Map the window's span back to the source rate to average its references.
             lo = int(i * hop * rec.fs / fs)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from p2p_stream.ppg.preprocess import cut_windows, resample, window_samples
+
 
 @dataclass
 class WindowSet:
@@ -91,3 +93,14 @@ def build_window_set(rows: list[dict], fs: float, length: int, source: str) -> W
         sex=column("sex", object).astype(str),
         source=source,
     )
+
+
+def window_grid(window_s: float, hop_s: float | None, fs: float) -> tuple[int, int]:
+    """(length, hop) in samples at `fs` Hz for windows of `window_s` every `hop_s` (None or 0: no overlap)."""
+    length = window_samples(window_s, fs)
+    return length, (window_samples(hop_s, fs) if hop_s else length)
+
+
+def recording_windows(x: np.ndarray, fs_in: float, fs: float, length: int, hop: int) -> np.ndarray:
+    """One recording at `fs_in` Hz → its windows (n, length) at `fs` Hz: every loader's resample-then-cut."""
+    return cut_windows(resample(x, fs_in, fs), length, hop)
