@@ -71,8 +71,7 @@ def test_every_verb_has_its_help(verb):
     out = run(script("p2p"), verb, "--help")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage: p2p")
-    if verb != "train":  # p2p-train's parser (config owner's file) does not take the shared parent parser yet
-        assert "--log-level" in out.stdout
+    assert "--log-level" in out.stdout  # the parent parser every verb shares
 
 
 def test_an_unknown_or_missing_verb_is_argparse_s_error():

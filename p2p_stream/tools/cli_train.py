@@ -14,37 +14,29 @@ from p2p_stream.config.settings import FlagParser, add_flags, flag_values
 from p2p_stream.config.train import TrainConfig, load_train_config, parse_override
 from p2p_stream.errors import P2PError
 from p2p_stream.offline.runs import train
+from p2p_stream.tools.common import parent_parser
 
 
 def build_parser(prog: str = "p2p-train") -> argparse.ArgumentParser:
     """--config, the run's own options, a flag for each setting that declares one (config/train.py), --set."""
-    p = FlagParser(prog=prog, description=__doc__)
-    p.add_argument(
-        "--config", type=Path, metavar="FILE", help="TOML file holding what differs from the defaults (configs/train/)"
-    )
+    # --log-level, --config and --set: the parent every verb shares (tools/common.py).
+    p = FlagParser(prog=prog, description=__doc__, parents=[parent_parser("INFO", config=True)])
     p.add_argument("--out", type=Path, required=True, help="output folder: the checkpoint (holdout runs)")
     p.add_argument("--report-dir", type=Path, help="predictions.csv and the report (default: OUT/report)")
     p.add_argument(
         "--cv", type=int, default=0, metavar="K", help="K-fold cross-validation by group instead of one holdout run"
     )
-    add_flags(p, TrainConfig)
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any setting (configs/train-defaults.toml lists them), e.g. model.params.hidden=96",
-    )
+    add_flags(p, TrainConfig)  # every setting, also through --set (configs/train-defaults.toml lists them)
     return p
 
 
 def main(argv: list[str] | None = None, prog: str = "p2p-train") -> int:
     console = Console(stderr=True)
-    logging.basicConfig(
-        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
-    )
     try:
         args = build_parser(prog).parse_args(argv)
+        logging.basicConfig(
+            level=args.log_level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
+        )
         overrides = [flag_values(args, TrainConfig)] + [parse_override(s) for s in args.set]
         config = load_train_config(args.config, overrides)
         if args.cv == 1 or args.cv < 0:
