@@ -200,7 +200,9 @@ def test_heartbeat(est):
         beat = c.heartbeat()
     assert beat["model"] == est.name and isinstance(beat["rejected"], dict) and beat["uptime_s"] > 0
     # `devices` counts wearables; `backend_device` is where the network runs, `device` its deprecated old name.
-    assert isinstance(beat["devices"], int) and beat["backend_device"] == beat["device"] == est.device
+    assert (
+        isinstance(beat["devices"], int) and beat["backend_device"] == beat["device"] == est.torch_device == est.device
+    )
 
 
 def test_demographics_in_meta_reach_the_model(est):

@@ -16,7 +16,7 @@ class LocalBackend:
 
     def __init__(self, estimator: Estimator) -> None:
         self.est = estimator
-        self.runs_on = estimator.device  # the torch device the estimator's network sits on
+        self.runs_on = estimator.torch_device  # the torch device the estimator's network sits on
 
     def predict(self, x: np.ndarray, features: np.ndarray) -> np.ndarray:
         return self.est.infer_prepared(x, features, batch_size=len(x))

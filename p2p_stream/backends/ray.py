@@ -51,7 +51,7 @@ class PressureModel:
     def info(self) -> dict:
         return {
             "model": self.est.name,
-            "torch_device": self.est.device,
+            "torch_device": self.est.torch_device,
             "requests": self.requests,
             "forwards": self.forwards,
         }

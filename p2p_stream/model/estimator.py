@@ -148,9 +148,14 @@ class Estimator:
         return f"{self.metadata['model']['name']}@{self.metadata['weights']['sha256'][:8]}"
 
     @property
-    def device(self) -> str:
-        """Where the network runs: 'cpu', 'cuda:0', …"""
+    def torch_device(self) -> str:
+        """The torch device the network runs on: 'cpu', 'cuda:0', … (a wearable is a "device" everywhere else)."""
         return str(next(self.model.parameters()).device)
+
+    @property
+    def device(self) -> str:
+        """Deprecated name of `torch_device`, kept for code written against the first API."""
+        return self.torch_device
 
     @property
     def fs(self) -> float:
