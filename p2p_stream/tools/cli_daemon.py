@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.logging import RichHandler
 
 from p2p_stream.config.daemon import DaemonConfig, load_daemon_config
 from p2p_stream.config.layers import parse_override
 from p2p_stream.config.settings import FlagParser, add_flags, flag_values
 from p2p_stream.errors import P2PError
+from p2p_stream.tools.common import command, setup_logging
 
 
 def build_parser(prog: str = "p2p-daemon") -> argparse.ArgumentParser:
@@ -35,23 +35,16 @@ def build_parser(prog: str = "p2p-daemon") -> argparse.ArgumentParser:
     return p
 
 
+@command  # a mistake at start-up (flag, config, port, checkpoint): one line, exit 2
 def main(argv: list[str] | None = None, prog: str = "p2p-daemon") -> int:
     console = Console(stderr=True)
-    try:
-        args = build_parser(prog).parse_args(argv)
-        overrides = [flag_values(args, DaemonConfig)] + [parse_override(s) for s in args.set]
-        config = load_daemon_config(args.config, overrides)
-        logging.basicConfig(
-            level=config.operation.log_level.upper(),
-            format="%(message)s",
-            handlers=[RichHandler(console=console, show_path=False)],
-        )
-        from p2p_stream.stream.daemon import Daemon  # imports torch: after the cheap checks, so a bad flag fails fast
+    args = build_parser(prog).parse_args(argv)
+    overrides = [flag_values(args, DaemonConfig)] + [parse_override(s) for s in args.set]
+    config = load_daemon_config(args.config, overrides)
+    setup_logging(config.operation.log_level, console)
+    from p2p_stream.stream.daemon import Daemon  # imports torch: after the cheap checks, so a bad flag fails fast
 
-        daemon = Daemon(config)
-    except P2PError as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
-        return 2
+    daemon = Daemon(config)
 
     def on_signal(signum: int, _frame: object) -> None:
         logging.getLogger("p2p_stream").info("signal %d: stopping", signum)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.logging import RichHandler
 
 from p2p_stream.errors import ConfigError, P2PError
 from p2p_stream.model.estimator import Estimator
@@ -17,7 +15,7 @@ from p2p_stream.offline import predictions
 from p2p_stream.offline.datasets import load_dataset
 from p2p_stream.offline.report import summary_lines, write_report
 from p2p_stream.offline.training import prepare
-from p2p_stream.tools.common import alias, command, parent_parser
+from p2p_stream.tools.common import alias, command, parent_parser, setup_logging
 
 
 def evaluate_checkpoint(
@@ -80,9 +78,7 @@ def main(argv: list[str] | None = None, prog: str = "p2p-eval") -> int:
     p.add_argument("--out", type=Path, required=True, help="report folder")
     args = p.parse_args(argv)
     console = Console(stderr=True)
-    logging.basicConfig(
-        level=args.log_level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
-    )
+    setup_logging(args.log_level, console)
     if args.predictions:
         table, extra = predictions.read_predictions(args.predictions), {"source": str(args.predictions)}
         title = args.title or f"Evaluation of {args.predictions}"

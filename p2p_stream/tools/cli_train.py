@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.logging import RichHandler
 
 from p2p_stream.config.settings import FlagParser, add_flags, flag_values
 from p2p_stream.config.train import TrainConfig, load_train_config, parse_override
 from p2p_stream.errors import P2PError
 from p2p_stream.offline.runs import train
-from p2p_stream.tools.common import parent_parser
+from p2p_stream.tools.common import parent_parser, report, setup_logging
 
 
 def build_parser(prog: str = "p2p-train") -> argparse.ArgumentParser:
@@ -34,17 +32,14 @@ def main(argv: list[str] | None = None, prog: str = "p2p-train") -> int:
     console = Console(stderr=True)
     try:
         args = build_parser(prog).parse_args(argv)
-        logging.basicConfig(
-            level=args.log_level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
-        )
+        setup_logging(args.log_level, console)
         overrides = [flag_values(args, TrainConfig)] + [parse_override(s) for s in args.set]
         config = load_train_config(args.config, overrides)
         if args.cv == 1 or args.cv < 0:
             raise P2PError(f"--cv must be 0 (one holdout run) or ≥ 2 folds, got {args.cv}")
         return train(config, args.out, args.report_dir or args.out / "report", args.cv, console)
-    except P2PError as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
-        return 2
+    except P2PError as exc:  # the one error handler's line and status
+        return report(str(exc))
 
 
 if __name__ == "__main__":

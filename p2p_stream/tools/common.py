@@ -61,8 +61,15 @@ def alias(parser: argparse.ArgumentParser | argparse._ArgumentGroup, old: str, d
     parser.add_argument(old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(message)s")
+def setup_logging(level: str, console=None) -> None:
+    """The one logging set-up of every verb: through rich's handler onto `console` where one is given (the daemon,
+    training, evaluation), plain lines otherwise."""
+    handlers = None
+    if console is not None:
+        from rich.logging import RichHandler
+
+        handlers = [RichHandler(console=console, show_path=False)]
+    logging.basicConfig(level=level.upper(), format="%(message)s", handlers=handlers)
 
 
 def one_line(text: str) -> str:
