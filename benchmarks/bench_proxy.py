@@ -3,8 +3,8 @@
     python benchmarks/bench_proxy.py [--messages 200000] [--repeat 3]
 
 Pre-encoded ingest messages (25 samples at 125 Hz) from one PUB, received by one SUB in another thread that only
-counts them (`bench_ingest.bare_rate`); once directly, once through `Proxy` (pyzmq's XSUB/XPUB ThreadProxy, the
-forwarder itself in C).
+counts them (`bench_ingest.bare_rate`); once directly, once through `Proxy` (its ingest forwarder: an XSUB/XPUB
+loop in Python that drops messages over the daemon's limit).
 Rounds interleave the two paths; the median is reported.
 """
 

@@ -150,10 +150,11 @@ def test_windows_from_several_devices_reach_the_model_in_one_batch():
         try:
             backend = daemon.worker.backend = CountingBackend(est)
             devices = [f"watch-{k}" for k in range(5)]
+            t0 = time.time()  # within the daemon's clock skew, as a live wearable's
             for k, device in enumerate(devices):
                 x = simulated_ppg(65 + 5 * k, 4, 125.0, seed=k)
                 for i in range(0, len(x), 25):  # one 4 s window each
-                    frames = encode_ingest(device, i // 25, 1_700_000_000.0 + i / 125.0, 125.0, x[i : i + 25])
+                    frames = encode_ingest(device, i // 25, t0 + i / 125.0, 125.0, x[i : i + 25])
                     daemon.on_ingest(frames, time.monotonic())
             batch = daemon.parts.batcher.next_batch(timeout_s=1.0)
             estimates = [e for _, e in daemon.worker.finish(daemon.worker.submit(batch))]

@@ -132,8 +132,8 @@ def test_port_in_use_fails_at_start_up(capsys):
         (["--control", "tcp://127.0.0.1:70000"], "got 'tcp://127.0.0.1:70000'"),  # the tools' port rule too
         (
             ["--set", "limits.max_device=3"],
-            "unknown key limits.max_device; valid keys: device_idle_s, max_chunk_samples, max_devices, publish_hwm; "
-            "did you mean max_devices?",
+            "unknown key limits.max_device; valid keys: device_idle_s, max_chunk_samples, max_clock_skew_s, "
+            "max_devices, publish_hwm; did you mean max_devices?",
         ),
         (["--log-level", "LOUD"], "operation.log_level must be one of"),
         (["--backend", "gpu"], "model.backend must be one of ('local', 'ray'), got 'gpu'"),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import zmq
 from conftest import simulated_ppg
-from zmq_helpers import client, daemon_process, ipc_addresses, rss_bytes
+from zmq_helpers import FIXED_T0_SKEW_S, client, daemon_process, ipc_addresses, rss_bytes
 
 from p2p_stream.errors import ProtocolError
 from p2p_stream.stream.protocol import decode_ingest, decode_map, encode_ingest, pack
@@ -81,9 +81,12 @@ def hostile(rng: np.random.Generator) -> list[bytes]:
 
 
 def expected_reason(frames: list[bytes]) -> str | None:
-    """What the wire contract says of a message: the rejection reason, or None when it must be accepted."""
+    """What the wire contract says of a message: the rejection reason, or None when it must be accepted.
+
+    The clock check as the test's daemon applies it (`daemon_process`): chaotic t0s of 1970 or 1e15 are `bad_time`.
+    """
     try:
-        decode_ingest(frames)
+        decode_ingest(frames, now=time.time(), max_clock_skew_s=FIXED_T0_SKEW_S)
     except ProtocolError as exc:
         return exc.reason
     return None

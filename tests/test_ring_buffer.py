@@ -105,3 +105,52 @@ def test_huge_message_with_small_slack_does_not_recurse():
     r = s.push(msg(0, 0, 100_000), 0.0)
     assert len(r.windows) == (100_000 - 200) // 50 + 1
     assert int(r.windows[-1].x[-1]) == 99_999
+
+
+def test_a_seq_leap_the_time_cannot_hold_is_refused_alone():
+    # seq 2**63 with samples where the stream's next ones belong: refused on its own, the run goes on untouched.
+    s = stream()
+    s.push(msg(0, 0, 150), 0.0)
+    assert s.push(msg(2**63, 150, 50), 0.0).dropped == "seq_jump"
+    r = s.push(msg(1, 150, 100), 0.0)
+    assert r.dropped is None and r.breaks == [] and s.run == 250 and s.last_seq == 1
+    # A leap the time skipped can hold (messages lost during a 10 s silence) is a gap, as before.
+    assert s.push(msg(1500, 1250, 50), 0.0).breaks == ["seq_gap"] and s.last_seq == 1500
+
+
+def test_a_forged_position_ahead_costs_the_real_stream_two_messages_then_it_resyncs():
+    s = stream()
+    s.push(msg(0, 0, 100), 0.0)
+    # A forgery inside every bound: seq a little ahead, clock 200 s ahead. Accepted: it breaks the run.
+    assert s.push(msg(5, 20_000, 50), 0.0).breaks == ["seq_gap"]
+    # The real device goes on from seq 1: its messages now look old, refused until RESYNC_MESSAGES in a row agree.
+    assert s.push(msg(1, 100, 50), 0.0).dropped == "out_of_order"
+    assert s.push(msg(2, 150, 50), 0.0).dropped == "out_of_order"
+    r = s.push(msg(3, 200, 50), 0.0)
+    assert r.dropped is None and r.breaks == ["resync"] and r.windows[0].t_last == pytest.approx(2.0)
+    windows = []
+    for seq, start in enumerate(range(250, 700, 50), start=4):  # and it streams as before
+        r = s.push(msg(seq, start, 50), 0.0)
+        assert r.dropped is None and r.breaks == []
+        windows += r.windows
+    assert [int(w.x[-1]) for w in windows] == [399, 449, 499, 549, 599, 649, 699]  # 2 s after the resync, every hop
+
+
+def test_one_message_repeated_or_scattered_stale_messages_never_resync():
+    s = stream()
+    s.push(msg(0, 0, 100), 0.0)
+    s.push(msg(1, 100, 100), 0.0)
+    assert [s.push(msg(1, 100, 100), 0.0).dropped for _ in range(5)] == ["duplicate"] * 5  # the same one
+    for seq in (2, 3, 4):  # late duplicates interleaved with the live stream: each accepted message resets the count
+        assert s.push(msg(seq, seq * 100, 100), 0.0).breaks == []
+        assert s.push(msg(seq - 1, (seq - 1) * 100, 100), 0.0).dropped == "out_of_order"
+    assert s.last_seq == 4 and s.run == 500
+
+
+def test_only_accepted_messages_keep_a_device_alive():
+    t = DeviceTable(window_s=2.0, hop_s=0.5, max_chunk=64, gap_tolerance_s=0.05, max_devices=1, idle_s=10.0)
+    t.push(msg(0, 0, 10, device="a"), arrival=0.0)
+    for k in range(1, 20):  # refused, every second: a duplicate, replays, a seq leap
+        assert t.push(msg([0, 0, 2**63][k % 3], 0, 10, device="a"), arrival=float(k)).dropped
+    assert t.evict_idle(now=10.5) == ["a"]  # gone 10 s after its last accepted message, its slot free
+    t.push(msg(0, 0, 10, device="b"), arrival=11.0)

@@ -89,7 +89,10 @@ def stepped_daemon(est: Estimator, **sections):
     """A real Daemon on ipc:// sockets whose loop does not run: the test feeds `on_ingest`, sends `on_control` and
     moves windows from the batcher through the worker itself, so it decides what is queued when."""
     with ipc_addresses() as addresses:
-        overrides = [{"sockets": addresses, "windowing": {"window_s": 4.0, "hop_s": 1.0}}, sections]
+        # T0 is a fixed 2023 clock: give the daemon a skew that takes it (the clock check has its own tests).
+        skew = {"limits": {"max_clock_skew_s": 1e9}}
+        fixed = {"sockets": addresses, "windowing": {"window_s": 4.0, "hop_s": 1.0}, **skew}
+        overrides = [fixed, sections]
         daemon = Daemon(load_daemon_config(None, overrides), est)
         daemon.worker.backend = PlannedBackend(est)
         try:

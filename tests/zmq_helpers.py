@@ -30,11 +30,17 @@ def ipc_addresses() -> Iterator[dict[str, str]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+# Most tests stream recordings stamped from a fixed T0 (1.7e9, November 2023), years from the daemon's clock: their
+# daemons accept any t0 within this. Tests of the clock-skew check set `limits.max_clock_skew_s` back themselves.
+FIXED_T0_SKEW_S = 1e9
+
+
 @contextmanager
 def running_daemon(estimator: Estimator, **sections) -> Iterator[tuple[Daemon, dict[str, str]]]:
-    """A real Daemon on ipc:// sockets, its loop in a thread; `sections` override config tables."""
+    """A real Daemon on ipc:// sockets, its loop in a thread; `sections` override config tables (key by key)."""
     with ipc_addresses() as addresses:
-        overrides = [{"sockets": addresses, "windowing": {"window_s": 4.0, "hop_s": 1.0}}, sections]
+        base = {"sockets": addresses, "windowing": {"window_s": 4.0, "hop_s": 1.0}}
+        overrides = [{**base, "limits": {"max_clock_skew_s": FIXED_T0_SKEW_S}}, sections]
         daemon = Daemon(load_daemon_config(None, overrides), estimator)
         thread = threading.Thread(target=daemon.run, daemon=True)
         thread.start()
@@ -143,11 +149,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def daemon_process(addresses: dict[str, str], *flags: str) -> Iterator[subprocess.Popen]:
     """`daemon.py` as a real process on `addresses` (4 s windows, 1 s hop, CPU); killed if still running at exit.
 
-    Its log goes to a temporary file, read back with `proc.output()`.
+    Its log goes to a temporary file, read back with `proc.output()`. Its clock-skew limit is FIXED_T0_SKEW_S unless
+    `flags` set another (`--set limits.max_clock_skew_s=…`: a later --set wins).
     """
     cmd = [sys.executable, "daemon.py", "--device", "cpu", "--window-s", "4", "--hop-s", "1",
            "--ingest", addresses["ingest"], "--publish", addresses["publish"], "--control", addresses["control"],
-           *flags]  # fmt: skip
+           "--set", f"limits.max_clock_skew_s={FIXED_T0_SKEW_S:.0f}", *flags]  # fmt: skip
     with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a chatty daemon must never block on it
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
         proc.output = lambda: (log.seek(0), log.read())[1]  # type: ignore[attr-defined]

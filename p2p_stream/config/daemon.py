@@ -125,6 +125,10 @@ class Limits:
         4096, "ring-buffer slack per wearable; longer messages are fed in pieces", unit="samples",
         range=(16, 100_000),
     )  # fmt: skip
+    max_clock_skew_s: float = setting(
+        300.0, "a message whose t0 is further than this from the daemon's clock is refused (counted 'bad_time')",
+        unit="s", range=(1, 1_000_000_000),
+    )  # fmt: skip
     publish_hwm: int = setting(
         10_000, "estimates queued per subscriber; a subscriber further behind loses the newest",
         range=(10, 10_000_000),

@@ -66,7 +66,7 @@ def handle(request: dict | bytes | list[bytes], state: ControlState) -> dict:
     if cmd not in ("calibrate", "forget"):
         return _error(f"unknown cmd {repr(cmd)[:64]}; valid: {', '.join(COMMANDS)}")
     device = request.get("device")
-    if not isinstance(device, str) or not DEVICE_RE.match(device):
+    if not isinstance(device, str) or not DEVICE_RE.fullmatch(device):
         return _error(f"{cmd} needs 'device', 1–64 characters of [A-Za-z0-9_.:-]")
     if cmd == "forget":
         return {"ok": True, "known": state.forget(device)}

@@ -38,7 +38,8 @@ from p2p_stream.stream.smoothing import Smoother
 from p2p_stream.stream.worker import InferenceWorker
 
 log = logging.getLogger(__name__)
-DRAIN_PER_POLL = 2000  # messages read per wake-up before control and housekeeping get a turn
+DRAIN_PER_POLL = 2000  # messages read per wake-up before control, the stop flag and housekeeping get a turn…
+DRAIN_BUDGET_S = 0.05  # …or this much ingest time, whichever comes first (one message may overrun it)
 
 
 def auto_threads() -> int:
@@ -188,11 +189,16 @@ def bind(config: DaemonConfig) -> Sockets:
         ctx.destroy(linger=0)
         raise
     sockets = Sockets(ctx, sub, pub, rep, curve)
-    if curve is not None:  # refused CURVE handshakes never reach our code: ZeroMQ's socket monitors report them
-        events = (
-            zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-        )
-        sockets.monitors = [sock.get_monitor_socket(events) for sock in (sub, rep)]
+    # ZeroMQ's socket monitors report what never reaches our code. Refused CURVE handshakes; and, behind a proxy,
+    # a lost link: ZeroMQ does not reconnect after a protocol error (a frame over MAXMSGSIZE), so the loop does.
+    handshakes = (
+        zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    )
+    sub_events = (handshakes if curve is not None else 0) | (zmq.EVENT_DISCONNECTED if s.connect else 0)
+    if sub_events:
+        sockets.monitors.append(sub.get_monitor_socket(sub_events))
+    if curve is not None:
+        sockets.monitors.append(rep.get_monitor_socket(handshakes))
     return sockets
 
 
@@ -214,6 +220,7 @@ class Daemon:
             self.parts.backend.close()
             raise
         self.stop_event = threading.Event()
+        self.max_clock_skew_s = config.limits.max_clock_skew_s  # read once per message: kept at hand
         self.warn = RateLimitedLog(log, period_s=10.0)
         p = self.parts
         self.worker = InferenceWorker(
@@ -236,7 +243,7 @@ class Daemon:
         """One message: validate, buffer, enqueue finished windows. Never raises for bad input."""
         self.parts.counters.message()
         try:
-            msg = decode_ingest(frames)
+            msg = decode_ingest(frames, now=time.time(), max_clock_skew_s=self.max_clock_skew_s)
             result = self.parts.devices.push(msg, arrival)
         except ProtocolError as exc:
             self.parts.counters.reject(exc.reason)
@@ -320,13 +327,16 @@ class Daemon:
         try:
             while not self.stop_event.is_set():
                 ready = dict(poller.poll(timeout=50))
-                if sub in ready:
+                if sub in ready:  # bounded in count and in time: control and the stop flag wait ~50 ms at most
+                    budget_end = time.monotonic() + DRAIN_BUDGET_S
                     for _ in range(DRAIN_PER_POLL):
                         try:
                             frames = sub.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
                         self.on_ingest(frames, time.monotonic())
+                        if time.monotonic() >= budget_end or self.stop_event.is_set():
+                            break
                 if rep in ready:
                     rep.send(pack(self.on_control(rep.recv_multipart())))
                 for m in monitors:
@@ -344,7 +354,10 @@ class Daemon:
     def _on_monitor_event(self, event: dict) -> None:
         """A refused CURVE handshake, logged (rate-limited) with the endpoint and counted: `auth_failed` for a key
         that is not allowed, `handshake_failed` for a peer that does not speak CURVE (it retries, so it counts
-        once per attempt)."""
+        once per attempt). Or, behind a proxy, the ingest link lost: `_relink`."""
+        if event.get("event") == zmq.EVENT_DISCONNECTED:  # only the connecting SUB's monitor asks for it
+            self._relink()
+            return
         auth = event.get("event") == zmq.EVENT_HANDSHAKE_FAILED_AUTH
         self.parts.counters.reject("auth_failed" if auth else "handshake_failed")
         endpoint = event.get("endpoint", b"")
@@ -353,6 +366,24 @@ class Daemon:
             "auth_failed", "refused a client at %s: CURVE handshake failed (code %s): key not authorized "
             "or not a CURVE client", endpoint, event.get("value")
         )  # fmt: skip
+
+    def _relink(self) -> None:
+        """The ingest SUB's connection to the proxy dropped: connect again, counted as `link_lost` and logged.
+
+        ZeroMQ reconnects by itself after a network error, but not after a protocol error (a frame over
+        MAXMSGSIZE from a proxy that does not enforce the limits): without this the shard would get nothing more.
+        Connecting afresh is right in both cases; the SUB sends its subscriptions again on the new connection.
+        """
+        address = self.config.sockets.ingest
+        self.parts.counters.reject("link_lost")
+        self.warn.warning("link_lost", "lost the ingest link to %s; connecting again", address)
+        sub = self.sockets.sub
+        try:
+            sub.disconnect(address)  # drops ZeroMQ's own reconnect, if it is trying, so there is one link
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.ENOENT:  # ENOENT: ZeroMQ has forgotten the endpoint already
+                raise
+        sub.connect(address)
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -55,8 +55,10 @@ class DeviceTable:
                 generation=next(_GENERATIONS),
             )
             self.streams[msg.device] = stream
-        self.last_seen[msg.device] = arrival
-        return stream.push(msg, arrival)
+        result = stream.push(msg, arrival)
+        if result.dropped is None:  # only accepted messages keep a device alive: garbage cannot hold its slot
+            self.last_seen[msg.device] = arrival
+        return result
 
     def forget(self, device: str) -> bool:
         self.last_seen.pop(device, None)

@@ -28,7 +28,8 @@ VERSION = 1
 INGEST_PREFIX = b"ppg."
 ESTIMATE_PREFIX = b"sbp."
 STATUS_TOPIC = b"status"
-DEVICE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# \A…\Z, not ^…$: `$` also matches before a trailing newline, so "dev\n" would pass `.match`. Use `.fullmatch`.
+DEVICE_RE = re.compile(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
 MIN_FS_HZ = 20.0  # below this a pulse wave's shape is gone (PPG sensors sample at 25 Hz and more)
 MAX_FS_HZ = 10_000.0  # above this it is not a PPG sensor
 MAX_SAMPLES = 100_000  # per message; a wearable sends tens to hundreds
@@ -85,8 +86,11 @@ def _samples(value: object) -> np.ndarray:
 REQUIRED_KEYS = ("v", "device", "seq", "t0", "fs", "ppg")
 
 
-def decode_ingest(frames: list[bytes]) -> Ingest:
+def decode_ingest(frames: list[bytes], now: float | None = None, max_clock_skew_s: float = math.inf) -> Ingest:
     """Validate and decode ``[topic, payload]`` from a wearable; raises ProtocolError(reason, message).
+
+    With `now` (the receiver's Unix time, s), a `t0` more than `max_clock_skew_s` from it is refused as `bad_time`:
+    a stream's clock is then never further than that from the daemon's, whatever a forged or buggy message says.
 
     This runs once per message on the daemon's ingest thread, so the checks are written for speed
     (exact type tests, one dict lookup per key); each still names what is wrong.
@@ -106,7 +110,7 @@ def decode_ingest(frames: list[bytes]) -> Ingest:
         raise ProtocolError("missing_key", f"payload lacks {missing!r}") from None
     if v != VERSION or type(v) is bool:
         raise ProtocolError("bad_version", f"protocol version {v!r}, this daemon speaks {VERSION}")
-    if type(device) is not str or not DEVICE_RE.match(device):
+    if type(device) is not str or not DEVICE_RE.fullmatch(device):
         raise ProtocolError("bad_device", f"device id {str(device)[:80]!r} is not 1–64 of [A-Za-z0-9_.:-]")
     if topic[len(INGEST_PREFIX) :] != device.encode():
         raise ProtocolError("bad_device", f"topic {topic[:80]!r} does not match device {device!r}")
@@ -115,6 +119,12 @@ def decode_ingest(frames: list[bytes]) -> Ingest:
     t0, fs = _number(t0, "t0"), _number(fs, "fs")
     if not math.isfinite(t0):
         raise ProtocolError("bad_time", f"'t0' must be finite, got {t0}")
+    if now is not None and not abs(t0 - now) <= max_clock_skew_s:
+        raise ProtocolError(
+            "bad_time",
+            f"'t0' = {t0:.3f} is {t0 - now:+.0f} s from the daemon's clock; at most ±{max_clock_skew_s:g} s "
+            "is accepted (limits.max_clock_skew_s): set the wearable's clock",
+        )
     if not (MIN_FS_HZ <= fs <= MAX_FS_HZ):  # NaN fails this too
         raise ProtocolError("bad_fs", f"'fs' must be within {MIN_FS_HZ}–{MAX_FS_HZ} Hz, got {fs}")
     ref = None

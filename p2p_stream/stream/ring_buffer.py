@@ -2,7 +2,10 @@
 
 Windows are cut by sample count, so jitter in arrival times never changes their size. A break — a `seq`
 gap, a time gap beyond the tolerance, NaN/Inf samples, a change of sampling rate — empties the run, so no
-window ever spans a hole. Repeated or older `seq` numbers are dropped.
+window ever spans a hole. Repeated or older `seq` numbers are dropped, and so is a `seq` leap ahead that the time
+between the messages cannot hold (`seq_jump`). No single message can lock a device out: `RESYNC_MESSAGES` refused
+messages in a row that continue each other (seq + 1, samples where the last ended) restart the stream from them
+(`resync`), so a forged or buggy message that moved the stream's seq or clock ahead costs its device two messages.
 """
 
 from __future__ import annotations
@@ -12,6 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from p2p_stream.stream.protocol import Ingest
+
+# Refused messages in a row, each continuing the one before, after which the stream restarts from them: a genuine
+# stream is refused at most RESYNC_MESSAGES - 1 times. Late duplicates of a live stream are interleaved with its
+# accepted messages, which start the count again, and one message repeated never continues itself.
+RESYNC_MESSAGES = 3
+# Messages a `seq` may skip beyond what the time skipped can hold (each lost message held at least one sample).
+SEQ_JUMP_SLACK = 1_000
 
 
 @dataclass
@@ -38,8 +48,8 @@ class PushResult:
     """What one message did to a device's stream."""
 
     windows: list[Window]
-    dropped: str | None = None  # "duplicate" or "out_of_order": the message was ignored
-    # Why the run restarted: seq_gap, seq_reset, time_gap, nan, fs_change.
+    dropped: str | None = None  # "duplicate", "out_of_order" or "seq_jump": the message was ignored
+    # Why the run restarted: seq_gap, seq_reset, resync, time_gap, nan, fs_change.
     breaks: list[str] = field(default_factory=list)
 
 
@@ -61,6 +71,8 @@ class DeviceStream:
         self.window_s, self.hop_s, self.max_chunk, self.gap_tolerance_s = window_s, hop_s, max_chunk, gap_tolerance_s
         self._configure(fs)
         self.last_seq: int | None = None
+        # The run of refused messages that continue each other: (seq, t0 where the last ended, fs, how many).
+        self.refused: tuple[int, float, float, int] | None = None
         self.estimates = 0  # estimate `seq` numbers handed out so far
         self.meta: dict | None = None
         self.ref: tuple[float, float] | None = None
@@ -131,16 +143,47 @@ class DeviceStream:
             return self.buf[start:stop].copy()
         return np.concatenate((self.buf[start:], self.buf[:stop]))
 
+    def _refusal(self, msg: Ingest) -> str | None:
+        """Why `msg` cannot continue this stream (duplicate, out_of_order, seq_jump), or None."""
+        if self.last_seq is None or self.next_t0 is None:
+            return None
+        if msg.seq <= self.last_seq:
+            # An old number with old samples is a replay; with samples that start where the last ended or later,
+            # the device restarted its counter (a reboot).
+            if msg.t0 < self.next_t0 - 0.5 / self.fs:
+                return "duplicate" if msg.seq == self.last_seq else "out_of_order"
+            return None
+        # A leap of seq (2**63, a counter gone wild) that the time skipped cannot hold is refused on its own.
+        skipped = msg.seq - self.last_seq - 1
+        if skipped > SEQ_JUMP_SLACK + max(0.0, msg.t0 - self.next_t0) * max(self.fs, msg.fs):
+            return "seq_jump"
+        return None
+
+    def _resyncs(self, msg: Ingest) -> bool:
+        """Note a refused `msg`; True when it is the RESYNC_MESSAGES-th in a row of messages continuing each other."""
+        run = self.refused
+        continues = (
+            run is not None
+            and msg.seq == run[0] + 1
+            and msg.fs == run[2]
+            and abs(msg.t0 - run[1]) <= self.gap_tolerance_s
+        )
+        count = run[3] + 1 if continues else 1
+        self.refused = (msg.seq, msg.t0 + len(msg.ppg) / msg.fs, msg.fs, count)
+        return count >= RESYNC_MESSAGES
+
     def push(self, msg: Ingest, arrival: float) -> PushResult:
         """Apply one validated message; `arrival` is time.monotonic() at receipt."""
         result = PushResult([])
-        restarted = False
-        if self.last_seq is not None and msg.seq <= self.last_seq:
-            # An old number with old samples is a replay; with samples that start where the last ended or later,
-            # the device restarted its counter (a reboot).
-            if self.next_t0 is None or msg.t0 < self.next_t0 - 0.5 / self.fs:
-                return PushResult([], dropped="duplicate" if msg.seq == self.last_seq else "out_of_order")
-            restarted = True
+        restart: str | None = None  # why the stream restarts from this message whatever it continues
+        refusal = self._refusal(msg)
+        if refusal is not None:
+            if not self._resyncs(msg):
+                return PushResult([], dropped=refusal)
+            restart = "resync"  # the stream's seq or clock was wrong (forged, or the device's): restart from these
+        elif self.last_seq is not None and msg.seq <= self.last_seq:
+            restart = "seq_reset"
+        self.refused = None
 
         def broke(reason: str, t: float | None) -> None:
             # A run that had samples ends here: say so, in order with the windows, so subscribers see why.
@@ -154,11 +197,17 @@ class DeviceStream:
             self._restart()
 
         last_t = self.next_t0 - 1.0 / self.fs if self.next_t0 is not None else None
-        if msg.fs != self.fs:
+        if restart == "resync":
+            if self.run == 0:  # no run to cut, no marker: counted all the same
+                result.breaks.append("resync")
+            broke("resync", None)  # at this message's t0: the stream's own clock may be the forged one
+            if msg.fs != self.fs:
+                self._configure(msg.fs)
+        elif msg.fs != self.fs:
             broke("fs_change", last_t)
             self._configure(msg.fs)
-        elif restarted:
-            broke("seq_reset", last_t)
+        elif restart:
+            broke(restart, last_t)
         elif self.last_seq is not None and msg.seq != self.last_seq + 1:
             broke("seq_gap", last_t)
         elif self.next_t0 is not None and abs(msg.t0 - self.next_t0) > self.gap_tolerance_s:

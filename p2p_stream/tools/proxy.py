@@ -3,9 +3,15 @@
     wearables ──PUB──▶ [XSUB wearables | XPUB shards] ──SUB──▶ p2p-daemon × N (each subscribes its prefixes)
     subscribers ◀──SUB── [XPUB subscribers | XSUB estimates] ◀──PUB── p2p-daemon × N
 
-Two XSUB/XPUB forwarders (`zmq.devices.ThreadProxy`): wearables and subscribers keep the addresses they use
-with a single daemon; each daemon runs with `sockets.connect = true` and a `sockets.prefixes` shard, and
-subscriptions flow upstream, so a wearable's messages reach only the daemon whose prefix matches its topic.
+Two XSUB/XPUB forwarders: wearables and subscribers keep the addresses they use with a single daemon; each daemon
+runs with `sockets.connect = true` and a `sockets.prefixes` shard, and subscriptions flow upstream, so a wearable's
+messages reach only the daemon whose prefix matches its topic.
+
+The ingest forwarder enforces the daemon's message limit before forwarding: a message whose frames together exceed
+`MAX_FORWARD_BYTES` (what the daemon could accept at most) is dropped, counted and logged (rate-limited), and a
+frame over the daemon's own `MAXMSGSIZE` never gets in (ZeroMQ drops that wearable's connection at the proxy). So
+nothing one wearable sends can make ZeroMQ drop a shard's link, which carries every device of the shard. The
+estimates forwarder (daemons → subscribers) is pyzmq's `ThreadProxy`, its loop in C.
 
     p2p proxy --wearables tcp://0.0.0.0:5555 --shards tcp://127.0.0.1:5565 \
               --estimates tcp://127.0.0.1:5566 --subscribers tcp://127.0.0.1:5556
@@ -14,6 +20,7 @@ subscriptions flow upstream, so a wearable's messages reach only the daemon whos
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
@@ -24,6 +31,8 @@ from zmq.devices import ThreadProxy
 
 from p2p_stream.config.addresses import check_address
 from p2p_stream.errors import ConfigError
+from p2p_stream.stream.protocol import INGEST_PREFIX, MAX_MESSAGE_BYTES
+from p2p_stream.stream.ratelimit import RateLimitedLog
 from p2p_stream.tools.common import command, parent_parser, setup_logging
 
 DEFAULTS = {
@@ -32,28 +41,105 @@ DEFAULTS = {
     "estimates": "tcp://127.0.0.1:5566",  # daemons connect their estimates PUB here
     "subscribers": "tcp://127.0.0.1:5556",  # dashboards and clients connect their SUB here
 }
+log = logging.getLogger(__name__)
+MAX_DEVICE_ID_BYTES = 64  # protocol.DEVICE_RE: 1–64 ASCII characters
+# The largest ingest message a daemon can accept: a topic `ppg.<device>` and a payload of MAX_MESSAGE_BYTES.
+# Anything larger the daemon would drop (`oversized`, `bad_device` or `bad_frames`): the proxy drops it first.
+MAX_FORWARD_BYTES = MAX_MESSAGE_BYTES + len(INGEST_PREFIX) + MAX_DEVICE_ID_BYTES
+MAX_FRAME_BYTES = 16 * MAX_MESSAGE_BYTES  # the daemon's SUB MAXMSGSIZE; a bigger frame never enters the proxy
+FORWARD_PER_POLL = 1000  # messages forwarded per wake-up before subscriptions get a turn
+
+
+class IngestForwarder(threading.Thread):
+    """XSUB (wearables) → XPUB (shards), dropping every message over `max_bytes`; subscriptions flow back.
+
+    Sockets are made and bound by `bind()` in the caller's thread (a taken address fails there) and used only by
+    this thread afterwards. `dropped` counts the messages refused for their size.
+    """
+
+    def __init__(self, wearables: str, shards: str, hwm: int, max_bytes: int = MAX_FORWARD_BYTES) -> None:
+        super().__init__(name="p2p-proxy-ingest", daemon=True)
+        self.addresses, self.hwm, self.max_bytes = (wearables, shards), hwm, max_bytes
+        self.dropped = 0
+        self.stop_event = threading.Event()
+        self.warn = RateLimitedLog(log, period_s=10.0)
+
+    def bind(self) -> None:
+        self.ctx = zmq.Context()
+        self.xsub, self.xpub = self.ctx.socket(zmq.XSUB), self.ctx.socket(zmq.XPUB)
+        for sock in (self.xsub, self.xpub):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, self.hwm)
+            sock.setsockopt(zmq.SNDHWM, self.hwm)
+        self.xsub.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)  # before bind: it applies to later connections
+        try:
+            for sock, address in zip((self.xsub, self.xpub), self.addresses):
+                sock.bind(address)
+        except zmq.ZMQError:
+            self.ctx.destroy(linger=0)
+            raise
+
+    def run(self) -> None:
+        xsub, xpub = self.xsub, self.xpub
+        poller = zmq.Poller()
+        poller.register(xsub, zmq.POLLIN)
+        poller.register(xpub, zmq.POLLIN)
+        try:
+            while not self.stop_event.is_set():
+                ready = dict(poller.poll(timeout=100))
+                if xpub in ready:  # subscriptions from the shards, upstream to the wearables
+                    for _ in range(FORWARD_PER_POLL):
+                        try:
+                            xsub.send_multipart(xpub.recv_multipart(zmq.NOBLOCK))
+                        except zmq.Again:
+                            break
+                if xsub in ready:
+                    for _ in range(FORWARD_PER_POLL):
+                        try:
+                            frames = xsub.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        size = sum(len(f) for f in frames)
+                        if size > self.max_bytes:
+                            self.dropped += 1
+                            self.warn.warning(
+                                "oversized", "dropped an oversized message (%d bytes in %d frames, topic %r; "
+                                "limit %d): %d so far", size, len(frames), frames[0][:80], self.max_bytes, self.dropped
+                            )  # fmt: skip
+                            continue
+                        xpub.send_multipart(frames)
+        finally:
+            self.ctx.destroy(linger=0)
+
+    def stop(self) -> None:
+        self.stop_event.set()
 
 
 class Proxy:
     """Both forwarders, each in its own thread; `start()` returns once they are bound."""
 
     def __init__(self, wearables: str, shards: str, estimates: str, subscribers: str, hwm: int = 100_000) -> None:
-        self.devices = []
-        for front, back in ((wearables, shards), (estimates, subscribers)):
-            device = ThreadProxy(zmq.XSUB, zmq.XPUB)
-            device.daemon = True
-            device.bind_in(front)
-            device.bind_out(back)
-            for option in (zmq.RCVHWM, zmq.SNDHWM):
-                device.setsockopt_in(option, hwm)
-                device.setsockopt_out(option, hwm)
-            self.devices.append(device)
+        self.ingest = IngestForwarder(wearables, shards, hwm)
+        self.estimates = ThreadProxy(zmq.XSUB, zmq.XPUB)
+        self.estimates.daemon = True
+        self.estimates.bind_in(estimates)
+        self.estimates.bind_out(subscribers)
+        for option in (zmq.RCVHWM, zmq.SNDHWM):
+            self.estimates.setsockopt_in(option, hwm)
+            self.estimates.setsockopt_out(option, hwm)
+
+    @property
+    def dropped(self) -> int:
+        """Ingest messages dropped for their size."""
+        return self.ingest.dropped
 
     def start(self) -> None:
-        for device in self.devices:
-            device.start()
+        self.ingest.bind()
+        self.ingest.start()
+        self.estimates.start()
         time.sleep(0.2)  # a failed bind ends the device's thread at once
-        if not all(device.launcher.is_alive() for device in self.devices):
+        if not self.estimates.launcher.is_alive():
+            self.ingest.stop()
             raise zmq.ZMQError(zmq.EADDRINUSE, msg="a proxy socket could not bind")
 
 
