@@ -124,3 +124,15 @@ def test_commands_are_the_documented_ones():
     for cmd in COMMANDS:
         reply = handle(msgpack.packb({"cmd": cmd, "device": "watch", "sbp": 120, "dbp": 80}), FakeState())
         assert reply["ok"], (cmd, reply)
+
+
+def test_a_mass_eviction_is_one_log_line(caplog):
+    import logging
+
+    from p2p_stream.stream.daemon import Daemon
+
+    with caplog.at_level(logging.INFO, logger="p2p_stream.stream.daemon"):
+        Daemon._log_evicted([f"squat-{k}" for k in range(10_000)])
+        Daemon._log_evicted([])
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["forgot 10000 idle device(s): squat-0, squat-1, squat-2, squat-3, squat-4 and 9995 more"]

@@ -343,13 +343,20 @@ class Daemon:
                     if m in ready:
                         self._on_monitor_event(recv_monitor_message(m))
                 if time.monotonic() >= next_evict:
-                    for device in devices.evict_idle():
-                        log.info("forgot idle device %s", device)
+                    self._log_evicted(devices.evict_idle())
                     self.parts.calibrations.retain(devices.streams.keys())
                     self.parts.smoother.retain(devices.streams.keys())
                     next_evict = time.monotonic() + 1.0
         finally:
             self.close()
+
+    @staticmethod
+    def _log_evicted(gone: list[str], named: int = 5) -> None:
+        """One line per eviction pass, naming a few: 10,000 squatted ids expiring at once must not stall the loop
+        on 10,000 log lines (issue 14, item 9)."""
+        if gone:
+            more = f" and {len(gone) - named} more" if len(gone) > named else ""
+            log.info("forgot %d idle device(s): %s%s", len(gone), ", ".join(gone[:named]), more)
 
     def _on_monitor_event(self, event: dict) -> None:
         """A refused CURVE handshake, logged (rate-limited) with the endpoint and counted: `auth_failed` for a key
