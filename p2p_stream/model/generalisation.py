@@ -172,9 +172,10 @@ def fit_interval(
     mean interval, with q the largest of the datasets' own conformal quantiles.
 
     Scores |y − est| / scale (`interval_scale`); each dataset's q is the weighted quantile of its scores at
-    level·(1 + 1/n_d), n_d its subjects (the usual finite-sample correction), so the interval reaches the level on
-    every dataset it was calibrated on, not on their pool only: a new sensor is one more dataset, and the pooled
-    quantile left the dataset least like the pool at a third of its cover.
+    level·(1 + k/n), n the subjects of all k datasets together (the finite-sample correction with every dataset
+    taken at the mean size, not its own: a small dataset's correction is understated), so the interval reaches the
+    level on every dataset it was calibrated on, not on their pool only: a new sensor is one more dataset, and the
+    pooled quantile left the dataset least like the pool at a third of its cover.
     """
     dataset = np.zeros(len(y), dtype=int) if dataset is None else np.asarray(dataset)
     groups = [dataset == d for d in np.unique(dataset)]

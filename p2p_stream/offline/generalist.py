@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 MAX_WINDOW_S = 120.0  # the longest window a crop-averaging model is offered for (the daemon's own limit)
 
 
-def score_tracking(config: TrainConfig, fold: Fold) -> dict:
+def track_on_aist(config: TrainConfig, fold: Fold) -> dict:
     """Calibrated tracking on AIST with the fold that never saw AIST: its network and head, 8 s windows."""
     pre = PreprocessConfig(fs=config.data.fs)
     ws = load_dataset("aist_wrist", config.data.path, fs=config.data.fs, window_s=8.0)
@@ -72,7 +72,7 @@ def train_generalist(config: TrainConfig, out: Path, report_dir: Path, on_member
     unseen = [OutOfDataset(f.rows, f.prior, f.raw - f.prior, np.empty((len(f.rows), 0)), f.trust) for f in folds]
     head = fit_head(full, unseen, data, level)
     aist = next(f for f in folds if f.held_out == "aist_wrist")
-    track = score_tracking(config, aist)
+    track = track_on_aist(config, aist)
     calibration = {  # the robust offset on the published estimate: nothing scored better than it (tracking.md)
         "change_gain": 1.0,
         "sbp_halfwidth": track["sbp"]["halfwidth"],

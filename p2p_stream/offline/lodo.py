@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import combinations
 
 import numpy as np
 from torch import nn
@@ -172,7 +171,3 @@ def leave_one_dataset_out(
         est, half, trust = head.estimate(ood.deviation, ood.features, ws.age[rows], ws.sex[rows])
         folds.append(Fold(held, m, head, rows, est, half, trust, ood.prior + ood.deviation, ood.prior))
     return folds, members
-
-
-def pairs(datasets: tuple[str, ...]) -> list[tuple[str, ...]]:
-    return [tuple(c) for c in combinations(datasets, len(datasets) - 1)]
