@@ -29,7 +29,7 @@ def window(i=0):
 def test_full_batch_goes_at_once_and_the_rest_waits():
     b = DynamicBatcher(max_batch=4, max_wait_ms=10_000, max_queue=100)
     for i in range(6):
-        assert b.put(window(i))
+        assert b.put(window(i)) is None
     assert [w.device for w in b.next_batch(1.0)] == ["d0", "d1", "d2", "d3"]
 
 
@@ -77,8 +77,28 @@ def test_late_arrivals_join_before_the_deadline():
 
 def test_full_queue_refuses_without_blocking():
     b = DynamicBatcher(max_batch=4, max_wait_ms=0, max_queue=2)
-    assert b.put(window()) and b.put(window()) and not b.put(window())
+    assert b.put(window(0)) is None and b.put(window(1)) is None
+    assert b.put(window(2)) == "overloaded"
     assert len(b.next_batch(0.01)) == 2
+
+
+def test_the_queue_is_bounded_in_bytes_and_a_big_window_is_shed_not_the_small_ones():
+    small = window(0)  # 10 samples
+    big = Window("big", np.zeros(100_000, np.float32), 10_000.0, 0.0, time.monotonic())
+    b = DynamicBatcher(max_batch=4, max_wait_ms=0, max_queue=100, max_bytes=100_000)
+    assert b.put(big) == "overloaded"  # 400 kB of samples in a 100 kB queue
+    assert b.put(small) is None and b.nbytes() > 0
+    b.next_batch(0.01)
+    assert b.nbytes() == 0  # what leaves the queue is no longer counted
+
+
+def test_one_device_cannot_take_the_queue_from_the_others():
+    b = DynamicBatcher(max_batch=64, max_wait_ms=0, max_queue=100, per_device=3)
+    flood = [b.put(window(0)) for _ in range(10)]
+    assert flood == [None] * 3 + ["over_budget"] * 7  # shed under its own name…
+    assert b.put(window(1)) is None  # …while another device still gets in
+    assert [w.device for w in b.next_batch(0.01)] == ["d0"] * 3 + ["d1"]
+    assert b.put(window(0)) is None  # its share frees as its windows leave
 
 
 def test_empty_queue_returns_nothing_after_timeout():

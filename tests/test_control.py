@@ -128,11 +128,15 @@ def test_commands_are_the_documented_ones():
 
 def test_a_mass_eviction_is_one_log_line(caplog):
     import logging
+    from types import SimpleNamespace
 
-    from p2p_stream.stream.daemon import Daemon
+    from p2p_stream.stream.daemon import Daemon, log
+    from p2p_stream.stream.ratelimit import RateLimitedLog
 
+    daemon = SimpleNamespace(warn=RateLimitedLog(log, period_s=10.0))
     with caplog.at_level(logging.INFO, logger="p2p_stream.stream.daemon"):
-        Daemon._log_evicted([f"squat-{k}" for k in range(10_000)])
-        Daemon._log_evicted([])
+        Daemon._log_evicted(daemon, [f"squat-{k}" for k in range(10_000)])
+        Daemon._log_evicted(daemon, [])
+        Daemon._log_evicted(daemon, ["late"])  # within the period: counted, not logged
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["forgot 10000 idle device(s): squat-0, squat-1, squat-2, squat-3, squat-4 and 9995 more"]
+    assert lines == ["forgot 10000 device(s) that were idle: squat-0, squat-1, squat-2, squat-3, squat-4 and 9995 more"]

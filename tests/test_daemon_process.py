@@ -13,7 +13,7 @@ from zmq_helpers import client, daemon_process, ipc_addresses
 
 from p2p_stream import Estimator
 from p2p_stream.ppg.preprocess import cut_windows
-from p2p_stream.stream.protocol import encode_ingest
+from p2p_stream.stream.protocol import MAX_SAMPLES, encode_ingest
 from p2p_stream.tools.cli_daemon import main as daemon_main
 
 FS = 125.0
@@ -34,7 +34,7 @@ def malformed(i: int) -> list[bytes]:
         [b"ppg.evil", msgpack.packb({**good, "ppg": b""})],
         [b"ppg.evil", msgpack.packb({**good, "ppg": b"\x00\x01\x02"})],
         [b"ppg.evil", msgpack.packb({**good, "ppg": ["a", "b"]})],
-        [b"ppg.evil", msgpack.packb({**good, "ppg": np.zeros(200_000, "<f4").tobytes()})],
+        [b"ppg.evil", msgpack.packb({**good, "ppg": np.zeros(MAX_SAMPLES + 1, "<f4").tobytes()})],
         [b"ppg.evil", msgpack.packb({**good, "device": "other"})],
         [b"ppg.bad id", msgpack.packb({**good, "device": "bad id"})],
         [b"ppg.evil", msgpack.packb({**good, "seq": -1})],
@@ -132,8 +132,9 @@ def test_port_in_use_fails_at_start_up(capsys):
         (["--control", "tcp://127.0.0.1:70000"], "got 'tcp://127.0.0.1:70000'"),  # the tools' port rule too
         (
             ["--set", "limits.max_device=3"],
-            "unknown key limits.max_device; valid keys: device_idle_s, max_chunk_samples, max_clock_skew_s, "
-            "max_devices, publish_hwm; did you mean max_devices?",
+            "unknown key limits.max_device; valid keys: burst_s, device_idle_s, ingest_queue_mb, max_chunk_samples, "
+            "max_clock_skew_s, max_devices, max_devices_per_key, max_fs_hz, publish_hwm, rate_factor, "
+            "ring_memory_mb; did you mean max_devices?",
         ),
         (["--log-level", "LOUD"], "operation.log_level must be one of"),
         (["--backend", "gpu"], "model.backend must be one of ('local', 'ray'), got 'gpu'"),

@@ -17,8 +17,18 @@ import zmq
 from conftest import simulated_ppg
 from zmq_helpers import FIXED_T0_SKEW_S, client, daemon_process, ipc_addresses, rss_bytes
 
+from p2p_stream.config.daemon import Limits
 from p2p_stream.errors import ProtocolError
-from p2p_stream.stream.protocol import decode_ingest, decode_map, encode_ingest, pack
+from p2p_stream.stream.protocol import (
+    MAX_MESSAGE_BYTES,
+    MAX_SAMPLES,
+    decode_ingest,
+    decode_map,
+    encode_ingest,
+    pack,
+)
+
+DEFAULT_MAX_FS_HZ = Limits().max_fs_hz  # the daemon's, which the test's daemon keeps
 
 FS = 125.0
 T0 = 1_700_000_000.0
@@ -56,12 +66,12 @@ def hostile(rng: np.random.Generator) -> list[bytes]:
         base["fs"] = [0.0, -125.0, 1e-300, 19.99, 10_000.01, 1e300, math.nan, math.inf, 125, 20.0][
             int(rng.integers(10))
         ]
-    elif kind == 7:  # sample arrays of 0 samples, of millions, of bad lengths, and arrays of non-numbers
-        if rng.random() < 0.02:  # millions of samples (8 MB): a few, so the test itself stays small
-            base["ppg"] = b"\x00" * 4 * 2_000_000
-        else:
-            base["ppg"] = [b"", b"\x00" * 4 * 100_001, b"\x01\x02\x03", ["a"], [None], np.zeros(150_000).tolist(),
-                           list(range(30))][int(rng.integers(7))]  # fmt: skip
+    elif kind == 7:  # sample arrays of 0 samples, of too many, of bad lengths, and arrays of non-numbers
+        # Too many: as bytes over the payload limit, or one sample over the count limit as bytes and as an array.
+        # (A frame over MAX_FRAME_BYTES would make ZeroMQ drop this sender's connection, the good device's too.)
+        choices = [b"", b"\x00" * (MAX_MESSAGE_BYTES + 4), b"\x00" * 4 * (MAX_SAMPLES + 1), b"\x01\x02\x03",
+                   ["a"], [None], np.zeros(MAX_SAMPLES + 1).tolist(), list(range(30))]  # fmt: skip
+        base["ppg"] = choices[int(rng.integers(len(choices)))]
     elif kind == 8:  # hostile device ids
         device = HOSTILE_IDS[int(rng.integers(len(HOSTILE_IDS)))]
         base["device"] = device
@@ -86,7 +96,7 @@ def expected_reason(frames: list[bytes]) -> str | None:
     The clock check as the test's daemon applies it (`daemon_process`): chaotic t0s of 1970 or 1e15 are `bad_time`.
     """
     try:
-        decode_ingest(frames, now=time.time(), max_clock_skew_s=FIXED_T0_SKEW_S)
+        decode_ingest(frames, now=time.time(), max_clock_skew_s=FIXED_T0_SKEW_S, max_fs_hz=DEFAULT_MAX_FS_HZ)
     except ProtocolError as exc:
         return exc.reason
     return None

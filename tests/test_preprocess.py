@@ -1,9 +1,33 @@
 """The shared preprocessing: polyphase resampling, band-pass, per-window normalisation, windowing."""
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
+from scipy import signal
 
-from p2p_stream.ppg.preprocess import cut_windows, ppg_bandpass, ppg_normalize, ppg_prepare, resample
+from p2p_stream.ppg import preprocess
+from p2p_stream.ppg.preprocess import (
+    MAX_RATIO_TERM,
+    cut_windows,
+    ppg_bandpass,
+    ppg_normalize,
+    ppg_prepare,
+    resample,
+    resample_ratio,
+)
+
+# The rates sensors and the offline datasets use (PPG-BP 1000, four-wavelength 200, AIST 31.25, PulseDB 125 Hz).
+COMMON_HZ = [25.0, 30.0, 31.25, 50.0, 60.0, 64.0, 100.0, 125.0, 128.0, 200.0, 250.0, 256.0, 500.0, 1000.0]
+
+
+def resample_before_the_bound(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
+    """`resample` as it was: any denominator up to 1000, any numerator, scipy's own filter design each call."""
+    ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
+    if ratio == 1:
+        return np.asarray(x, dtype=np.float32)
+    y = signal.resample_poly(np.asarray(x, np.float64), ratio.numerator, ratio.denominator, axis=-1, padtype="line")
+    return y.astype(np.float32)
 
 
 @pytest.mark.parametrize("fs_in", [100.0, 200.0, 250.0, 1000.0])
@@ -61,3 +85,43 @@ def test_cut_windows_counts_and_hop():
     assert w.shape == (8, 250)
     assert w[1, 0] == 100 and w[-1, -1] == 949
     assert cut_windows(x[:100], 250, 100).shape == (0, 250)
+
+
+@pytest.mark.parametrize("fs_in", COMMON_HZ)
+@pytest.mark.parametrize("fs_out", [125.0, 100.0])
+def test_common_rates_resample_exactly_as_before_the_bound(fs_in, fs_out, rng):
+    x = 1000 + 50 * rng.normal(size=(3, int(8 * fs_in)))
+    assert Fraction(*resample_ratio(fs_in, fs_out)) == Fraction(fs_out / fs_in).limit_denominator(1000)
+    np.testing.assert_array_equal(resample(x, fs_in, fs_out), resample_before_the_bound(x, fs_in, fs_out))
+
+
+def test_an_odd_rate_gets_small_terms_and_stays_close():
+    up, down = resample_ratio(20.0119, 125.0)  # once 6246/1000 → a filter of ~125,000 taps on every call
+    assert max(up, down) <= MAX_RATIO_TERM
+    assert abs(up / down / (125.0 / 20.0119) - 1) < 1e-3
+    assert len(preprocess._resample_filter(up, down)) <= 20 * MAX_RATIO_TERM + 1
+    # Rates a hair apart give one ratio, so the daemon resamples their windows together.
+    assert resample_ratio(25.001, 125.0) == resample_ratio(25.002, 125.0) == resample_ratio(25.0, 125.0) == (5, 1)
+
+
+def test_the_rate_error_is_within_the_documented_bound():
+    fs_in = np.arange(20.0, 1000.0, 0.05)
+    ratios = np.array([resample_ratio(f, 125.0) for f in fs_in])
+    assert ratios.max() <= MAX_RATIO_TERM
+    error = np.abs(ratios[:, 0] / ratios[:, 1] / (125.0 / fs_in) - 1)
+    assert error.max() <= 0.00159  # the docstring's 0.159 %
+    assert error.max() > 0.0015  # and the bound is tight, not a loose guess
+
+
+@pytest.mark.parametrize("fs_in", [20.0119, 25.0, 30.0, 873.6, 1000.0])
+def test_the_cached_filter_is_scipys_default_design(fs_in, rng):
+    up, down = resample_ratio(fs_in, 125.0)
+    max_rate = max(up, down)
+    scipy_default = signal.firwin(20 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
+    np.testing.assert_array_equal(preprocess._resample_filter(up, down), scipy_default)
+    x = rng.normal(size=(2, 500))
+    np.testing.assert_array_equal(
+        signal.resample_poly(x, up, down, axis=-1, padtype="line", window=preprocess._resample_filter(up, down)),
+        signal.resample_poly(x, up, down, axis=-1, padtype="line"),
+    )
+    assert preprocess._resample_filter(up, down) is preprocess._resample_filter(up, down)  # designed once

@@ -9,8 +9,9 @@ import pytest
 from conftest import SAMPLE, read_segment
 from conftest import simulated_ppg as simulated
 
+from p2p_stream.ppg import quality
 from p2p_stream.ppg.preprocess import resample
-from p2p_stream.ppg.quality import REASONS, ppg_quality
+from p2p_stream.ppg.quality import REASONS, ppg_assess, ppg_assess_windows, ppg_quality
 
 FS = 125.0
 
@@ -94,3 +95,60 @@ def test_every_reason_the_gate_gives_is_a_wire_name_and_every_wire_name_is_given
     assert given == set(REASONS) | {None}
     contract = (Path(__file__).parents[1] / "docs" / "protocol.md").read_text()
     assert all(f"`{reason}`" in contract for reason in REASONS)  # renaming one breaks clients: the doc says so
+
+
+def test_windows_at_many_rates_are_assessed_as_each_alone(rng, monkeypatch):
+    """Batched by the model's input, not by the device's rate: the numbers of `ppg_assess` on each window alone,
+    with one gate pass per model-input length, however many rates the windows come at."""
+    rates = [25.0, 25.001, 25.002, 24.999, 20.0119, 30.0, 64.0, 125.0, 1000.0]
+    windows, fs = [], []
+    for k, rate in enumerate(rates):
+        for seconds in (8.0, 10.0):
+            windows.append(simulated(60 + 5 * k, seconds, rate, seed=k).astype(np.float32))
+            fs.append(rate)
+    windows.append(read_segment("2_1").astype(np.float32))  # real, 2.1 s at 1 kHz
+    fs.append(1000.0)
+    nan, flat = windows[0].copy(), simulated(70, 8.0, 125.0, seed=1).astype(np.float32)
+    nan[40] = np.nan
+    flat[250:500] = flat[250]  # 2 s of lost contact
+    windows += [nan, flat, windows[2][:30]]  # rejected: "nan", "flatline", "too_short"
+    fs += [25.0, 125.0, 25.0]
+    order = rng.permutation(len(windows))  # interleaved, as a batch from many devices comes
+    windows, fs = [windows[i] for i in order], [fs[i] for i in order]
+
+    passes = []
+    real_assess = quality._assess_resampled
+    monkeypatch.setattr(quality, "_assess_resampled", lambda x, *a: passes.append(x.shape) or real_assess(x, *a))
+    qualities, inputs = ppg_assess_windows(windows, fs)
+    assert len(passes) == len({shape[1] for shape in passes})  # one pass per model-input length
+    assert sum(shape[0] for shape in passes) == len(windows)
+
+    for w, rate, q, x in zip(windows, fs, qualities, inputs):
+        alone_q, alone_x = real_assess_one(w, rate)
+        assert q == alone_q
+        np.testing.assert_array_equal(x, alone_x)
+    reasons = {q.reason for q in qualities}
+    assert None in reasons and {"nan", "flatline", "too_short"} <= reasons
+
+
+def real_assess_one(window: np.ndarray, fs: float):
+    qualities, x = ppg_assess(window[None], fs)
+    return qualities[0], x[0]
+
+
+def test_many_rates_near_one_rate_make_one_gate_pass(monkeypatch):
+    rates = 25.0 + np.linspace(-0.01, 0.01, 400)
+    windows = [simulated(72, 8.0, 25.0, seed=k).astype(np.float32) for k in range(400)]
+    passes, resamples = [], []
+    real_assess, real_resample = quality._assess_resampled, quality.resample
+    monkeypatch.setattr(quality, "_assess_resampled", lambda x, *a: passes.append(x.shape) or real_assess(x, *a))
+    monkeypatch.setattr(quality, "resample", lambda x, *a, **k: resamples.append(x.shape) or real_resample(x, *a, **k))
+    qualities, inputs = ppg_assess_windows(windows, list(rates))
+    assert resamples == [(400, 200)]  # all 400 rates resample by 5/1: together
+    assert passes == [(400, 1000)]
+    assert all(q.ok for q in qualities) and {x.shape for x in inputs} == {(1000,)}
+
+
+def test_one_rate_per_window():
+    with pytest.raises(ValueError, match="one rate per window"):
+        ppg_assess_windows([np.zeros(500)], [25.0, 30.0])

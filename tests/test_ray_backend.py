@@ -80,6 +80,10 @@ def test_ray_backend_gives_the_local_backends_numbers_and_merges_batches(local_r
         serve.delete("p2p-same")
 
 
+# 40 s of one device sent at once: more than its burst of samples (limits.burst_s) a real wearable may send.
+FAST_REPLAY = {"burst_s": 600.0}
+
+
 def test_daemon_with_ray_backend_streams_the_offline_estimates(local_ray, est):
     x = simulated_ppg(72, 12, FS, seed=1)
     windows = cut_windows(x.astype(np.float32), int(4 * FS), int(FS))
@@ -106,7 +110,7 @@ def test_a_killed_replica_is_retried_and_no_window_is_lost(local_ray, est):
     x = simulated_ppg(70, 40, FS, seed=3)
     n_windows = len(cut_windows(x.astype(np.float32), int(4 * FS), int(FS)))
     knobs = {"app": "p2p-kill", "min_replicas": 1, "max_replicas": 1, "timeout_s": 15.0, "retries": 3}
-    with running_daemon(est, model={"backend": "ray"}, ray=knobs) as (daemon, a), client(a) as c:
+    with running_daemon(est, model={"backend": "ray"}, ray=knobs, limits=FAST_REPLAY) as (daemon, a), client(a) as c:
         c.join()
         (replica,) = replica_actors("p2p-kill")
         half = len(x) // 2  # a multiple of the 25-sample chunk: the second half continues the run

@@ -91,6 +91,14 @@ class Batching:
         20_000, "windows waiting for the model; beyond it windows are shed (counted 'overloaded')",
         range=(1, 10_000_000),
     )  # fmt: skip
+    max_queue_mb: float = setting(
+        256.0, "…and at most this many megabytes of their samples (a window at 1 kHz holds 40 kB)", unit="MB",
+        range=(1, 65_536),
+    )  # fmt: skip
+    max_queued_per_device: int = setting(
+        32, "windows (and gap markers) of one wearable waiting at once; more of its own are shed (counted "
+        "'over_budget'), never another's", range=(1, 100_000),
+    )  # fmt: skip
 
 
 @dataclass
@@ -122,12 +130,33 @@ class Limits:
     )
     device_idle_s: float = setting(60.0, "a wearable silent this long is forgotten", unit="s", range=(1, 86_400))
     max_chunk_samples: int = setting(
-        4096, "ring-buffer slack per wearable; longer messages are fed in pieces", unit="samples",
+        1024, "ring-buffer slack per wearable; longer messages are fed in pieces", unit="samples",
         range=(16, 100_000),
     )  # fmt: skip
     max_clock_skew_s: float = setting(
         300.0, "a message whose t0 is further than this from the daemon's clock is refused (counted 'bad_time')",
         unit="s", range=(1, 1_000_000_000),
+    )  # fmt: skip
+    max_fs_hz: float = setting(
+        1000.0, "highest sampling rate accepted (counted 'bad_fs' above); it bounds a wearable's ring memory",
+        unit="Hz", range=(20, 10_000),
+    )  # fmt: skip
+    ring_memory_mb: float = setting(
+        512.0, "ring buffers of all wearables together: (window_s × fs + max_chunk_samples) × 4 bytes each; a new "
+        "wearable that does not fit is refused (counted 'too_many_devices')", unit="MB", range=(1, 65_536),
+    )  # fmt: skip
+    rate_factor: float = setting(
+        4.0, "a wearable may send samples at most this many times its declared rate, sustained (catching up after "
+        "a lost link); beyond, its messages are shed (counted 'over_budget')", range=(1, 1000),
+    )  # fmt: skip
+    burst_s: float = setting(60.0, "…plus a burst of this many seconds of samples", unit="s", range=(1, 3600))
+    ingest_queue_mb: float = setting(
+        256.0, "messages ZeroMQ may queue per ingest connection, in megabytes of the largest message (its receive "
+        "high-water mark is derived from it)", unit="MB", range=(1, 65_536),
+    )  # fmt: skip
+    max_devices_per_key: int = setting(
+        1000, "with CURVE: device ids one client key may hold at once; more from that key are refused (counted "
+        "'too_many_devices')", range=(1, 1_000_000),
     )  # fmt: skip
     publish_hwm: int = setting(
         10_000, "estimates queued per subscriber; a subscriber further behind loses the newest",

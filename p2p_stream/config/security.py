@@ -22,7 +22,10 @@ class Security:
         "", "the daemon's secret key file (p2p-keys init): CURVE on ingest and control; '' = off", metavar="FILE"
     )
     authorized_keys: str = setting(
-        "", "folder of client public keys (*.key) allowed in (p2p-keys client NAME adds one)", metavar="DIR"
+        "",
+        "folder of client public keys (*.key) allowed in, each naming the device ids it may act for "
+        "(p2p-keys client NAME --devices PATTERNS adds one)",
+        metavar="DIR",
     )
     allow_remote_plaintext: bool = setting(
         False, "without CURVE, binding beyond loopback is refused unless this is true"

@@ -17,7 +17,7 @@ from p2p_stream.model.demographics import AGE_CENTER_Y, AGE_SCALE_Y, parse_meta
 from p2p_stream.model.generalisation import Head
 from p2p_stream.model.prior import TARGETS
 from p2p_stream.ppg.preprocess import PreprocessConfig, ppg_prepare, window_samples
-from p2p_stream.ppg.quality import Quality, QualityConfig, ppg_assess, ppg_quality
+from p2p_stream.ppg.quality import Quality, QualityConfig, ppg_assess, ppg_assess_windows, ppg_quality
 
 
 def default_model_path() -> Path:
@@ -194,6 +194,13 @@ class Estimator:
     def assess_batch(self, windows: np.ndarray, fs: float) -> tuple[list[Quality], np.ndarray]:
         """Raw windows (N, T) at `fs` Hz → (quality of each, model inputs): `ppg_assess` with this model's settings."""
         return ppg_assess(windows, fs, self.quality_config, self.preprocess)
+
+    def assess_windows(
+        self, windows: Sequence[np.ndarray], fs: Sequence[float]
+    ) -> tuple[list[Quality], list[np.ndarray]]:
+        """Raw 1-D windows, each at its own rate `fs[i]` Hz → (quality of each, model input of each):
+        `ppg_assess_windows` with this model's settings — one gate pass per model-input length, whatever the rates."""
+        return ppg_assess_windows(windows, fs, self.quality_config, self.preprocess)
 
     def infer_prepared(self, x: np.ndarray, meta_features: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Prepared windows (N, T) of one length and (N, 4) meta features → (N, 6) mmHg, columns `OUTPUTS`.

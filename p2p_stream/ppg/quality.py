@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from p2p_stream.ppg.preprocess import PreprocessConfig, ppg_bandpass, ppg_normalize, resample
+from p2p_stream.ppg.preprocess import PreprocessConfig, ppg_bandpass, ppg_normalize, resample, resample_ratio
 
 # The reasons a window can be rejected; these strings go on the wire (`reason`).
 REASONS = ("too_short", "nan", "flatline", "clipping", "no_pulse")
@@ -157,8 +158,49 @@ def ppg_assess(
     and the daemon all take this one path. Rows that fail the gate hold no usable input.
     """
     x = resample(np.atleast_2d(np.asarray(windows, dtype=np.float32)), fs, preprocess.fs, axis=-1)
+    return _assess_resampled(x, config, preprocess)
+
+
+def _assess_resampled(
+    x: np.ndarray, config: QualityConfig, preprocess: PreprocessConfig
+) -> tuple[list[Quality], np.ndarray]:
+    """Windows (N, T) already at the model rate → (quality of each, model inputs (N, T)): `ppg_assess`'s second half."""
     filtered = ppg_bandpass(x, preprocess.fs, preprocess)  # a NaN row stays a NaN row: rows are independent
     qualities = ppg_quality_batch(x, preprocess.fs, config, preprocess, filtered=filtered)
     # NaN rows, and samples near float32's limit, give non-finite inputs: the worker rejects their output ("nan").
     with np.errstate(invalid="ignore", over="ignore"):
         return qualities, ppg_normalize(filtered)
+
+
+def ppg_assess_windows(
+    windows: Sequence[np.ndarray],
+    fs: Sequence[float],
+    config: QualityConfig = QualityConfig(),
+    preprocess: PreprocessConfig = PreprocessConfig(),
+) -> tuple[list[Quality], list[np.ndarray]]:
+    """Raw 1-D windows, each at its own rate `fs[i]` Hz → (quality of each, model input of each), in their order.
+
+    The numbers of `ppg_assess` on each window alone, but batched by what the model sees rather than by what a
+    device declares: windows are resampled together when their rates give the same `resample_ratio` and they
+    have the same length (25.001 and 25.002 Hz both resample by 5/1), then band-pass, gate and normalisation run
+    once per model-input length over all windows of that length. So 400 devices at 400 slightly different
+    rates cost one pass, not 400: one sender's odd rate does not slow the others.
+    """
+    if len(windows) != len(fs):
+        raise ValueError(f"one rate per window: got {len(windows)} windows and {len(fs)} rates")
+    rows = [np.asarray(w, dtype=np.float32).ravel() for w in windows]
+    by_ratio: dict[tuple[int, int, int], list[int]] = {}  # (up, down, raw length) → positions
+    for i, (row, rate) in enumerate(zip(rows, fs)):
+        by_ratio.setdefault((*resample_ratio(rate, preprocess.fs), len(row)), []).append(i)
+    resampled: dict[int, np.ndarray] = {}  # position → the window at the model rate
+    for group in by_ratio.values():  # every rate in a group gives the same ratio, so the same numbers
+        x = resample(np.stack([rows[i] for i in group]), fs[group[0]], preprocess.fs, axis=-1)
+        resampled.update(zip(group, x))
+    by_length: dict[int, list[int]] = {}  # model-input length → positions
+    for i in range(len(rows)):
+        by_length.setdefault(len(resampled[i]), []).append(i)
+    checked: dict[int, tuple[Quality, np.ndarray]] = {}  # position → (quality, model input)
+    for group in by_length.values():
+        qualities, x = _assess_resampled(np.stack([resampled[i] for i in group]), config, preprocess)
+        checked.update(zip(group, zip(qualities, x)))
+    return [checked[i][0] for i in range(len(rows))], [checked[i][1] for i in range(len(rows))]

@@ -8,12 +8,15 @@ Requests and replies are one-frame msgpack maps (docs/protocol.md, "Control"):
     {"cmd": "forget", "device": id}                       → {"ok": true, "known": bool}
 
 Every failure is `{"ok": false, "error": "<what is wrong and what would be right>"}`; `handle` never raises for a
-bad request. The request is validated in full before `state` is touched.
+bad request. The request is validated in full before `state` is touched. With CURVE, a command naming a device the
+client's key may not act for is refused (`unauthorized_device: …`) before anything else is said about the device;
+`ping` and `stats` are open to every admitted key.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 from p2p_stream.errors import ProtocolError
@@ -44,10 +47,14 @@ class ControlState(Protocol):
         ...
 
 
-def handle(request: dict | bytes | list[bytes], state: ControlState) -> dict:
+def handle(
+    request: dict | bytes | list[bytes], state: ControlState, allowed: Callable[[str], bool] | None = None
+) -> dict:
     """A control request → its reply map.
 
     `request` is the received frames (a list: exactly one is allowed), one frame's bytes, or an already decoded map.
+    `allowed(device)` says whether the requester may act for a device (with CURVE: its key's device patterns);
+    None: it may act for any.
     """
     if isinstance(request, list):
         if len(request) != 1:
@@ -68,6 +75,11 @@ def handle(request: dict | bytes | list[bytes], state: ControlState) -> dict:
     device = request.get("device")
     if not isinstance(device, str) or not DEVICE_RE.fullmatch(device):
         return _error(f"{cmd} needs 'device', 1–64 characters of [A-Za-z0-9_.:-]")
+    if allowed is not None and not allowed(device):
+        return _error(
+            f"unauthorized_device: {device!r} is not among the devices this client's key may act for (the devices "
+            f"patterns of its key file); {cmd} refused"
+        )
     if cmd == "forget":
         return {"ok": True, "known": state.forget(device)}
     values = [request.get(k) for k in ("sbp", "dbp")]

@@ -26,11 +26,14 @@ from p2p_stream.config.security import exposure_warning
 from p2p_stream.errors import ConfigError, P2PError, ProtocolError
 from p2p_stream.model.estimator import Estimator, default_model_path
 from p2p_stream.stream import control
+from p2p_stream.stream.arrival import ArrivalClock
 from p2p_stream.stream.batcher import DynamicBatcher
+from p2p_stream.stream.bounds import CONTROL_HWM, CONTROL_MAX_BYTES, MB, SUBSCRIPTION_MAX_BYTES, ingest_hwm
 from p2p_stream.stream.calibration import Calibrations, params_from_metadata
 from p2p_stream.stream.counters import Counters
 from p2p_stream.stream.devices import DeviceLimitError, DeviceTable
-from p2p_stream.stream.protocol import MAX_MESSAGE_BYTES, decode_ingest, pack
+from p2p_stream.stream.identity import DeviceGrants, recv_keyed
+from p2p_stream.stream.protocol import MAX_FRAME_BYTES, decode_ingest, pack
 from p2p_stream.stream.ratelimit import RateLimitedLog
 from p2p_stream.stream.ring_buffer import Window
 from p2p_stream.stream.security import CurveServer
@@ -101,8 +104,17 @@ def build(config: DaemonConfig, estimator: Estimator | None = None) -> DaemonPar
             gap_tolerance_s=w.gap_tolerance_s,
             max_devices=lim.max_devices,
             idle_s=lim.device_idle_s,
+            ring_memory_bytes=int(lim.ring_memory_mb * MB),
+            rate_factor=lim.rate_factor,
+            burst_s=lim.burst_s,
         ),
-        batcher=DynamicBatcher(b.max_batch, b.max_wait_ms, b.max_queue),
+        batcher=DynamicBatcher(
+            b.max_batch,
+            b.max_wait_ms,
+            b.max_queue,
+            max_bytes=int(b.max_queue_mb * MB),
+            per_device=b.max_queued_per_device,
+        ),  # fmt: skip
         counters=Counters(),
         calibrations=Calibrations(
             cal.span_s, cal.min_estimates, hop_s=w.hop_s, **params_from_metadata(estimator.metadata)
@@ -167,20 +179,28 @@ def bind(config: DaemonConfig) -> Sockets:
     try:
         if config.security.curve_secret_key:
             curve = CurveServer(ctx, config.security)
-        # Options go before bind: ZeroMQ applies them to connections made after they are set.
-        # Up to 16x the protocol's limit a message reaches us and is counted as "oversized"; beyond that ZeroMQ
-        # itself drops the frame and disconnects the sender, so one peer cannot make us buffer gigabytes.
+        # Options go before bind: ZeroMQ applies them to connections made after they are set. Every queue is bounded
+        # in bytes (stream/bounds.py): a frame over MAX_FRAME_BYTES makes ZeroMQ drop the sender's connection (up to
+        # it, a payload over the protocol's limit reaches us and is counted `oversized`), and the high-water mark
+        # holds at most limits.ingest_queue_mb of such messages per connection.
         sub = open_socket(
             zmq.SUB, s.ingest, "sockets.ingest", secure=True,
-            options={zmq.RCVHWM: 100_000, zmq.MAXMSGSIZE: 16 * MAX_MESSAGE_BYTES}, connect=s.connect,
+            options={zmq.RCVHWM: ingest_hwm(config), zmq.MAXMSGSIZE: MAX_FRAME_BYTES}, connect=s.connect,
         )  # fmt: skip
         for prefix in s.prefixes.split(","):  # this daemon's shard of the devices
             sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
         # Per subscriber: one that stops reading costs at most this many queued estimates, never the others' speed.
+        # A subscription is a message to this socket: one longer than any topic (it could match nothing) drops the
+        # subscriber's connection before ZeroMQ stores it (100,000 of 513 bytes once took 2.4 GB: issue 14).
         pub = open_socket(
-            zmq.PUB, s.publish, "sockets.publish", options={zmq.SNDHWM: config.limits.publish_hwm}, connect=s.connect
-        )
-        rep = open_socket(zmq.REP, s.control, "sockets.control", secure=True)
+            zmq.PUB, s.publish, "sockets.publish",
+            options={zmq.SNDHWM: config.limits.publish_hwm, zmq.MAXMSGSIZE: SUBSCRIPTION_MAX_BYTES}, connect=s.connect,
+        )  # fmt: skip
+        # A control request is a small map: a bigger frame drops the requester's connection before it is held.
+        rep = open_socket(
+            zmq.REP, s.control, "sockets.control", secure=True,
+            options={zmq.MAXMSGSIZE: CONTROL_MAX_BYTES, zmq.RCVHWM: CONTROL_HWM},
+        )  # fmt: skip
     except BaseException:
         for sock in opened:
             sock.close(linger=0)
@@ -221,7 +241,13 @@ class Daemon:
             raise
         self.stop_event = threading.Event()
         self.max_clock_skew_s = config.limits.max_clock_skew_s  # read once per message: kept at hand
+        self.max_fs_hz = config.limits.max_fs_hz
+        self.arrivals = ArrivalClock()  # how long each message waited in ZeroMQ before we read it
         self.warn = RateLimitedLog(log, period_s=10.0)
+        # With CURVE, each message carries its client key, and the key's file says which device ids it may act for.
+        curve = self.sockets.curve
+        self.keyed = curve is not None
+        self.grants = DeviceGrants(curve.keys if curve is not None else None, config.limits.max_devices_per_key)
         p = self.parts
         self.worker = InferenceWorker(
             estimator=p.estimator,
@@ -239,12 +265,23 @@ class Daemon:
 
     # ---------------------------------------------------------------- ingest
 
-    def on_ingest(self, frames: list[bytes], arrival: float) -> None:
-        """One message: validate, buffer, enqueue finished windows. Never raises for bad input."""
+    def on_ingest(self, frames: list[bytes], arrival: float, user: str | None = None) -> None:
+        """One message: validate, buffer, enqueue finished windows. Never raises for bad input.
+
+        `user` is the client key that sent it (z85 text, with CURVE): it must be allowed the message's device.
+        """
         self.parts.counters.message()
         try:
-            msg = decode_ingest(frames, now=time.time(), max_clock_skew_s=self.max_clock_skew_s)
+            now = time.time()
+            msg = decode_ingest(frames, now=now, max_clock_skew_s=self.max_clock_skew_s, max_fs_hz=self.max_fs_hz)
+            if self.keyed:
+                refused = self.grants.refusal(user, msg.device)
+                if refused is not None:
+                    self._refuse_for_key(refused, user, msg.device)
+                    return
             result = self.parts.devices.push(msg, arrival)
+            if self.keyed:
+                self.grants.hold(user, msg.device)  # it is in the device table now, held by this key
         except ProtocolError as exc:
             self.parts.counters.reject(exc.reason)
             self.warn.warning(exc.reason, "dropped a malformed message (%s): %s", exc.reason, exc)
@@ -257,24 +294,61 @@ class Daemon:
             self.parts.counters.reject("internal")
             log.exception("dropped a message after an internal error")
             return
+        if result.replaced:  # the table was full: this new device took the slots of devices that cut no window
+            self.grants.release(result.replaced)
+            self.parts.counters.reject("replaced", len(result.replaced))
+            self._log_evicted(result.replaced, why=f"to make room for {msg.device}")
         if result.dropped:
             self.parts.counters.reject(result.dropped)
+            if result.dropped == "over_budget":  # a sender over its share is named, so its owner can be found
+                self.warn.warning("over_budget", "shed a message of %s: over its share (limits.rate_factor × its "
+                                  "rate, limits.burst_s, or limits.ring_memory_mb)", msg.device)  # fmt: skip
             return
         for reason in result.breaks:
             self.parts.counters.reject(reason)
+        # Latency counts from when the samples reached the socket: set the windows' arrival back by the time this
+        # message waited in ZeroMQ's queue (stream/arrival.py).
+        queued = self.arrivals.queued_s(msg.device, msg.t0 + len(msg.ppg) / msg.fs, now)
         for window in result.windows:  # finished windows and break markers, in the order they happened
+            window.arrival -= queued
             self._enqueue(window)
 
     def _enqueue(self, window: Window) -> None:
-        if not self.parts.batcher.put(window):
-            self.parts.counters.reject("overloaded")
-            self.warn.warning("overloaded", "the model is behind: window queue full, shedding windows")
+        shed = self.parts.batcher.put(window)
+        if shed == "overloaded":
+            self.parts.counters.reject(shed)
+            self.warn.warning(shed, "the model is behind: window queue full, shedding windows")
+        elif shed:  # this device's own share of the queue is full: its window goes, no one else's
+            self.parts.counters.reject(shed)
+            self.warn.warning(shed, "shed a window of %s: %d of its windows already wait", window.device,
+                              self.parts.batcher.per_device)  # fmt: skip
 
     # ---------------------------------------------------------------- control
 
-    def on_control(self, frames: list[bytes]) -> dict:
-        """A control request → its reply map (`control.handle`); every failure is an `ok: false` reply."""
-        return control.handle(frames, self)
+    def _refuse_for_key(self, reason: str, user: str | None, device: str) -> None:
+        """A message (or control request) from key `user` for `device` refused: counted and logged, rate-limited."""
+        self.parts.counters.reject(reason)
+        if reason == "unauthorized_device":
+            self.warn.warning(reason, "refused key %s acting for device %s: not among its devices (its key file's "
+                              "devices patterns)", self.grants.name(user), device)  # fmt: skip
+        else:  # a separate rate limit from the table's own too_many_devices
+            self.warn.warning(f"key_{reason}", "refused new device %s from key %s: it holds %d device ids already "
+                              "(limits.max_devices_per_key)", device, self.grants.name(user),
+                              self.grants.max_devices_per_key)  # fmt: skip
+
+    def on_control(self, frames: list[bytes], user: str | None = None) -> dict:
+        """A control request → its reply map (`control.handle`); every failure is an `ok: false` reply. With CURVE,
+        a command naming a device `user`'s key may not act for is refused and counted `unauthorized_device`."""
+        if not self.keyed:
+            return control.handle(frames, self)
+
+        def allowed(device: str) -> bool:
+            if self.grants.allows(user, device):
+                return True
+            self._refuse_for_key("unauthorized_device", user, device)
+            return False
+
+        return control.handle(frames, self, allowed)
 
     def status(self) -> dict:
         return self.worker.status()
@@ -289,6 +363,7 @@ class Daemon:
         stream = p.devices.streams.get(device)
         generation = stream.generation if stream is not None else None
         known = p.devices.forget(device)
+        self.grants.release([device])
         p.calibrations.forget(device, generation)
         p.smoother.forget(device, generation)
         return known
@@ -331,32 +406,39 @@ class Daemon:
                     budget_end = time.monotonic() + DRAIN_BUDGET_S
                     for _ in range(DRAIN_PER_POLL):
                         try:
-                            frames = sub.recv_multipart(zmq.NOBLOCK)
+                            if self.keyed:  # with CURVE, the key that sent it too; without, the copying fast path
+                                frames, user = recv_keyed(sub, zmq.NOBLOCK)
+                            else:
+                                frames, user = sub.recv_multipart(zmq.NOBLOCK), None
                         except zmq.Again:
                             break
-                        self.on_ingest(frames, time.monotonic())
+                        self.on_ingest(frames, time.monotonic(), user)
                         if time.monotonic() >= budget_end or self.stop_event.is_set():
                             break
                 if rep in ready:
-                    rep.send(pack(self.on_control(rep.recv_multipart())))
+                    request, user = recv_keyed(rep) if self.keyed else (rep.recv_multipart(), None)
+                    rep.send(pack(self.on_control(request, user)))
                 for m in monitors:
                     if m in ready:
                         self._on_monitor_event(recv_monitor_message(m))
                 if time.monotonic() >= next_evict:
-                    self._log_evicted(devices.evict_idle())
+                    gone = devices.evict_idle()
+                    self.grants.release(gone)
+                    self._log_evicted(gone)
                     self.parts.calibrations.retain(devices.streams.keys())
                     self.parts.smoother.retain(devices.streams.keys())
+                    self.arrivals.retain(devices.streams.keys())
                     next_evict = time.monotonic() + 1.0
         finally:
             self.close()
 
-    @staticmethod
-    def _log_evicted(gone: list[str], named: int = 5) -> None:
-        """One line per eviction pass, naming a few: 10,000 squatted ids expiring at once must not stall the loop
-        on 10,000 log lines (issue 14, item 9)."""
+    def _log_evicted(self, gone: list[str], why: str = "that were idle", named: int = 5) -> None:
+        """One line per eviction pass, naming a few, and rate-limited: 10,000 squatted ids expiring at once must not
+        stall the loop on 10,000 log lines (issue 14, item 9)."""
         if gone:
             more = f" and {len(gone) - named} more" if len(gone) > named else ""
-            log.info("forgot %d idle device(s): %s%s", len(gone), ", ".join(gone[:named]), more)
+            self.warn.info(f"evicted {why.split()[0]}", "forgot %d device(s) %s: %s%s", len(gone), why,
+                           ", ".join(gone[:named]), more)  # fmt: skip
 
     def _on_monitor_event(self, event: dict) -> None:
         """A refused CURVE handshake, logged (rate-limited) with the endpoint and counted: `auth_failed` for a key

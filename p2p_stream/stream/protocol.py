@@ -29,11 +29,17 @@ INGEST_PREFIX = b"ppg."
 ESTIMATE_PREFIX = b"sbp."
 STATUS_TOPIC = b"status"
 # \A…\Z, not ^…$: `$` also matches before a trailing newline, so "dev\n" would pass `.match`. Use `.fullmatch`.
-DEVICE_RE = re.compile(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
+DEVICE_MAX_BYTES = 64
+DEVICE_RE = re.compile(rf"\A[A-Za-z0-9_.:-]{{1,{DEVICE_MAX_BYTES}}}\Z")
 MIN_FS_HZ = 20.0  # below this a pulse wave's shape is gone (PPG sensors sample at 25 Hz and more)
 MAX_FS_HZ = 10_000.0  # above this it is not a PPG sensor
-MAX_SAMPLES = 100_000  # per message; a wearable sends tens to hundreds
-MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: bigger payloads are refused before unpacking
+MAX_SAMPLES = 16_384  # per message (16 s at 1 kHz); a wearable sends tens to hundreds
+# 160 KiB: MAX_SAMPLES as a msgpack array of float64 (9 bytes each) and the other keys; bigger payloads are refused
+# before unpacking. It sizes every ingest queue's bytes (docs/reliability.md), so it is kept near what is needed.
+MAX_MESSAGE_BYTES = 160 * 1024
+# The largest frame ZeroMQ hands us (the daemon's and the proxy's MAXMSGSIZE): a payload up to twice the limit
+# reaches the code and is counted `oversized`; a bigger frame makes ZeroMQ drop the sender's connection.
+MAX_FRAME_BYTES = 2 * MAX_MESSAGE_BYTES
 
 
 @dataclass
@@ -86,11 +92,14 @@ def _samples(value: object) -> np.ndarray:
 REQUIRED_KEYS = ("v", "device", "seq", "t0", "fs", "ppg")
 
 
-def decode_ingest(frames: list[bytes], now: float | None = None, max_clock_skew_s: float = math.inf) -> Ingest:
+def decode_ingest(
+    frames: list[bytes], now: float | None = None, max_clock_skew_s: float = math.inf, max_fs_hz: float = MAX_FS_HZ
+) -> Ingest:
     """Validate and decode ``[topic, payload]`` from a wearable; raises ProtocolError(reason, message).
 
     With `now` (the receiver's Unix time, s), a `t0` more than `max_clock_skew_s` from it is refused as `bad_time`:
     a stream's clock is then never further than that from the daemon's, whatever a forged or buggy message says.
+    `max_fs_hz` (at most MAX_FS_HZ) is the receiver's own ceiling on the rate: it bounds each device's ring memory.
 
     This runs once per message on the daemon's ingest thread, so the checks are written for speed
     (exact type tests, one dict lookup per key); each still names what is wrong.
@@ -125,8 +134,8 @@ def decode_ingest(frames: list[bytes], now: float | None = None, max_clock_skew_
             f"'t0' = {t0:.3f} is {t0 - now:+.0f} s from the daemon's clock; at most ±{max_clock_skew_s:g} s "
             "is accepted (limits.max_clock_skew_s): set the wearable's clock",
         )
-    if not (MIN_FS_HZ <= fs <= MAX_FS_HZ):  # NaN fails this too
-        raise ProtocolError("bad_fs", f"'fs' must be within {MIN_FS_HZ}–{MAX_FS_HZ} Hz, got {fs}")
+    if not (MIN_FS_HZ <= fs <= max_fs_hz):  # NaN fails this too
+        raise ProtocolError("bad_fs", f"'fs' must be within {MIN_FS_HZ:g}–{max_fs_hz:g} Hz, got {fs}")
     ref = None
     r = msg.get("ref")
     if r is not None:

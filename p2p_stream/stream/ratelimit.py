@@ -13,6 +13,13 @@ class RateLimitedLog:
         self._suppressed: dict[str, int] = {}
 
     def warning(self, key: str, msg: str, *args: object) -> None:
+        self.log(logging.WARNING, key, msg, *args)
+
+    def info(self, key: str, msg: str, *args: object) -> None:
+        self.log(logging.INFO, key, msg, *args)
+
+    def log(self, level: int, key: str, msg: str, *args: object) -> None:
+        """Log `msg` at `level` unless a message of the same `key` went out less than a period ago."""
         now = time.monotonic()
         if now - self._last.get(key, -float("inf")) < self.period_s:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
@@ -20,4 +27,4 @@ class RateLimitedLog:
         skipped = self._suppressed.pop(key, 0)
         self._last[key] = now
         suffix = f" (and {skipped} more like it in the last {self.period_s:g} s)" if skipped else ""
-        self.logger.warning(msg + suffix, *args)
+        self.logger.log(level, msg + suffix, *args)

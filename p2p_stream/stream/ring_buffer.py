@@ -6,6 +6,11 @@ window ever spans a hole. Repeated or older `seq` numbers are dropped, and so is
 between the messages cannot hold (`seq_jump`). No single message can lock a device out: `RESYNC_MESSAGES` refused
 messages in a row that continue each other (seq + 1, samples where the last ended) restart the stream from them
 (`resync`), so a forged or buggy message that moved the stream's seq or clock ahead costs its device two messages.
+
+No device takes more than its share (budget.py): samples at `rate_factor` times the declared rate, sustained, plus a
+burst of `burst_s` seconds of them; a message beyond that is shed whole (`over_budget`) and changes nothing. Break
+markers are budgeted too; beyond their budget the run still restarts, unmarked, and `over_budget` joins the breaks.
+A message full of holes costs O(n) numpy work plus Python work per window it cuts, and yields at most one marker.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from p2p_stream.stream.budget import TokenBucket
 from p2p_stream.stream.protocol import Ingest
 
 # Refused messages in a row, each continuing the one before, after which the stream restarts from them: a genuine
@@ -22,6 +28,13 @@ from p2p_stream.stream.protocol import Ingest
 RESYNC_MESSAGES = 3
 # Messages a `seq` may skip beyond what the time skipped can hold (each lost message held at least one sample).
 SEQ_JUMP_SLACK = 1_000
+# Break markers a device may emit at once; refilled at `rate_factor` per hop, more than a genuine stream breaks.
+MARKER_BURST = 8
+
+
+def ring_nbytes(window_s: float, fs: float, max_chunk: int) -> int:
+    """Bytes of a device's ring at `fs` Hz: one window of `window_s` seconds plus one chunk, float32."""
+    return (max(1, int(round(window_s * fs))) + max_chunk) * np.dtype(np.float32).itemsize
 
 
 @dataclass
@@ -48,9 +61,12 @@ class PushResult:
     """What one message did to a device's stream."""
 
     windows: list[Window]
-    dropped: str | None = None  # "duplicate", "out_of_order" or "seq_jump": the message was ignored
-    # Why the run restarted: seq_gap, seq_reset, resync, time_gap, nan, fs_change.
+    dropped: str | None = None  # "duplicate", "out_of_order", "seq_jump" or "over_budget": the message was ignored
+    # Why the run restarted: seq_gap, seq_reset, resync, time_gap, nan, fs_change; "over_budget" for each marker shed.
+    # "nan" comes once per message whatever the number of holes in it (its breaks after the first are not counted).
     breaks: list[str] = field(default_factory=list)
+    # Devices that lost their slot to this message's new one (DeviceTable: unproductive ones, when the table is full).
+    replaced: list[str] = field(default_factory=list)
 
 
 class DeviceStream:
@@ -65,7 +81,12 @@ class DeviceStream:
         max_chunk: int,
         gap_tolerance_s: float,
         generation: int = 0,
+        rate_factor: float = 4.0,
+        burst_s: float = 30.0,
     ):
+        """Windows of `window_s` every `hop_s` seconds, chunks of at most `max_chunk` samples, a time gap above
+        `gap_tolerance_s` breaks the run; samples at most `rate_factor` times `fs`, sustained, plus `burst_s` seconds of
+        them at once (on `push`'s arrival clock)."""
         self.device = device
         self.generation = generation  # given by DeviceTable, process-wide increasing; every window carries it
         self.window_s, self.hop_s, self.max_chunk, self.gap_tolerance_s = window_s, hop_s, max_chunk, gap_tolerance_s
@@ -76,6 +97,9 @@ class DeviceStream:
         self.estimates = 0  # estimate `seq` numbers handed out so far
         self.meta: dict | None = None
         self.ref: tuple[float, float] | None = None
+        # Counted in seconds of signal (a message costs len / fs), so a change of fs keeps the bucket as full as it was.
+        self.samples = TokenBucket(burst_s, rate_factor)
+        self.markers = TokenBucket(MARKER_BURST, rate_factor / hop_s)
 
     def _configure(self, fs: float) -> None:
         self.fs = fs
@@ -86,13 +110,32 @@ class DeviceStream:
         self.pos = 0  # ring index of the next sample
         self.next_t0: float | None = None  # expected t0 of the next message
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the ring holds (`ring_nbytes` of its fs)."""
+        return self.buf.nbytes
+
     def take_seq(self) -> int:
         """The next estimate number of this device."""
         self.estimates += 1
         return self.estimates - 1
 
-    def _restart(self) -> None:
+    def _break(self, result: PushResult, reason: str, t: float, arrival: float) -> None:
+        """The run restarts; if it had samples, say why and mark the break at `t` (the last sample before it)."""
+        if self.run > 0:
+            result.breaks.append(reason)
+            self._mark(result, t, arrival)
         self.run = 0
+
+    def _mark(self, result: PushResult, t: float, arrival: float) -> None:
+        """A `gap` marker at `t`, in order with the windows, if the marker budget allows; else `over_budget`."""
+        if not self.markers.take(1, arrival):
+            result.breaks.append("over_budget")
+            return
+        result.windows.append(
+            Window(self.device, None, self.fs, t, arrival, self.ref, self.meta, reason="gap", seq=self.take_seq(),
+                   generation=self.generation)
+        )  # fmt: skip
 
     def _append(self, x: np.ndarray, t0: float, arrival: float) -> list[Window]:
         """Append finite samples `x` (first at Unix time t0); return the windows that end inside them."""
@@ -159,8 +202,8 @@ class DeviceStream:
             return "seq_jump"
         return None
 
-    def _resyncs(self, msg: Ingest) -> bool:
-        """Note a refused `msg`; True when it is the RESYNC_MESSAGES-th in a row of messages continuing each other."""
+    def _refused_run(self, msg: Ingest) -> tuple[int, float, float, int]:
+        """The run of refused messages with `msg` added; it resyncs when it is RESYNC_MESSAGES long."""
         run = self.refused
         continues = (
             run is not None
@@ -168,69 +211,92 @@ class DeviceStream:
             and msg.fs == run[2]
             and abs(msg.t0 - run[1]) <= self.gap_tolerance_s
         )
-        count = run[3] + 1 if continues else 1
-        self.refused = (msg.seq, msg.t0 + len(msg.ppg) / msg.fs, msg.fs, count)
-        return count >= RESYNC_MESSAGES
+        return msg.seq, msg.t0 + len(msg.ppg) / msg.fs, msg.fs, run[3] + 1 if continues else 1
 
     def push(self, msg: Ingest, arrival: float) -> PushResult:
         """Apply one validated message; `arrival` is time.monotonic() at receipt."""
-        result = PushResult([])
-        restart: str | None = None  # why the stream restarts from this message whatever it continues
         refusal = self._refusal(msg)
-        if refusal is not None:
-            if not self._resyncs(msg):
-                return PushResult([], dropped=refusal)
+        refused = self._refused_run(msg) if refusal is not None else None
+        if refused is not None and refused[3] < RESYNC_MESSAGES:
+            self.refused = refused
+            return PushResult([], dropped=refusal)
+        # Refused messages cost nothing, so replaying a device's messages cannot spend its budget. A message shed
+        # here leaves the stream as it was, its refused run too: it is as if it never came.
+        if not self.samples.take(len(msg.ppg) / msg.fs, arrival):
+            return PushResult([], dropped="over_budget")
+        restart: str | None = None  # why the stream restarts from this message whatever it continues
+        if refused is not None:
             restart = "resync"  # the stream's seq or clock was wrong (forged, or the device's): restart from these
         elif self.last_seq is not None and msg.seq <= self.last_seq:
             restart = "seq_reset"
         self.refused = None
 
-        def broke(reason: str, t: float | None) -> None:
-            # A run that had samples ends here: say so, in order with the windows, so subscribers see why.
-            if self.run > 0:
-                result.breaks.append(reason)
-                marker_t = t if t is not None else msg.t0
-                result.windows.append(
-                    Window(self.device, None, self.fs, marker_t, arrival, self.ref, self.meta, reason="gap",
-                           seq=self.take_seq(), generation=self.generation)
-                )  # fmt: skip
-            self._restart()
-
-        last_t = self.next_t0 - 1.0 / self.fs if self.next_t0 is not None else None
+        result = PushResult([])
+        last_t = self.next_t0 - 1.0 / self.fs if self.next_t0 is not None else msg.t0  # the last sample so far
         if restart == "resync":
             if self.run == 0:  # no run to cut, no marker: counted all the same
                 result.breaks.append("resync")
-            broke("resync", None)  # at this message's t0: the stream's own clock may be the forged one
+            self._break(result, "resync", msg.t0, arrival)  # at this message's t0: the stream's clock may be forged
             if msg.fs != self.fs:
                 self._configure(msg.fs)
         elif msg.fs != self.fs:
-            broke("fs_change", last_t)
+            self._break(result, "fs_change", last_t, arrival)
             self._configure(msg.fs)
         elif restart:
-            broke(restart, last_t)
+            self._break(result, restart, last_t, arrival)
         elif self.last_seq is not None and msg.seq != self.last_seq + 1:
-            broke("seq_gap", last_t)
+            self._break(result, "seq_gap", last_t, arrival)
         elif self.next_t0 is not None and abs(msg.t0 - self.next_t0) > self.gap_tolerance_s:
-            broke("time_gap", last_t)
+            self._break(result, "time_gap", last_t, arrival)
         self.last_seq = msg.seq
         if msg.meta is not None:
             self.meta = msg.meta
         if msg.ref is not None:
             self.ref = msg.ref
-        x = msg.ppg
-        finite = np.isfinite(x)
+        finite = np.isfinite(msg.ppg)
         if finite.all():
-            result.windows += self._append(x, msg.t0, arrival)
+            result.windows += self._append(msg.ppg, msg.t0, arrival)
         else:
-            # NaN/Inf is a hole: append each finite stretch, restarting the run before each one after a hole.
-            edges = np.flatnonzero(np.diff(np.concatenate(([0], finite.astype(np.int8), [0]))))
-            last_good_t = last_t
-            for a, b in zip(edges[::2], edges[1::2]):
-                if a > 0:
-                    broke("nan", last_good_t)
-                result.windows += self._append(x[a:b], msg.t0 + a / self.fs, arrival)
-                last_good_t = msg.t0 + (b - 1) / self.fs
-            if not finite[-1]:
-                broke("nan", last_good_t)
-        self.next_t0 = msg.t0 + len(x) / self.fs
+            self._append_with_holes(msg.ppg, finite, msg.t0, last_t, arrival, result)
+        self.next_t0 = msg.t0 + len(msg.ppg) / self.fs
         return result
+
+    def _append_with_holes(
+        self, x: np.ndarray, finite: np.ndarray, t0: float, last_t: float, arrival: float, result: PushResult
+    ) -> None:
+        """Append `x`, whose NaN/Inf samples are holes that restart the run, in O(n) numpy work plus Python work per
+        window cut: 50,000 holes must cost no more than a few.
+
+        Only stretches that can matter are appended: the first (it may continue the run), each long enough to cut a
+        window on its own, and the last (the next message may continue it); any other is cut off by the next hole
+        before it holds a window. One marker, at the message's first break that ends samples; "nan" once in the
+        breaks, for the lot.
+        """
+        n = len(x)
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], finite.astype(np.int8), [0]))))
+        starts, stops = edges[::2], edges[1::2]  # finite stretches x[starts[i]:stops[i]], holes between them
+        holed_start = len(starts) == 0 or starts[0] > 0
+        mark: int | None = None  # where the marker goes: -1 before the first stretch, 0 after it, None nowhere
+        if holed_start and self.run > 0:
+            mark = -1  # the hole ends the run of earlier messages
+        elif len(starts) > 1 or (len(starts) == 1 and stops[0] < n):
+            mark = 0  # the first stretch (continuing the run or not) ends at a hole
+        if mark is not None:
+            result.breaks.append("nan")
+        if mark == -1:
+            self._mark(result, last_t, arrival)
+        if holed_start:
+            self.run = 0
+        if len(starts) == 0:
+            return
+        needed = stops - starts >= self.length
+        needed[0] = needed[-1] = True
+        for i in np.flatnonzero(needed).tolist():
+            if i > 0:
+                self.run = 0
+            a, b = int(starts[i]), int(stops[i])
+            result.windows += self._append(x[a:b], t0 + a / self.fs, arrival)
+            if i == 0 and mark == 0:
+                self._mark(result, t0 + (b - 1) / self.fs, arrival)
+        if stops[-1] < n:
+            self.run = 0

@@ -3,7 +3,9 @@
 With `[security] curve_secret_key` and `authorized_keys` set, the daemon's ingest SUB and control REP are CURVE
 servers: traffic is encrypted and a ZAP authenticator (pyzmq's, in a thread) admits only clients whose public
 key is in the `authorized_keys` folder. A refused handshake never reaches the daemon's code; the socket monitor
-reports it, and the daemon logs it and counts it as `auth_failed` in the heartbeat's `rejected`.
+reports it, and the daemon logs it and counts it as `auth_failed` in the heartbeat's `rejected`. Each admitted
+message carries its key (`User-Id`), and the device patterns in that key's file say which device ids it may send
+for and control (stream/identity.py).
 
 Without CURVE, a socket reachable from other machines (tcp on anything but loopback) is refused at start-up
 unless `security.allow_remote_plaintext` says the operator accepts it, and then a warning says so.
@@ -22,6 +24,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from p2p_stream.config.security import Security
 from p2p_stream.errors import ConfigError
+from p2p_stream.stream.identity import ANY_DEVICE, KeyGrant, read_authorized
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +44,24 @@ class CurveServer:
             )
         if len(self.public) != 40 or len(self.secret) != 40:
             raise ConfigError(f"security.curve_secret_key: {security.curve_secret_key} is not a CURVE key pair")
-        try:  # pyzmq's authenticator only logs a bad key file; find it here and say which
-            allowed = zmq.auth.load_certificates(security.authorized_keys)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"security.authorized_keys: a key file there cannot be read ({exc})") from exc
-        if not allowed:
+        # One reading of the folder serves both the handshake (is the key allowed?) and the device grants (what may
+        # it act for?): the authenticator asks `self.keys`, never the folder again, so the two cannot disagree.
+        self.keys: dict[str, KeyGrant] = read_authorized(security.authorized_keys)
+        if not self.keys:
             log.warning("CURVE on, but %s holds no client keys: every client will be refused", security.authorized_keys)
         self.auth = ThreadAuthenticator(ctx)
         self.auth.start()
-        self.auth.configure_curve(domain="*", location=str(security.authorized_keys))
-        log.info("CURVE on: %d client key(s) allowed from %s", len(allowed), security.authorized_keys)
+        self.auth.configure_curve_callback(domain="*", credentials_provider=self)
+        restricted = sum(ANY_DEVICE not in g.patterns for g in self.keys.values())
+        log.info(
+            "CURVE on: %d client key(s) allowed from %s, %d of them bound to device patterns",
+            len(self.keys), security.authorized_keys, restricted,
+        )  # fmt: skip
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """The authenticator's question (in its thread): is this client key (z85) allowed in? Its messages then
+        carry the key's z85 text as their `User-Id` (pyzmq's `curve_user_id`), which `DeviceGrants` looks up."""
+        return key.decode("ascii", "replace") in self.keys
 
     def serve(self, sock: zmq.Socket) -> None:
         """Make `sock` a CURVE server; call before bind."""

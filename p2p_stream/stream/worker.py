@@ -136,15 +136,10 @@ class InferenceWorker(threading.Thread):
         return e
 
     def submit(self, batch: list[Window]) -> InFlight:
-        """Quality-gate each window; send those that pass to the backend, one call per window length."""
+        """Quality-gate each window; send those that pass to the backend, one call per model-input length."""
         out: list[tuple[Window, dict]] = []
         passed: list[tuple[Window, dict, np.ndarray]] = []
-        checked: dict[int, tuple] = {}  # position in batch → (quality, model input)
-        shapes = {(w.fs, len(w.x)) for w in batch if not w.reason}
-        for fs, length in shapes:  # one vectorised resample + band-pass per device rate and window length
-            rows = [k for k, w in enumerate(batch) if not w.reason and w.fs == fs and len(w.x) == length]
-            qualities, inputs = self.est.assess_batch(np.stack([batch[k].x for k in rows]), fs)
-            checked.update({k: (q, x) for k, q, x in zip(rows, qualities, inputs)})
+        checked = self._assess(batch)
         for k, w in enumerate(batch):
             if w.reason:
                 e = self._estimate(w, False, w.reason, 0.0, None)
@@ -168,6 +163,19 @@ class InferenceWorker(threading.Thread):
                 (group, self.backend.submit(np.stack([x for _, _, x in passed if len(x) == length]), features))
             )
         return InFlight(out, calls)
+
+    def _assess(self, batch: list[Window]) -> dict[int, tuple]:
+        """Position in `batch` → (quality, model input) for each window with samples.
+
+        Batched by the model's input, not by the devices' rates: one band-pass and gate pass per model-input
+        length, however many distinct rates the devices declare (`Estimator.assess_windows`), so a sender
+        cannot make the others wait by declaring an odd rate.
+        """
+        rows = [k for k, w in enumerate(batch) if not w.reason]
+        if not rows:
+            return {}
+        qualities, inputs = self.est.assess_windows([batch[k].x for k in rows], [batch[k].fs for k in rows])
+        return dict(zip(rows, zip(qualities, inputs)))
 
     def finish(self, job: InFlight) -> list[tuple[Window, dict]]:
         """The backend's answers into the estimates; a call it could not answer marks its windows rejected.
@@ -213,6 +221,8 @@ class InferenceWorker(threading.Thread):
             e.update({key: mmhg(value) for key, value in zip(INTERVAL_KEYS, smooth[2:6])})
 
     def publish(self, results: list[tuple[Window, dict]]) -> None:
+        """Send the estimates; each one's latency runs from when its last sample reached the socket (`arrival`,
+        which the daemon sets back by the time the message queued in ZeroMQ: stream/arrival.py) to now."""
         latencies = []
         for w, e in results:
             e["latency_ms"] = round(1000.0 * (time.monotonic() - w.arrival), 3)

@@ -12,15 +12,16 @@ The daemon gets `security.curve_secret_key = "keys/server.key_secret"` and `secu
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
 import zmq.auth
 
 from p2p_stream.errors import ConfigError
+from p2p_stream.stream.identity import ANY_DEVICE, parse_patterns, read_key_file
 from p2p_stream.tools.common import command, parent_parser, setup_logging
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -37,28 +38,71 @@ def init(folder: Path) -> None:
     print(f"allowed clients: {folder / 'authorized'}/ (empty; add with `p2p-keys client NAME --dir {folder}`)")
 
 
-def client(name: str, folder: Path) -> None:
-    if not NAME_RE.match(name):
-        raise ConfigError(f"client name {name!r} must be 1-64 characters of [A-Za-z0-9_.-]")
+def client(name: str, folder: Path, devices: str = ANY_DEVICE) -> None:
+    check_name(name)
+    patterns = parse_patterns(devices)
     if not (folder / "authorized").is_dir():
         raise ConfigError(f"{folder}/authorized/ does not exist; run `p2p keys init {folder}` first")
     clients = folder / "clients"
     clients.mkdir(exist_ok=True)
     if (clients / f"{name}.key").exists():
         raise ConfigError(f"client {name!r} exists in {clients}; revoke it or choose another name")
-    public, secret = zmq.auth.create_certificates(clients, name)
+    public, secret = zmq.auth.create_certificates(clients, name, metadata={"devices": ",".join(patterns)})
     os.chmod(secret, 0o600)
-    shutil.copy(public, folder / "authorized" / f"{name}.key")
-    print(f"client {name}: {secret} (install on the wearable), public key allowed in {folder / 'authorized'}/")
+    key, _ = zmq.auth.load_certificate(public)
+    write_public_key(Path(public), key, patterns)
+    write_public_key(folder / "authorized" / f"{name}.key", key, patterns)
+    print(
+        f"client {name}: {secret} (install on the wearable), public key allowed in {folder / 'authorized'}/ "
+        f"for devices {describe(patterns)}"
+    )
+
+
+def grant(name: str, folder: Path, devices: str) -> None:
+    """Rewrite the devices an allowed client key may act for (its key is unchanged)."""
+    check_name(name)
+    patterns = parse_patterns(devices)
+    target = folder / "authorized" / f"{name}.key"
+    if not target.exists():
+        raise ConfigError(f"{target} does not exist; give a client allowed now: {allowed_names(target.parent)}")
+    key, _ = read_key_file(target)
+    write_public_key(target, key.encode("ascii"), patterns)
+    print(f"client {name} may now act for devices {describe(patterns)}; restart the daemon to apply")
+
+
+def write_public_key(path: Path, key: bytes, patterns: tuple[str, ...]) -> None:
+    """A ZeroMQ public certificate with the client's device patterns in its metadata (identity.read_key_file)."""
+    path.write_text(
+        f"#   ****  Generated on {datetime.datetime.now()} by p2p keys  ****\n"
+        "#   ZeroMQ CURVE Public Certificate\n"
+        "#   devices: the device ids (comma-separated shell patterns; * = any) this key may send for and control\n"
+        "\n"
+        "metadata\n"
+        f'    devices = "{",".join(patterns)}"\n'
+        "curve\n"
+        f'    public-key = "{key.decode("ascii")}"\n',
+        encoding="utf-8",
+    )
+
+
+def describe(patterns: tuple[str, ...]) -> str:
+    return "any (restrict with --devices)" if ANY_DEVICE in patterns else ", ".join(patterns)
+
+
+def check_name(name: str) -> None:
+    if not NAME_RE.match(name):
+        raise ConfigError(f"client name {name!r} must be 1-64 characters of [A-Za-z0-9_.-]")
+
+
+def allowed_names(authorized: Path) -> list[str]:
+    return sorted(p.stem for p in authorized.glob("*.key"))
 
 
 def revoke(name: str, folder: Path) -> None:
-    if not NAME_RE.match(name):
-        raise ConfigError(f"client name {name!r} must be 1-64 characters of [A-Za-z0-9_.-]")
+    check_name(name)
     target = folder / "authorized" / f"{name}.key"
     if not target.exists():
-        allowed = sorted(p.stem for p in target.parent.glob("*.key"))
-        raise ConfigError(f"{target} does not exist; give a client allowed now: {allowed}")
+        raise ConfigError(f"{target} does not exist; give a client allowed now: {allowed_names(target.parent)}")
     target.unlink()
     print(f"revoked {name}; restart the daemon to apply")
 
@@ -70,10 +114,21 @@ def main(argv: list[str] | None = None, prog: str = "p2p-keys") -> int:
     )
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("init", help="the daemon's key pair and an empty authorized/ folder").add_argument("dir", type=Path)
-    for cmd, text in (("client", "a client key pair, allowed in"), ("revoke", "remove a client from authorized/")):
+    verbs = (
+        ("client", "a client key pair, allowed in for --devices"),
+        ("grant", "change the devices an allowed client may act for"),
+        ("revoke", "remove a client from authorized/"),
+    )
+    for cmd, text in verbs:
         c = sub.add_parser(cmd, help=text)
         c.add_argument("name")
         c.add_argument("--dir", type=Path, default=Path("keys"))
+        if cmd != "revoke":
+            c.add_argument(
+                "--devices", default=ANY_DEVICE, required=cmd == "grant", metavar="PATTERNS",
+                help="device ids the key may send for and control: comma-separated shell patterns, e.g. "
+                "'watch-*,ward3.*' (default '*': any device)",
+            )  # fmt: skip
     args = p.parse_args(argv)
     setup_logging(args.log_level)
     old_mask = os.umask(0o077)  # secret keys are never readable by others, not even before their chmod
@@ -81,7 +136,9 @@ def main(argv: list[str] | None = None, prog: str = "p2p-keys") -> int:
         if args.cmd == "init":
             init(args.dir)
         elif args.cmd == "client":
-            client(args.name, args.dir)
+            client(args.name, args.dir, args.devices)
+        elif args.cmd == "grant":
+            grant(args.name, args.dir, args.devices)
         else:
             revoke(args.name, args.dir)
     finally:

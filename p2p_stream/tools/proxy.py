@@ -11,7 +11,8 @@ The ingest forwarder enforces the daemon's message limit before forwarding: a me
 `MAX_FORWARD_BYTES` (what the daemon could accept at most) is dropped, counted and logged (rate-limited), and a
 frame over the daemon's own `MAXMSGSIZE` never gets in (ZeroMQ drops that wearable's connection at the proxy). So
 nothing one wearable sends can make ZeroMQ drop a shard's link, which carries every device of the shard. The
-estimates forwarder (daemons → subscribers) is pyzmq's `ThreadProxy`, its loop in C.
+estimates forwarder is pyzmq's `ThreadProxy` (its loop in C); a subscription longer than any topic drops its
+subscriber there, as on a daemon. Every queue is bounded in bytes (docs/reliability.md).
 
     p2p proxy --wearables tcp://0.0.0.0:5555 --shards tcp://127.0.0.1:5565 \
               --estimates tcp://127.0.0.1:5566 --subscribers tcp://127.0.0.1:5556
@@ -31,7 +32,8 @@ from zmq.devices import ThreadProxy
 
 from p2p_stream.config.addresses import check_address
 from p2p_stream.errors import ConfigError
-from p2p_stream.stream.protocol import INGEST_PREFIX, MAX_MESSAGE_BYTES
+from p2p_stream.stream.bounds import MAX_INGEST_MESSAGE_BYTES, MB, SUBSCRIPTION_MAX_BYTES
+from p2p_stream.stream.protocol import DEVICE_MAX_BYTES, INGEST_PREFIX, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
 from p2p_stream.stream.ratelimit import RateLimitedLog
 from p2p_stream.tools.common import command, parent_parser, setup_logging
 
@@ -42,25 +44,23 @@ DEFAULTS = {
     "subscribers": "tcp://127.0.0.1:5556",  # dashboards and clients connect their SUB here
 }
 log = logging.getLogger(__name__)
-MAX_DEVICE_ID_BYTES = 64  # protocol.DEVICE_RE: 1–64 ASCII characters
 # The largest ingest message a daemon can accept: a topic `ppg.<device>` and a payload of MAX_MESSAGE_BYTES.
 # Anything larger the daemon would drop (`oversized`, `bad_device` or `bad_frames`): the proxy drops it first.
-MAX_FORWARD_BYTES = MAX_MESSAGE_BYTES + len(INGEST_PREFIX) + MAX_DEVICE_ID_BYTES
-MAX_FRAME_BYTES = 16 * MAX_MESSAGE_BYTES  # the daemon's SUB MAXMSGSIZE; a bigger frame never enters the proxy
+MAX_FORWARD_BYTES = MAX_MESSAGE_BYTES + len(INGEST_PREFIX) + DEVICE_MAX_BYTES
 FORWARD_PER_POLL = 1000  # messages forwarded per wake-up before subscriptions get a turn
+QUEUE_MB = 256  # per connection, as the daemon's limits.ingest_queue_mb: each socket's HWM holds this many MB at most
 
 
-class IngestForwarder(threading.Thread):
-    """XSUB (wearables) → XPUB (shards), dropping every message over `max_bytes`; subscriptions flow back.
+class Forwarder(threading.Thread):
+    """XSUB (publishers) → XPUB (subscribers) in one thread, subscriptions flowing back upstream.
 
     Sockets are made and bound by `bind()` in the caller's thread (a taken address fails there) and used only by
-    this thread afterwards. `dropped` counts the messages refused for their size.
+    this thread afterwards. Subclasses say what may pass downstream: `admit(frames)`.
     """
 
-    def __init__(self, wearables: str, shards: str, hwm: int, max_bytes: int = MAX_FORWARD_BYTES) -> None:
-        super().__init__(name="p2p-proxy-ingest", daemon=True)
-        self.addresses, self.hwm, self.max_bytes = (wearables, shards), hwm, max_bytes
-        self.dropped = 0
+    def __init__(self, name: str, upstream: str, downstream: str, hwm: int) -> None:
+        super().__init__(name=name, daemon=True)
+        self.addresses, self.hwm = (upstream, downstream), hwm
         self.stop_event = threading.Event()
         self.warn = RateLimitedLog(log, period_s=10.0)
 
@@ -71,13 +71,19 @@ class IngestForwarder(threading.Thread):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, self.hwm)
             sock.setsockopt(zmq.SNDHWM, self.hwm)
-        self.xsub.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)  # before bind: it applies to later connections
+        self.configure()  # before bind: options apply to later connections
         try:
             for sock, address in zip((self.xsub, self.xpub), self.addresses):
                 sock.bind(address)
         except zmq.ZMQError:
             self.ctx.destroy(linger=0)
             raise
+
+    def configure(self) -> None:
+        """Socket options set before bind (they apply to later connections)."""
+
+    def admit(self, frames: list[bytes]) -> bool:
+        return True
 
     def run(self) -> None:
         xsub, xpub = self.xsub, self.xpub
@@ -87,7 +93,7 @@ class IngestForwarder(threading.Thread):
         try:
             while not self.stop_event.is_set():
                 ready = dict(poller.poll(timeout=100))
-                if xpub in ready:  # subscriptions from the shards, upstream to the wearables
+                if xpub in ready:  # subscriptions, upstream to the publishers
                     for _ in range(FORWARD_PER_POLL):
                         try:
                             xsub.send_multipart(xpub.recv_multipart(zmq.NOBLOCK))
@@ -99,15 +105,8 @@ class IngestForwarder(threading.Thread):
                             frames = xsub.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        size = sum(len(f) for f in frames)
-                        if size > self.max_bytes:
-                            self.dropped += 1
-                            self.warn.warning(
-                                "oversized", "dropped an oversized message (%d bytes in %d frames, topic %r; "
-                                "limit %d): %d so far", size, len(frames), frames[0][:80], self.max_bytes, self.dropped
-                            )  # fmt: skip
-                            continue
-                        xpub.send_multipart(frames)
+                        if self.admit(frames):
+                            xpub.send_multipart(frames)
         finally:
             self.ctx.destroy(linger=0)
 
@@ -115,18 +114,53 @@ class IngestForwarder(threading.Thread):
         self.stop_event.set()
 
 
-class Proxy:
-    """Both forwarders, each in its own thread; `start()` returns once they are bound."""
+class IngestForwarder(Forwarder):
+    """Wearables → shards, dropping every message over `max_bytes` (counted in `dropped`); a frame over the daemon's
+    MAXMSGSIZE never gets in (ZeroMQ drops that wearable's connection at the proxy)."""
 
-    def __init__(self, wearables: str, shards: str, estimates: str, subscribers: str, hwm: int = 100_000) -> None:
-        self.ingest = IngestForwarder(wearables, shards, hwm)
+    def __init__(self, wearables: str, shards: str, hwm: int, max_bytes: int = MAX_FORWARD_BYTES) -> None:
+        super().__init__("p2p-proxy-ingest", wearables, shards, hwm)
+        self.max_bytes, self.dropped = max_bytes, 0
+
+    def configure(self) -> None:
+        self.xsub.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+
+    def admit(self, frames: list[bytes]) -> bool:
+        size = sum(len(f) for f in frames)
+        if size <= self.max_bytes:
+            return True
+        self.dropped += 1
+        self.warn.warning(
+            "oversized", "dropped an oversized message (%d bytes in %d frames, topic %r; limit %d): %d so far",
+            size, len(frames), frames[0][:80], self.max_bytes, self.dropped,
+        )  # fmt: skip
+        return False
+
+
+def ingest_hwm(queue_mb: float = QUEUE_MB) -> int:
+    """Messages per connection that hold at most `queue_mb` MB of the largest ingest messages."""
+    return max(10, int(queue_mb * MB // MAX_INGEST_MESSAGE_BYTES))
+
+
+class Proxy:
+    """Both forwarders, each in its own thread; `start()` returns once they are bound.
+
+    `hwm`: messages queued per connection; by default the ingest side holds at most QUEUE_MB MB per connection and
+    the estimates side 10,000 estimates (~4 MB) per subscriber.
+    """
+
+    def __init__(self, wearables: str, shards: str, estimates: str, subscribers: str, hwm: int | None = None) -> None:
+        self.ingest = IngestForwarder(wearables, shards, ingest_hwm() if hwm is None else hwm)
+        # Estimates to subscribers: pyzmq's forwarder, its loop in C; a subscription longer than any topic drops
+        # its subscriber, as on a daemon's own estimates socket.
         self.estimates = ThreadProxy(zmq.XSUB, zmq.XPUB)
         self.estimates.daemon = True
         self.estimates.bind_in(estimates)
         self.estimates.bind_out(subscribers)
         for option in (zmq.RCVHWM, zmq.SNDHWM):
-            self.estimates.setsockopt_in(option, hwm)
-            self.estimates.setsockopt_out(option, hwm)
+            self.estimates.setsockopt_in(option, 10_000 if hwm is None else hwm)
+            self.estimates.setsockopt_out(option, 10_000 if hwm is None else hwm)
+        self.estimates.setsockopt_out(zmq.MAXMSGSIZE, SUBSCRIPTION_MAX_BYTES)
 
     @property
     def dropped(self) -> int:
@@ -137,7 +171,7 @@ class Proxy:
         self.ingest.bind()
         self.ingest.start()
         self.estimates.start()
-        time.sleep(0.2)  # a failed bind ends the device's thread at once
+        time.sleep(0.2)  # a failed bind ends the estimates device's thread at once
         if not self.estimates.launcher.is_alive():
             self.ingest.stop()
             raise zmq.ZMQError(zmq.EADDRINUSE, msg="a proxy socket could not bind")
