@@ -26,8 +26,9 @@ def test_demo_runs_by_itself_and_summarises():
     assert "mean absolute error against the cuff references: SBP" in out.stdout
     assert "always answering" in out.stdout  # the constant to beat, from the shipped model's metadata
     assert "intervals held the cuff reading" in out.stdout or "no prediction intervals" in out.stdout
-    estimates = int(out.stdout.split("estimates: ")[1].split()[0])
-    assert estimates >= 8 * 3  # at 2x for 12 s: about 11 windows per device
+    windows = int(out.stdout.split("windows estimated: ")[1].split()[0])
+    assert windows >= 8 * 3  # at 2x for 12 s: about 11 windows per device
+    assert "breaks (joins between recorded segments)" in out.stdout
 
 
 def test_demo_reports_a_daemon_that_cannot_start():

@@ -2,7 +2,8 @@
 
     p2p convert --dataset ppg_bp --data ../shared/data --subjects 2,3 --fs 250 --out demo.csv
 
-A subject's windows (non-overlapping, in order) are joined into one recording; each sample carries its window's
+A subject's windows (non-overlapping, in order) are joined into one recording, each a segment of its own (a gap in
+`t` marks each join, so replay breaks the daemon's run there); each sample carries its window's
 reference (the subject's cuff reading, or for PulseDB the segment's ABP-derived SBP/DBP). Datasets that give the
 subject's age and sex (PPG-BP) also get `age` and `sex` columns, which replay sends as the ingest `meta`.
 """
@@ -51,6 +52,7 @@ def recordings_from_windows(ws: WindowSet, prefix: str) -> list[Recording]:
                 dbp_ref=np.repeat(ws.dbp[rows].astype(np.float64), n),
                 age=age,
                 sex=sex,
+                starts=tuple(range(0, rows.size * n, n)),  # each window recorded apart: a join between them
             )
         )
     return recordings

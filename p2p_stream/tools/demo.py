@@ -156,10 +156,14 @@ def population_mean(metadata: dict) -> tuple[tuple[float, float], str] | None:
 
 def summary(state: DashboardState, constant: tuple[tuple[float, float], str] | None = None) -> str:
     """The end-of-demo report; `constant` as `population_mean` gives it."""
+    # A `gap` estimate marks a break (here: a join between two of a subject's segments), not a window.
+    rejected = {reason: n for reason, n in state.rejected.items() if reason != "gap"}
+    gaps = state.rejected.get("gap", 0)
+    windows = state.estimates - gaps
     lines = [
         f"devices: {len(state.devices)}",
-        f"estimates: {state.estimates} "
-        f"({state.estimates - sum(state.rejected.values())} ok, rejected: {dict(state.rejected) or 'none'})",
+        f"windows estimated: {windows} ({windows - sum(rejected.values())} ok, rejected: {rejected or 'none'}); "
+        f"{gaps} breaks (joins between recorded segments)",
     ]
     score = score_estimates(state.scored, constant[0] if constant else None)
     if score is None:

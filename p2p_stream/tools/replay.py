@@ -21,8 +21,9 @@ import numpy as np
 import zmq
 
 from p2p_stream.config.addresses import FORMS, check_address
+from p2p_stream.config.daemon import Windowing
 from p2p_stream.errors import ConfigError, P2PError
-from p2p_stream.offline.datasets.replay_csv import Recording, read_replay_csv
+from p2p_stream.offline.datasets.replay_csv import JOIN_GAP_S, Recording, read_replay_csv
 from p2p_stream.stream import probe
 from p2p_stream.stream.protocol import encode_ingest
 from p2p_stream.stream.security import curve_client
@@ -40,7 +41,8 @@ class Feed:
     chunk: int
     seq: int = 0
     pos: int = 0  # next sample of the recording
-    sent: int = 0  # samples sent so far, over all loops: their time offset is sent / fs
+    sent: int = 0  # samples sent so far, over all loops: their time offset is sent / fs (plus `gap_s`)
+    gap_s: float = 0.0  # time added at the joins crossed so far (between segments, and at each loop's wrap)
     meta: dict | None = None  # the ingest `meta` (subject's age/sex), None when the recording gives neither
 
     def __post_init__(self) -> None:
@@ -121,16 +123,23 @@ class Replayer:
         self.messages = 0
 
     def _send(self, f: Feed, t_wall0: float) -> bool:
-        """Send the feed's next chunk; False when its recording is done (and not looping)."""
+        """Send the feed's next chunk; False when its recording is done (and not looping).
+
+        A chunk never crosses a join between segments (nor the loop's wrap): the samples after one are sent
+        JOIN_GAP_S later on the message clock, a time gap that breaks the daemon's run, so no window spans it.
+        """
         rec = f.rec
         if f.pos >= rec.ppg.size:
             if not self.loop:
                 return False
             f.pos = 0
-        x = rec.ppg[f.pos : f.pos + f.chunk]
-        sbp, dbp = rec.sbp_ref[f.pos : f.pos + f.chunk], rec.dbp_ref[f.pos : f.pos + f.chunk]
+        if f.sent and f.pos in rec.starts:  # a join (or the wrap to the first segment)
+            f.gap_s += JOIN_GAP_S
+        end = min(f.pos + f.chunk, next((s for s in rec.starts if s > f.pos), rec.ppg.size))
+        x = rec.ppg[f.pos : end]
+        sbp, dbp = rec.sbp_ref[f.pos : end], rec.dbp_ref[f.pos : end]
         ref = (float(np.nanmean(sbp)), float(np.nanmean(dbp))) if np.isfinite(sbp).any() else None
-        t0 = t_wall0 + f.sent / rec.fs
+        t0 = t_wall0 + f.sent / rec.fs + f.gap_s
         self.sock.send_multipart(encode_ingest(f.device, f.seq, t0, rec.fs, x, ref=ref, meta=f.meta))
         f.seq += 1
         f.pos += len(x)
@@ -158,8 +167,26 @@ class Replayer:
                 break
             f = self.feeds[i]
             if self._send(f, t_wall0):
-                heapq.heappush(heap, (f.sent / f.rec.fs / self.speed, i))
+                heapq.heappush(heap, ((f.sent / f.rec.fs + f.gap_s) / self.speed, i))
         return self.messages
+
+
+def window_warning(recordings: list[Recording], window_s: float = Windowing().window_s) -> str | None:
+    """What to tell a user whose recordings' segments are shorter than the daemon's windows, or None.
+
+    Each join between segments breaks the daemon's run, so a window must fit within one segment: with PPG-BP's
+    2.1 s segments and the default 10 s windows no window is ever cut (before joins were marked, half the windows
+    spanned one and were rejected `no_pulse`).
+    """
+    longest = max((r.longest_segment_s() for r in recordings), default=np.inf)
+    if longest >= window_s:
+        return None
+    fit = np.floor(longest * 10) / 10
+    return (
+        f"the recordings' segments are at most {longest:.2f} s long (joins between them are sent as breaks): a "
+        f"daemon with {window_s:g} s windows (the default) cuts no window from them; run it with --window-s {fit:g} "
+        f"--hop-s {fit:g}, as p2p demo does"
+    )
 
 
 def add_publisher_args(p: argparse.ArgumentParser) -> None:
@@ -214,7 +241,11 @@ def main(argv: list[str] | None = None, prog: str = "replay.py") -> int:
         raise ConfigError(
             f"--speed must be > 0, --chunk ≥ 1 and --devices ≥ 0, got {args.speed}, {args.chunk} and {args.devices}"
         )
-    feeds = fan_out(read_replay_csv(args.csv, fs=args.fs), args.devices)
+    recordings = read_replay_csv(args.csv, fs=args.fs)
+    warning = window_warning(recordings)
+    if warning:
+        log.warning(warning)
+    feeds = fan_out(recordings, args.devices)
 
     def publish(sock: zmq.Socket) -> int:
         log.info("replaying %d device(s) from %s to %s at %gx", len(feeds), args.csv, args.ingest, args.speed)

@@ -6,6 +6,10 @@ without ``device`` is one device; a single column of numbers needs `fs`.
 Optional ``age`` (years) and ``sex`` (``M``/``F``) columns are the device's subject facts, which our replay tool
 sends as the ingest ``meta``; other clients may ignore them like any extra column. A blank cell is unknown; a
 device's non-blank values must agree across its rows.
+
+A jump in ``t`` (more than 1.5 sample steps) marks a join: the samples after it were recorded apart from those before
+(PPG-BP's three 2.1 s segments of a subject, for one). No window may span it: replay sends it as a time gap, which
+breaks the daemon's run, and offline windows are cut within each segment.
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ class Recording:
     dbp_ref: np.ndarray  # (T,)
     age: float = np.nan  # years, NaN when unknown
     sex: str = ""  # "M", "F" or "" when unknown
+    starts: tuple[int, ...] = (0,)  # the first sample of each segment (recorded apart: no window spans a join)
+
+    def segments(self) -> list[tuple[int, int]]:
+        """(start, stop) sample indices of each segment, in order."""
+        return list(zip(self.starts, (*self.starts[1:], self.ppg.size)))
+
+    def longest_segment_s(self) -> float:
+        return max(stop - start for start, stop in self.segments()) / self.fs
 
     def meta(self) -> dict | None:
         """The ingest `meta` for this device: only the facts that are known; None when none is."""
@@ -46,6 +58,8 @@ class Recording:
 
 
 MAX_AGE = MAX_AGE_Y  # the model's limit: an older "age" is a typo
+JOIN_STEPS = 1.5  # a step in `t` longer than this many sample periods is a join between segments
+JOIN_GAP_S = 1.0  # how far apart `write_replay_csv` puts segments in `t`
 SEXES = ("M", "F")
 
 
@@ -133,17 +147,19 @@ def read_replay_csv(path: str | Path, fs: float | None = None) -> list[Recording
     for device, values in per_device.items():
         a = np.array(values)
         t = a[:, 0]
+        starts: tuple[int, ...] = (0,)
         if "t" in col:
             steps = np.diff(t)
             if len(steps) == 0 or not (steps > 0).all():
                 raise DatasetError(f"{path}: device {device!r}: t must increase strictly, sample by sample")
             rate = float(1.0 / np.median(steps))
+            starts = (0, *(int(i) + 1 for i in np.flatnonzero(steps > JOIN_STEPS / rate)))
         else:
             rate = float(fs)
         known = facts[device]
         age = float(known["age"][0]) if "age" in known else np.nan
         sex = str(known["sex"][0]) if "sex" in known else ""
-        recordings.append(Recording(device, rate, a[:, 1], a[:, 2], a[:, 3], age, sex))
+        recordings.append(Recording(device, rate, a[:, 1], a[:, 2], a[:, 3], age, sex, starts))
     return recordings
 
 
@@ -158,6 +174,8 @@ def write_replay_csv(path: str | Path, recordings: list[Recording]) -> None:
         w.writerow(["device", "t", "ppg", "sbp_ref", "dbp_ref"] + (["age", "sex"] if facts else []))
         for rec in recordings:
             t = np.arange(rec.ppg.size) / rec.fs
+            for start in rec.starts[1:]:  # each join: the later samples a gap later
+                t[start:] += JOIN_GAP_S
             extra = ["" if np.isnan(rec.age) else f"{rec.age:g}", rec.sex] if facts else []
             for i in range(rec.ppg.size):
                 refs = ["" if np.isnan(v) else f"{v:.2f}" for v in (rec.sbp_ref[i], rec.dbp_ref[i])]
@@ -175,24 +193,28 @@ def load_replay_csv(
     length, hop = window_grid(window_s, hop_s, fs)
     rows = []
     for rec in read_replay_csv(path, fs=source_fs):
-        windows = recording_windows(rec.ppg, rec.fs, fs, length, hop)
-        for i, w in enumerate(windows):
-            # Map the window's span back to the source rate to average its references.
-            lo = int(i * hop * rec.fs / fs)
-            hi = max(lo + 1, int((i * hop + length) * rec.fs / fs))
-            with np.errstate(all="ignore"):
-                sbp = np.nanmean(rec.sbp_ref[lo:hi]) if np.isfinite(rec.sbp_ref[lo:hi]).any() else np.nan
-                dbp = np.nanmean(rec.dbp_ref[lo:hi]) if np.isfinite(rec.dbp_ref[lo:hi]).any() else np.nan
-            rows.append(
-                {
-                    "x": w[None],
-                    "sbp": sbp,
-                    "dbp": dbp,
-                    "age": rec.age,
-                    "sex": rec.sex,
-                    "subject": rec.device,
-                    "group": rec.device,
-                    "record": f"{rec.device}:{i}",
-                }
-            )
+        k = 0  # the device's window number, over its segments
+        for start, stop in rec.segments():  # windows within each segment: none spans a join
+            windows = recording_windows(rec.ppg[start:stop], rec.fs, fs, length, hop)
+            sbp_ref, dbp_ref = rec.sbp_ref[start:stop], rec.dbp_ref[start:stop]
+            for i, w in enumerate(windows):
+                # Map the window's span back to the source rate to average its references.
+                lo = int(i * hop * rec.fs / fs)
+                hi = max(lo + 1, int((i * hop + length) * rec.fs / fs))
+                with np.errstate(all="ignore"):
+                    sbp = np.nanmean(sbp_ref[lo:hi]) if np.isfinite(sbp_ref[lo:hi]).any() else np.nan
+                    dbp = np.nanmean(dbp_ref[lo:hi]) if np.isfinite(dbp_ref[lo:hi]).any() else np.nan
+                rows.append(
+                    {
+                        "x": w[None],
+                        "sbp": sbp,
+                        "dbp": dbp,
+                        "age": rec.age,
+                        "sex": rec.sex,
+                        "subject": rec.device,
+                        "group": rec.device,
+                        "record": f"{rec.device}:{k}",
+                    }
+                )
+                k += 1
     return build_window_set(rows, fs, length, source=f"replay:{Path(path).name}")
