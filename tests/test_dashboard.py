@@ -1,4 +1,7 @@
-"""The dashboard rendered into a recorded console: rows, order, colours and messages; p2p-monitor --once live."""
+"""The dashboard rendered into a recorded console: rows, order, colours and messages; p2p-monitor --once live.
+
+What a newcomer reads at 80 and 160 columns (labels, legend, widths, order) is in test_dashboard_readable.py.
+"""
 
 import io
 import re
@@ -15,7 +18,8 @@ from zmq_helpers import client, running_daemon
 from p2p_stream import Estimator
 from p2p_stream.stream.protocol import encode_estimate, encode_status
 from p2p_stream.tools.bp_category import bp_category
-from p2p_stream.tools.dashboard import DashboardState, render, sparkline
+from p2p_stream.tools.dashboard import DashboardState, View, render
+from p2p_stream.tools.dashboard_columns import sparkline
 
 NOW = 1000.0
 
@@ -60,6 +64,27 @@ HEARTBEAT = {
 }
 
 
+def device_line(text, device):
+    return next(line for line in text.splitlines() if re.search(rf"(^|\s){re.escape(device)}\s", line))
+
+
+def cell(text, device, title):
+    """What a reader finds in `device`'s row under the column titled `title` ("" when that cell is empty).
+
+    Right-aligned columns end where their title ends; the left-aligned ones (device, status) start where it starts.
+    A cell holds single spaces at most (`128 ±16`, `stage 1 hypertension`); columns are two or more apart.
+    """
+    header = next(line for line in text.splitlines() if line.startswith("device "))
+    title_at = re.search(rf"(?<!\S){re.escape(title)}(?!\S)", header)
+    assert title_at, f"no column {title!r} in {header!r}"
+    line = device_line(text, device)
+    if title in ("device", "status"):
+        found = re.match(r"\S+(?: \S+)*", line[title_at.start() :])
+    else:
+        found = re.search(r"\S+(?: \S+)*$", line[: title_at.end()])
+    return found.group(0) if found else ""
+
+
 def state_with_devices():
     s = DashboardState("tcp://127.0.0.1:5556")
     s.update(encode_status(HEARTBEAT), NOW)
@@ -82,22 +107,28 @@ def text_of(renderable, color_system=None, width=160):
     return out.getvalue()
 
 
-def test_rows_sort_by_attention_and_show_everything():
-    text = text_of(render(state_with_devices(), now=NOW))
+def test_rows_sort_by_attention_on_request_and_show_everything():
+    text = text_of(render(state_with_devices(), now=NOW, view=View(sort="attention")))
     order = [text.index(d) for d in ("crisis-1", "stage2-1", "loose-1", "stage1-1", "hypo-1", "elevated-1", "normal-1")]
     assert order == sorted(order)
-    assert "rejected: flatline" in text and "185/100" in text and "72 bpm" in text
-    assert "110/72" in text and "+2/-2" in text  # reference and error
+    assert [cell(text, "crisis-1", title) for title in ("SBP", "DBP", "status", "pulse")] == [
+        "185",
+        "100",
+        "hypertensive crisis",
+        "72",
+    ]
+    assert cell(text, "loose-1", "status") == "rejected: flatline"
+    assert cell(text, "normal-1", "cuff") == "110/72" and cell(text, "normal-1", "est−cuff") == "+2/-2"
     assert "devices 7" in text and "windows/s 3.5" in text and "12 / 40 ms" in text and "flatline 2" in text
 
 
 def test_categories_have_their_colours():
     text = text_of(render(state_with_devices(), now=NOW), color_system="standard")
     codes = {
-        value: re.search(r"\x1b\[([0-9;]+)m *" + value, text).group(1)
-        for value in ("150/95", "112/70", "85/55", "185/100")
+        device: re.search(r"\x1b\[([0-9;]+)m *" + sbp + r"\b", device_line(text, device)).group(1)
+        for device, sbp in (("stage2-1", "150"), ("normal-1", "112"), ("hypo-1", "85"), ("crisis-1", "185"))
     }
-    assert codes == {"150/95": "31", "112/70": "32", "85/55": "36", "185/100": "1;37;41"}  # red, green, cyan, crisis
+    assert codes == {"stage2-1": "31", "normal-1": "32", "hypo-1": "36", "crisis-1": "1;37;41"}  # red, green, cyan
 
 
 @pytest.mark.parametrize(
@@ -130,31 +161,28 @@ def demo_like_state(interval=(16.0, 9.0, 0.8)):
     return s
 
 
-def device_line(text, device):
-    return next(line for line in text.splitlines() if device in line)
-
-
 def test_intervals_sit_beside_the_estimates_with_the_level_once():
     s = state_with_devices()
     s.update(estimate("wide-1", 128, 80, interval=(16, 9, 0.8)), NOW)
     s.update(estimate("wide-2", 110, 70, interval=(12, 7, 0.8)), NOW)
     text = text_of(render(s, now=NOW))
-    assert "112–144/71–89" in device_line(text, "wide-1") and "128/80" in device_line(text, "wide-1")
-    assert "98–122/63–77" in device_line(text, "wide-2")
-    assert text.count("80 %") == 1 and "80 % interval" in text  # the level once, in the column's title
-    assert "–" not in device_line(text, "normal-1")  # a row without interval keys shows its estimate alone
+    assert "128 ±16" in device_line(text, "wide-1") and "80 ±9" in device_line(text, "wide-1")
+    assert "110 ±12" in device_line(text, "wide-2") and "70 ±7" in device_line(text, "wide-2")
+    assert text.count("80 %") == 1 and "± 80 % prediction interval" in text  # the level once, in the legend
+    assert "±" not in device_line(text, "normal-1")  # a row without interval keys shows its estimate alone
 
 
 def test_an_80_column_terminal_keeps_every_row_readable_with_intervals():
     text = text_of(render(demo_like_state(), now=NOW), width=80)
     lines = text.splitlines()
     assert all(len(line) <= 80 for line in lines)
-    assert "SBP/DBP ± 80 %" in text and text.count("80 %") == 1
+    assert "± 80 % prediction interval" in text and text.count("80 %") == 1
     for i, ref in enumerate([(161, 89), (182, 80), (161, 95), (133, 77), (107, 63), (123, 75), (127, 83), (80, 48)]):
         line = device_line(text, f"ppgbp-{100 + i}")
-        assert "…" not in line, line  # nothing cut: device, estimate ± interval, pulse, status, reference, error
-        assert "±16/9" in line and f"{ref[0]}/{ref[1]}" in line and "72 bpm" in line
-        assert re.search(r"[▁▂▃▄▅▆▇█]{8,}", line), line  # and a trend of at least 8 points
+        assert "…" not in line, line  # nothing cut: device, estimates ± interval, status, SQI, pulse, cuff
+        assert cell(text, f"ppgbp-{100 + i}", "SBP") == "128 ±16" and cell(text, f"ppgbp-{100 + i}", "DBP") == "80 ±9"
+        assert cell(text, f"ppgbp-{100 + i}", "cuff") == f"{ref[0]}/{ref[1]}"
+        assert cell(text, f"ppgbp-{100 + i}", "pulse") == "72"
 
 
 def test_without_intervals_the_estimate_stands_alone_at_any_width():
@@ -162,7 +190,8 @@ def test_without_intervals_the_estimate_stands_alone_at_any_width():
         text = text_of(render(demo_like_state(interval=None), now=NOW), width=width)
         assert "interval" not in text and "±" not in text and "%" not in text
         line = device_line(text, "ppgbp-100")
-        assert "128/80" in line and "161/89" in line and "…" not in line
+        assert cell(text, "ppgbp-100", "SBP") == "128" and cell(text, "ppgbp-100", "DBP") == "80"
+        assert "161/89" in line and "…" not in line
 
 
 def test_a_rejected_window_keeps_the_last_estimate_and_its_interval():
@@ -171,7 +200,7 @@ def test_a_rejected_window_keeps_the_last_estimate_and_its_interval():
     s.update(estimate("wrist-1", 128, 80, interval=(16, 9, 0.8)), NOW)
     s.update(estimate("wrist-1", 0, 0, ok=False, reason="no_pulse", interval=(16, 9, 0.8), seq=1), NOW)
     line = device_line(text_of(render(s, now=NOW)), "wrist-1")
-    assert "128/80" in line and "112–144/71–89" in line and "rejected: no_pulse" in line
+    assert "128 ±16" in line and "80 ±9" in line and "rejected: no_pulse" in line
 
 
 def test_no_daemon_message():
@@ -191,16 +220,20 @@ def test_a_thousand_devices_stay_readable():
     rng = np.random.default_rng(0)
     for i in range(1000):
         s.update(estimate(f"dev{i:04d}", float(rng.uniform(100, 125)), 70.0), NOW)
-    s.update(estimate("dev-crisis", 200, 110), NOW)
-    text = text_of(render(s, now=NOW, max_rows=20))
-    assert text.index("dev-crisis") < text.index("dev0")
+    s.update(estimate("ward9-crisis", 200, 110), NOW)
+    text = text_of(render(s, now=NOW, max_rows=20, view=View(sort="attention")))
+    assert text.index("ward9-crisis") < text.index("dev0")
     assert "… and 981 more devices" in text
     assert len(text.splitlines()) < 40
+    by_id = text_of(render(s, now=NOW, max_rows=20))  # the crisis is below the cut, and the screen says so
+    assert "ward9-crisis" not in by_id and "… and 981 more devices, 1 needing attention (--sort attention" in by_id
 
 
-def test_sparkline_follows_the_trend():
-    assert sparkline([100, 110, 120, 130]) == "▁▃▆█"
-    assert sparkline([]) == ""
+def test_sparkline_draws_on_the_fixed_scale_it_is_given():
+    assert sparkline([80, 140, 200], 80, 200) == "▁▅█"  # 140 is 3.5 levels up: ▅ (round half to even: 4)
+    assert sparkline([50, 250], 80, 200) == "▁█"  # outside the scale: at its ends
+    assert sparkline([113.7, 114.8, 113.9], 80, 200) == "▃▃▃"  # a 1 mmHg wobble is no sawtooth
+    assert sparkline([], 80, 200) == ""
 
 
 def test_garbage_on_the_socket_is_ignored():
