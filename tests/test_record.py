@@ -203,6 +203,16 @@ def test_parquet_without_pyarrow_names_the_install(session, tmp_path, capsys):
     assert not (tmp_path / "x.parquet").exists()
 
 
+def test_parquet_export_holds_every_row_when_pyarrow_is_there(session, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")  # not a dependency: a user who wants Parquet installs it
+    out = tmp_path / "x.parquet"
+    assert record_main(["export", str(session["db"]), "--parquet", str(out)]) == 0
+    table = pq.read_table(out).to_pylist()
+    stored = rows(session["db"])
+    assert [key(r) for r in table] == [key(r) for r in stored]
+    assert table == stored  # every column, every value
+
+
 def test_score_gives_the_offline_metrics_of_the_same_pairs(session, tmp_path, capsys):
     out = tmp_path / "score.json"
     assert record_main(["score", str(session["db"]), "--json", str(out)]) == 0
