@@ -286,3 +286,11 @@ def test_once_into_a_pipe_prints_at_a_useful_width(flags, columns, width, capsys
 def test_a_trend_scale_upside_down_is_a_one_line_error(capsys):
     assert main(["--once", "--trend-mmhg", "200", "80"]) == 2
     assert "--trend-mmhg must be LOW < HIGH" in capsys.readouterr().err
+
+
+def test_stream_breaks_are_shown_apart_from_rejections():
+    """The demo's joins between recorded segments are counted as `time_gap` by the daemon: not faults."""
+    s = DashboardState("tcp://127.0.0.1:5556")
+    s.update(encode_status({**HEARTBEAT, "rejected": {"time_gap": 48, "flatline": 2, "not_msgpack": 1}}), NOW)
+    header = " ".join(rendered(s, 160, now=NOW + 0.5).split())
+    assert "rejected 3 (flatline 2, not_msgpack 1)" in header and "breaks 48" in header

@@ -56,6 +56,11 @@ class Window:
     generation: int = 0
 
 
+# Reasons a device's run restarts that are events of its stream, not faults of a message or a window: counted in the
+# heartbeat's `rejected` map all the same (the contract's one map), told apart by those who show it.
+STREAM_BREAKS = ("seq_gap", "seq_reset", "resync", "time_gap", "fs_change")
+
+
 @dataclass
 class PushResult:
     """What one message did to a device's stream."""

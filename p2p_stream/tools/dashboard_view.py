@@ -19,6 +19,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from p2p_stream.stream.ring_buffer import STREAM_BREAKS
 from p2p_stream.tools.bp_category import CATEGORIES, bp_category
 from p2p_stream.tools.dashboard_columns import (
     CALIBRATED,
@@ -110,8 +111,11 @@ def _header(state: DashboardState, now: float, view: View) -> Panel:
             style="bold red",
         )
         return Panel(text, title="Pulse2Pressure", subtitle=subtitle)
-    rejected = hb.get("rejected") or {}
-    top = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1])[:4]) or "none"
+    counted = hb.get("rejected") or {}
+    # A break (a seq or time gap: e.g. the demo's joins between recorded segments) is not a fault: shown apart.
+    breaks = sum(n for reason, n in counted.items() if reason in STREAM_BREAKS)
+    rejected = {reason: n for reason, n in counted.items() if reason not in STREAM_BREAKS}
+    top = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1])[:3]) or "none"
     p50, p99 = hb.get("latency_p50_ms"), hb.get("latency_p99_ms")
     lat = f"{p50:.0f} / {p99:.0f} ms" if p50 is not None and p99 is not None else "—"
     text = Text.assemble(
@@ -126,6 +130,8 @@ def _header(state: DashboardState, now: float, view: View) -> Panel:
         ("   rejected ", "dim"),
         (f"{sum(rejected.values())}", "bold"),
         (f" ({top})", "dim"),
+        ("   breaks ", "dim"),
+        (f"{breaks}", "bold"),
         ("   model ", "dim"),
         (str(hb.get("model", "?")), ""),
     )
