@@ -8,7 +8,6 @@ import gc
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import types
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import zmq
 from conftest import simulated_ppg
-from zmq_helpers import ROOT, Subscriber, daemon_process, ipc_addresses, request
+from zmq_helpers import ROOT, Subscriber, daemon_process, ipc_addresses, logged_process, request
 
 from p2p_stream.errors import ConfigError
 from p2p_stream.stream.protocol import decode_ingest
@@ -287,15 +286,8 @@ def push(out, x: np.ndarray, start: float) -> None:
 def bridge(*flags: str):
     """`p2p lsl` as a process (python -m), its log in a temporary file: `proc.output()`."""
     cmd = [sys.executable, "-m", "p2p_stream.tools.lsl_bridge", "--chunk-s", "0.05", "--wait-s", "60", *flags]
-    with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
-        proc.output = lambda: (log.seek(0), log.read())[1]  # type: ignore[attr-defined]
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
+    with logged_process(cmd) as proc:
+        yield proc
 
 
 def wait_for_log(proc, text: str, timeout_s: float = 20.0) -> None:

@@ -22,7 +22,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from zmq_helpers import ROOT, client, daemon_process, ipc_addresses, wait_ready
+from zmq_helpers import ROOT, client, daemon_process, ipc_addresses, logged_process, wait_ready
 
 from p2p_stream.offline.datasets.replay_csv import read_replay_csv
 from p2p_stream.offline.metrics import regression_report
@@ -84,16 +84,8 @@ def send(pub: zmq.Socket, messages: list, speed: float | None = None, stop: thre
 def recorder_process(address: str, db: Path, *flags: str) -> Iterator[subprocess.Popen]:
     """`p2p record` as a real process; `proc.log()` reads its stderr so far. Killed at exit if still running."""
     cmd = [sys.executable, "-m", "p2p_stream.tools.record", "--estimates", address, "--db", str(db), *flags]
-    with tempfile.TemporaryFile("w+") as err, tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, text=True)
-        proc.log = lambda: (err.seek(0), err.read())[1]  # type: ignore[attr-defined]
-        proc.out = lambda: (out.seek(0), out.read())[1]  # type: ignore[attr-defined]
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
+    with logged_process(cmd, split=True) as proc:
+        yield proc
 
 
 def wait_log(proc: subprocess.Popen, text: str, timeout_s: float = 20.0, count: int = 1) -> float:
@@ -154,7 +146,7 @@ def session(daemon, tmp_path_factory) -> dict:
         wait_rows(db, lambda got: len(got) >= len(seen))
         rec.send_signal(signal.SIGINT)
         assert rec.wait(timeout=10) == 0
-        return {"db": db, "seen": seen, "stdout": rec.out(), "log": rec.log()}
+        return {"db": db, "seen": seen, "stdout": rec.output(), "log": rec.log()}
 
 
 def test_every_estimate_the_subscriber_saw_is_a_row(session):

@@ -155,9 +155,19 @@ def daemon_process(addresses: dict[str, str], *flags: str) -> Iterator[subproces
     cmd = [sys.executable, "daemon.py", "--device", "cpu", "--window-s", "4", "--hop-s", "1",
            "--ingest", addresses["ingest"], "--publish", addresses["publish"], "--control", addresses["control"],
            "--set", f"limits.max_clock_skew_s={FIXED_T0_SKEW_S:.0f}", *flags]  # fmt: skip
-    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a chatty daemon must never block on it
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
-        proc.output = lambda: (log.seek(0), log.read())[1]  # type: ignore[attr-defined]
+    with logged_process(cmd) as proc:
+        yield proc
+
+
+@contextmanager
+def logged_process(cmd: list[str], split: bool = False) -> Iterator[subprocess.Popen]:
+    """`cmd` run in the repository, its output in temporary files — not pipes: a chatty process must never block on
+    them. `proc.output()` reads its stdout (and stderr, unless `split`: then `proc.log()` reads stderr). Killed at
+    exit if still running."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err if split else subprocess.STDOUT, text=True)
+        proc.output = lambda: (out.seek(0), out.read())[1]  # type: ignore[attr-defined]
+        proc.log = lambda: (err.seek(0), err.read())[1]  # type: ignore[attr-defined]
         try:
             yield proc
         finally:
