@@ -198,6 +198,16 @@ class Operation:
 
 
 @dataclass
+class State:
+    """What an operator tells the daemon (calibrations, device facts), kept across restarts (docs/reliability.md)."""
+
+    path: str = setting(
+        "", "SQLite file of calibrations, device facts and the audit of calibrate/forget; '' = kept in memory only "
+        "(lost at a restart). One file per daemon: each shard needs its own", metavar="FILE",
+    )  # fmt: skip
+
+
+@dataclass
 class Ray:
     """Only with model.backend = "ray" (docs/scaling.md; pip install -e '.[cluster]')."""
 
@@ -243,6 +253,7 @@ class DaemonConfig:
     smoothing: Smoothing = field(default_factory=Smoothing)
     operation: Operation = field(default_factory=Operation)
     security: Security = field(default_factory=Security)
+    state: State = field(default_factory=State)
     ray: Ray = field(default_factory=Ray)
 
 

@@ -34,6 +34,10 @@ forgotten or evicted and heard from again is a new generation. A window of a new
 first drops the device's history and calibrations; a window of an older one (queued, or at the backend, when its
 device was forgotten) changes nothing and goes out uncalibrated (`Applied.stale`). A cuff reading is for the
 generation streaming when it arrives, so a previous wearer's estimates never form its reference.
+
+With a state store (`state.path`, stream/state_store.py) the readings outlive the stream: each reference formed or
+refined is saved (`on_reference`), and a device's new generation — after a restart or an eviction, not a
+`forget`, which deletes them — starts with its stored readings (`recall`), the reference kept as it was.
 """
 
 from __future__ import annotations
@@ -41,13 +45,16 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from p2p_stream.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from p2p_stream.stream.state_store import Saved
 
 # A hop is cut as round(hop_s * fs) samples, which at fs ≥ 20 Hz and hop_s ≥ 0.1 s (the accepted ranges) is ≥ 2
 # samples and so never shorter than 0.8 hop_s (2.5 samples → 2): windows can come that much faster than hop_s.
@@ -152,6 +159,7 @@ class _Reading:
     collected: deque[Estimate]
     reference: tuple[float, float] | None = None
     frozen: bool = False
+    key: int | None = None  # its row in the state store, when there is one
 
 
 @dataclass
@@ -187,30 +195,53 @@ class Calibrations:
         self.capacity = history_capacity(span_s, hop_s, min_estimates)
         self._lock = threading.Lock()
         self._devices: dict[str, _Device] = {}
+        # With a state store (stream/state_store.py): a new stream generation takes the device's stored readings
+        # (`recall`), and a reference formed or refined is saved (`on_reference`). Both run under the lock.
+        self.recall: Callable[[str], tuple[Saved | None, Saved | None]] | None = None
+        self.on_reference: Callable[[str, int, tuple[float, float]], None] | None = None
 
     def _state(self, device: str, generation: int) -> _Device | None:
         """The device's state for `generation` (new when it has none or an older one); None when it is stale."""
         d = self._devices.get(device)
         if d is None or generation > d.generation:
             d = self._devices[device] = _Device(deque(maxlen=self.capacity), generation)
+            if self.recall is not None:
+                self._restore(d, *self.recall(device))
         elif generation < d.generation or d.closed:
             return None
         return d
 
-    def calibrate(self, device: str, sbp: float, dbp: float, t: float, generation: int = 0) -> bool:
+    def _restore(self, d: _Device, active: Saved | None, pending: Saved | None) -> None:
+        """A stored calibration applies to the device's new stream as it was: its reference no longer refined (its
+        span's estimates are gone); a stored reading without one forms it from the new stream's estimates."""
+        if active is not None:
+            d.active = _Reading(active.cuff, active.t, deque(maxlen=1), active.reference, True, active.key)
+            d.epoch = 1
+        if pending is not None:
+            d.pending = _Reading(pending.cuff, pending.t, deque(maxlen=self.capacity), key=pending.key)
+
+    def _saved(self, device: str, reading: _Reading) -> None:
+        if self.on_reference is not None and reading.key is not None and reading.reference is not None:
+            self.on_reference(device, reading.key, reading.reference)
+
+    def calibrate(
+        self, device: str, sbp: float, dbp: float, t: float, generation: int = 0, key: int | None = None
+    ) -> bool:
         """Store a cuff reading taken at `t` (the device's clock) for the device's stream `generation`; True when
-        its reference could be formed now. A reading for an older generation than the one held is ignored (False)."""
+        its reference could be formed now. A reading for an older generation than the one held is ignored (False).
+        `key`: the reading's row in the state store, given to `on_reference`."""
         with self._lock:
             d = self._state(device, generation)
             if d is None:
                 return False
             collected = deque((e for e in d.history if e[0] >= t - self.span_s / 2), maxlen=self.capacity)
-            reading = _Reading((sbp, dbp), t, collected)
+            reading = _Reading((sbp, dbp), t, collected, key=key)
             reading.reference = robust_reference(collected, t, self.span_s, self.min_estimates)
             if reading.reference is None:
                 d.pending = reading  # the previous calibration, if any, applies until this one can
                 return False
             d.active, d.pending, d.epoch = reading, None, d.epoch + 1
+            self._saved(device, reading)
             return True
 
     def apply(self, device: str, t: float, row: np.ndarray, generation: int = 0) -> Applied:
@@ -227,7 +258,10 @@ class Calibrations:
                 d.history.popleft()
             for reading in (d.pending, d.active):
                 if reading is not None and not reading.frozen:
+                    before = reading.reference
                     self._refine(reading, estimate)
+                    if reading.reference != before:
+                        self._saved(device, reading)
             if d.pending is not None and d.pending.reference is not None:
                 d.active, d.pending, d.epoch = d.pending, None, d.epoch + 1
             active, epoch = d.active, d.epoch

@@ -38,6 +38,7 @@ from p2p_stream.stream.ratelimit import RateLimitedLog
 from p2p_stream.stream.ring_buffer import Window
 from p2p_stream.stream.security import CurveServer
 from p2p_stream.stream.smoothing import Smoother
+from p2p_stream.stream.state_store import RememberingDeviceTable, StateStore
 from p2p_stream.stream.worker import InferenceWorker
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,12 @@ class DaemonParts:
     calibrations: Calibrations  # cuff readings per wearable
     smoother: Smoother  # the last few estimates per wearable
     backend: Backend  # where the network runs
+    store: StateStore | None = None  # calibrations and device facts on disk (state.path); None: in memory only
+
+    @property
+    def epoch(self) -> int | None:
+        """This daemon start's number in its state store (estimates carry it); None without a store."""
+        return self.store.epoch if self.store is not None else None
 
 
 def check_windowing(config: DaemonConfig, estimator: Estimator) -> None:
@@ -93,11 +100,27 @@ def build(config: DaemonConfig, estimator: Estimator | None = None) -> DaemonPar
     torch.set_num_threads(config.model.threads or auto_threads())
     estimator = estimator or Estimator.load(config.model.path or None, device=config.model.device)
     check_windowing(config, estimator)
-    w, b, lim, cal = config.windowing, config.batching, config.limits, config.calibration
     checkpoint = Path(config.model.path) if config.model.path else default_model_path()
+    # Opened before anything else that holds resources: a store that cannot be used stops the start-up here.
+    store = StateStore(config.state.path, estimator.name) if config.state.path else None
+    try:
+        parts = _parts(config, estimator, checkpoint, store)
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
+    if store is not None:  # a device's new stream takes its stored calibration; references formed are saved
+        parts.calibrations.recall = store.recall
+        parts.calibrations.on_reference = store.set_reference
+    return parts
+
+
+def _parts(config: DaemonConfig, estimator: Estimator, checkpoint: Path, store: StateStore | None) -> DaemonParts:
+    w, b, lim, cal = config.windowing, config.batching, config.limits, config.calibration
+    table = DeviceTable if store is None else lambda **kw: RememberingDeviceTable(store, **kw)
     return DaemonParts(
         estimator=estimator,
-        devices=DeviceTable(
+        devices=table(
             window_s=w.window_s,
             hop_s=w.hop_s,
             max_chunk=lim.max_chunk_samples,
@@ -121,6 +144,7 @@ def build(config: DaemonConfig, estimator: Estimator | None = None) -> DaemonPar
         ),
         smoother=Smoother(config.smoothing.windows),
         backend=make_backend(config.model.backend, estimator, checkpoint, config.ray),
+        store=store,
     )
 
 
@@ -238,6 +262,8 @@ class Daemon:
             self.sockets = bind(config)
         except BaseException:
             self.parts.backend.close()
+            if self.parts.store is not None:
+                self.parts.store.close()
             raise
         self.stop_event = threading.Event()
         self.max_clock_skew_s = config.limits.max_clock_skew_s  # read once per message: kept at hand
@@ -261,7 +287,9 @@ class Daemon:
             window_s=config.windowing.window_s,
             stop=self.stop_event,
             smoother=p.smoother,
+            epoch=p.epoch,
         )
+        self.client: str | None = None  # the client key of the control request being answered (with CURVE)
 
     # ---------------------------------------------------------------- ingest
 
@@ -339,6 +367,7 @@ class Daemon:
     def on_control(self, frames: list[bytes], user: str | None = None) -> dict:
         """A control request → its reply map (`control.handle`); every failure is an `ok: false` reply. With CURVE,
         a command naming a device `user`'s key may not act for is refused and counted `unauthorized_device`."""
+        self.client = user
         if not self.keyed:
             return control.handle(frames, self)
 
@@ -366,6 +395,9 @@ class Daemon:
         self.grants.release([device])
         p.calibrations.forget(device, generation)
         p.smoother.forget(device, generation)
+        if p.store is not None:  # for good: a restart or its return must not bring it back
+            p.store.forget(device)
+            p.store.audit("forget", device, {}, "known" if known else "unknown", self.client)
         return known
 
     def calibrate(self, device: str, sbp: float, dbp: float) -> bool:
@@ -373,7 +405,16 @@ class Daemon:
         # The reading's time on the device's clock, which its estimates' `t` use: its latest sample.
         # For the stream sending now: estimates of a stream before it (another wearer) never form its reference.
         t_cal = stream.next_t0 - 1.0 / stream.fs
-        return self.parts.calibrations.calibrate(device, sbp, dbp, t_cal, stream.generation)
+        store = self.parts.store
+        if store is None:
+            return self.parts.calibrations.calibrate(device, sbp, dbp, t_cal, stream.generation)
+        # Saved before it is applied; its reference is saved as it forms; the audit row's synchronous commit puts all
+        # of it on disk before `ok` is sent.
+        key = store.add_calibration(device, (sbp, dbp), t_cal)
+        applied = self.parts.calibrations.calibrate(device, sbp, dbp, t_cal, stream.generation, key=key)
+        values = {"sbp": sbp, "dbp": dbp, "t_cal": t_cal}
+        store.audit("calibrate", device, values, "applied" if applied else "pending", self.client)
+        return applied
 
     # ---------------------------------------------------------------- loop
 
@@ -486,5 +527,7 @@ class Daemon:
             return
         self.sockets.close()
         self.parts.backend.close()
+        if self.parts.store is not None:
+            self.parts.store.close()
         if self.worker.error is not None:
             raise P2PError(f"inference worker failed: {self.worker.error}")

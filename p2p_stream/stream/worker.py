@@ -62,6 +62,7 @@ class InferenceWorker(threading.Thread):
         window_s: float,
         stop: threading.Event,
         smoother: Smoother | None = None,
+        epoch: int | None = None,
     ) -> None:
         """Every collaborator by keyword. `pub` may be None for a worker whose `submit`/`finish` a test calls
         directly (nothing is published then); `device_count` gives the number of wearables for the heartbeat."""
@@ -72,6 +73,9 @@ class InferenceWorker(threading.Thread):
         self.heartbeat_s, self.window_s, self.stop = heartbeat_s, window_s, stop
         self.smoother = smoother if smoother is not None else Smoother(1)
         self.model_name = estimator.name
+        self.epoch = (
+            epoch  # the daemon start (its state store's boot number; None without a store): (device, epoch, seq)
+        )
         level = getattr(estimator, "interval_level", None)  # the level of the model's interval; None: it has none
         self.interval_level = None if level is None else float(level)
         self.error: BaseException | None = None
@@ -129,6 +133,8 @@ class InferenceWorker(threading.Thread):
         }
         if self.interval_level is not None:  # nil until the model's answer fills them; nil when rejected
             e.update(dict.fromkeys(INTERVAL_KEYS), interval=self.interval_level)
+        if self.epoch is not None:  # with a state store only: without one there is no start number that lasts
+            e["epoch"] = self.epoch
         if reason:
             e["reason"] = reason
         if w.ref is not None:

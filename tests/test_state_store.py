@@ -1,0 +1,206 @@
+"""What an operator tells the daemon survives: calibrations and device facts across a kill -9, an idle eviction and a
+restart; `forget` is for good; a calibration made for another model is not applied; a store that cannot be used
+stops the start-up with one clear line (exit 2). Real daemon processes on a real SQLite file (docs/reliability.md,
+"What survives what")."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from conftest import simulated_ppg
+from zmq_helpers import Client, daemon_process, ipc_addresses
+
+from p2p_stream.errors import ConfigError
+from p2p_stream.stream.state_store import StateStore
+
+FS = 125.0
+T0 = 1_700_000_000.0
+X = simulated_ppg(75, 12, FS, seed=3)  # 12 s: 9 windows of 4 s every 1 s
+WINDOWS = 9
+CUFF = (121.0, 79.0)
+META = {"age": 61, "sex": "F"}
+
+
+@contextmanager
+def daemon(path, *flags: str):
+    """A daemon process on the store at `path`, and a client joined to it."""
+    with ipc_addresses() as addresses, daemon_process(addresses, "--set", f"state.path={path}", *flags) as proc:
+        c = Client(addresses)
+        try:
+            c.join(timeout_s=60)
+            yield proc, c
+        finally:
+            c.close()
+
+
+def session(c: Client, t0: float, **extra) -> list[dict]:
+    """Stream X as device `watch` from `t0` (its own clock) and collect its estimates."""
+    c.stream("watch", X, FS, t0=t0, **extra)
+    return c.estimates(lambda g: len([e for e in g if e["device"] == "watch"]) >= WINDOWS)
+
+
+def values(estimates: list[dict]) -> np.ndarray:
+    return np.array([[e["sbp_window"], e["dbp_window"]] for e in estimates])  # (n, 2)
+
+
+def calibrate_then_kill(path, *flags: str) -> tuple[np.ndarray, int]:
+    """Stream, calibrate (ok, applied at once), kill -9 right after the reply: the uncalibrated values and the epoch."""
+    with daemon(path, *flags) as (proc, c):
+        first = session(c, T0, meta=META)
+        assert not any(e["calibrated"] for e in first)
+        assert c.control({"cmd": "calibrate", "device": "watch", "sbp": CUFF[0], "dbp": CUFF[1]}) == {
+            "ok": True,
+            "applied": True,
+        }
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    return values(first), first[0]["epoch"]
+
+
+def rows(path, sql: str) -> list[tuple]:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def test_a_calibration_survives_kill_9_and_the_restart_is_a_new_epoch(tmp_path):
+    path = tmp_path / "state.db"
+    before, epoch = calibrate_then_kill(path)
+    offset = np.array(CUFF) - np.median(before, axis=0)  # the reference: the median of the 9 estimates before
+    assert rows(path, "SELECT cmd, device, outcome FROM audit WHERE device = 'watch'") == [
+        ("calibrate", "watch", "applied")
+    ]
+    with daemon(path) as (_, c):
+        again = session(c, T0 + 100)  # the same signal, later, without meta: the facts come from the store
+    assert all(e["calibrated"] for e in again)
+    np.testing.assert_allclose(values(again), before + offset, atol=0.03)  # the same offset as before the crash
+    assert {e["epoch"] for e in again} == {epoch + 1}  # (device, epoch, seq) never repeats: seq restarted at 0
+    assert again[0]["seq"] == 0
+
+
+def test_a_calibration_survives_idle_eviction(tmp_path):
+    path = tmp_path / "state.db"
+    with daemon(path, "--set", "limits.device_idle_s=1") as (_, c):
+        before = values(session(c, T0))
+        assert c.control({"cmd": "calibrate", "device": "watch", "sbp": CUFF[0], "dbp": CUFF[1]})["applied"]
+        deadline = time.monotonic() + 10
+        while c.control({"cmd": "stats"})["devices"] > 0:  # evicted: its stream, and its calibration in memory
+            assert time.monotonic() < deadline, "never evicted"
+            time.sleep(0.1)
+        again = session(c, T0 + 100)
+    assert all(e["calibrated"] for e in again)
+    np.testing.assert_allclose(values(again), before + np.array(CUFF) - np.median(before, axis=0), atol=0.03)
+
+
+def test_forget_is_for_good_across_a_restart(tmp_path):
+    path = tmp_path / "state.db"
+    calibrate_then_kill(path)
+    assert rows(path, "SELECT device, age, sex FROM device_facts") == [("watch", 61.0, "F")]
+    with daemon(path) as (proc, c):
+        assert c.control({"cmd": "forget", "device": "watch"}) == {"ok": True, "known": False}  # evicted: on disk only
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert rows(path, "SELECT count(*) FROM calibrations") == [(0,)]
+    assert rows(path, "SELECT count(*) FROM device_facts") == [(0,)]
+    assert [r[0] for r in rows(path, "SELECT cmd FROM audit WHERE device = 'watch' ORDER BY id")] == [
+        "calibrate",
+        "forget",
+    ]
+    with daemon(path) as (_, c):
+        assert not any(e["calibrated"] for e in session(c, T0 + 100))
+
+
+def test_a_calibration_for_another_model_is_not_applied(tmp_path):
+    path = tmp_path / "state.db"
+    calibrate_then_kill(path)
+    db = sqlite3.connect(path)
+    db.execute("UPDATE calibrations SET model = 'other-net@00000000'")
+    db.commit()
+    db.close()
+    with daemon(path) as (proc, c):
+        again = session(c, T0 + 100)
+        log = " ".join(proc.output().split())  # the console log wraps long lines
+    assert not any(e["calibrated"] for e in again)
+    assert "calibration for watch was made for model other-net@00000000, not " in log
+    assert "device uncalibrated until recalibrated" in log
+
+
+def test_a_corrupt_store_stops_the_start_up_with_exit_2(tmp_path):
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not a database, but it is long enough to look like one" * 100)
+    with ipc_addresses() as addresses, daemon_process(addresses, "--set", f"state.path={path}") as proc:
+        assert proc.wait(timeout=60) == 2
+        out = " ".join(proc.output().split())
+    assert f"state.path: cannot use {path}" in out and "Traceback" not in out
+
+
+def test_a_store_in_use_is_refused():
+    """Two daemons (two shards) on one file: the second is refused at start-up, so each needs its own state.path."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "state.db")
+        first = StateStore(path, "m@1")
+        try:
+            with pytest.raises(ConfigError, match="locked: is another p2p-daemon using it"):
+                StateStore(path, "m@1")
+        finally:
+            first.close()
+        again = StateStore(path, "m@1")  # free once the first has gone
+        assert again.epoch == 2
+        again.close()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write to any file")
+def test_a_read_only_store_is_refused(tmp_path):
+    path = tmp_path / "state.db"
+    StateStore(path, "m@1").close()
+    path.chmod(0o444)
+    with pytest.raises(ConfigError, match="not readable and writable"):
+        StateStore(path, "m@1")
+
+
+def test_the_store_keeps_the_applied_reading_and_a_newer_pending_one(tmp_path):
+    store = StateStore(tmp_path / "state.db", "m@1")
+    try:
+        old = store.add_calibration("d", (120.0, 80.0), 10.0)
+        store.set_reference("d", old, (110.0, 70.0))
+        new = store.add_calibration("d", (130.0, 85.0), 20.0)  # waiting for its reference: the old one applies
+        active, pending = store.recall("d")
+        assert active is not None and active.key == old and active.reference == (110.0, 70.0)
+        assert pending is not None and pending.key == new and pending.reference is None
+        store.set_reference("d", new, (112.0, 71.0))  # formed: it applies, the old one is gone
+        active, pending = store.recall("d")
+        assert active is not None and active.key == new and pending is None
+        assert store.recall("other") == (None, None)
+    finally:
+        store.close()
+
+
+def test_device_facts_come_back_to_a_stream_that_starts_without_them(tmp_path):
+    from p2p_stream.stream.protocol import Ingest
+    from p2p_stream.stream.state_store import RememberingDeviceTable
+
+    store = StateStore(tmp_path / "state.db", "m@1")
+    try:
+        table = RememberingDeviceTable(
+            store, window_s=4.0, hop_s=1.0, max_chunk=1024, gap_tolerance_s=0.2, max_devices=10, idle_s=60.0
+        )
+        x = np.ones(125, dtype=np.float32)
+        table.push(Ingest("d", 0, T0, FS, x, None, {"age": 61.0, "sex": "F"}), 0.0)
+        table.evict_idle(now=1000.0)  # evicted: out of the table, kept in the store
+        assert "d" not in table.streams
+        table.push(Ingest("d", 0, T0 + 100, FS, x, None, None), 1000.0)
+        assert table.streams["d"].meta == {"age": 61.0, "sex": "F"}
+        table.push(Ingest("d", 1, T0 + 101, FS, x, None, {"age": 62.0}), 1000.0)  # new facts replace them
+        assert store.facts("d") == {"age": 62.0}
+    finally:
+        store.close()
