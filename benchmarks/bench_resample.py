@@ -21,14 +21,15 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
-from scipy import signal
 
 from p2p_stream.model.estimator import Estimator
 from p2p_stream.ppg import quality
@@ -38,6 +39,9 @@ from p2p_stream.stream.calibration import Calibrations
 from p2p_stream.stream.counters import Counters
 from p2p_stream.stream.ring_buffer import Window
 from p2p_stream.stream.worker import InferenceWorker
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from test_preprocess import resample_before_the_bound  # noqa: E402  (the old code, kept once: in its test)
 
 MODEL_HZ = 125.0
 
@@ -84,20 +88,11 @@ def batch_at(rates: np.ndarray, window_s: float) -> list[Window]:
     return [Window(f"d{k}", pulse(float(fs), window_s, k), float(fs), 0.0, now, seq=k) for k, fs in enumerate(rates)]
 
 
-def resample_before(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
-    """`resample` before the bound: any numerator, a denominator ≤ 1000, scipy's filter designed on every call."""
-    ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
-    if ratio == 1:
-        return np.asarray(x, dtype=np.float32)
-    y = signal.resample_poly(np.asarray(x, np.float64), ratio.numerator, ratio.denominator, axis=-1, padtype="line")
-    return y.astype(np.float32)
-
-
 def gate_before(est: Estimator, batch: list[Window]) -> None:
     """The worker's gate before: one resample + band-pass + gate + normalisation per distinct (rate, length)."""
     for fs, length in {(w.fs, len(w.x)) for w in batch}:
         rows = np.stack([w.x for w in batch if w.fs == fs and len(w.x) == length])
-        quality._assess_resampled(resample_before(rows, fs, est.fs), est.quality_config, est.preprocess)
+        quality._assess_resampled(resample_before_the_bound(rows, fs, est.fs), est.quality_config, est.preprocess)
 
 
 def main() -> None:
@@ -148,7 +143,9 @@ def main() -> None:
     b_spread, b_same = median_ms(lambda: gate_before(est, spread), lambda: gate_before(est, same), few)
     print(f"before: gate, distinct rates: {b_spread:.1f} ms  at 25 Hz: {b_same:.1f} ms   ratio {b_spread / b_same:.1f}")
     o_odd, o20 = median_ms(
-        lambda: resample_before(x_odd, 20.0119, MODEL_HZ), lambda: resample_before(x20, 20.0, MODEL_HZ), args.repeats
+        lambda: resample_before_the_bound(x_odd, 20.0119, MODEL_HZ),
+        lambda: resample_before_the_bound(x20, 20.0, MODEL_HZ),
+        args.repeats,
     )
     old = Fraction(MODEL_HZ / 20.0119).limit_denominator(1000)
     print(f"before: resample at 20.0119 Hz ({old}): {o_odd:.3f} ms   at 20 Hz: {o20:.3f} ms   ratio {o_odd / o20:.1f}")
