@@ -19,9 +19,14 @@ SUBSCRIPTION_MAX_BYTES = 256
 MAX_INGEST_MESSAGE_BYTES = MAX_FRAME_BYTES + len(INGEST_PREFIX) + DEVICE_MAX_BYTES  # a topic and the largest frame
 
 
+def hwm_for_mb(queue_mb: float) -> int:
+    """A high-water mark (messages) that holds at most `queue_mb` MB of the largest ingest messages; ≥ 10."""
+    return max(10, int(queue_mb * MB // MAX_INGEST_MESSAGE_BYTES))
+
+
 def ingest_hwm(config: DaemonConfig) -> int:
-    """The ingest socket's receive high-water mark: `limits.ingest_queue_mb` of the largest messages."""
-    return max(10, int(config.limits.ingest_queue_mb * MB // MAX_INGEST_MESSAGE_BYTES))
+    """The daemon's ingest receive high-water mark: `limits.ingest_queue_mb` of the largest messages."""
+    return hwm_for_mb(config.limits.ingest_queue_mb)
 
 
 def memory_bounds(config: DaemonConfig, connections: int = 1) -> dict[str, float]:

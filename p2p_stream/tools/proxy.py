@@ -32,7 +32,7 @@ from zmq.devices import ThreadProxy
 
 from p2p_stream.config.addresses import check_address
 from p2p_stream.errors import ConfigError
-from p2p_stream.stream.bounds import MAX_INGEST_MESSAGE_BYTES, MB, SUBSCRIPTION_MAX_BYTES
+from p2p_stream.stream.bounds import SUBSCRIPTION_MAX_BYTES, hwm_for_mb
 from p2p_stream.stream.protocol import DEVICE_MAX_BYTES, INGEST_PREFIX, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
 from p2p_stream.stream.ratelimit import RateLimitedLog
 from p2p_stream.tools.common import command, parent_parser, setup_logging
@@ -51,16 +51,18 @@ FORWARD_PER_POLL = 1000  # messages forwarded per wake-up before subscriptions g
 QUEUE_MB = 256  # per connection, as the daemon's limits.ingest_queue_mb: each socket's HWM holds this many MB at most
 
 
-class Forwarder(threading.Thread):
-    """XSUB (publishers) → XPUB (subscribers) in one thread, subscriptions flowing back upstream.
+class IngestForwarder(threading.Thread):
+    """XSUB (wearables) → XPUB (shards), dropping every message over `max_bytes`; subscriptions flow back.
 
+    A frame over the daemon's MAXMSGSIZE never gets in (ZeroMQ drops that wearable's connection at the proxy).
     Sockets are made and bound by `bind()` in the caller's thread (a taken address fails there) and used only by
-    this thread afterwards. Subclasses say what may pass downstream: `admit(frames)`.
+    this thread afterwards. `dropped` counts the messages refused for their size.
     """
 
-    def __init__(self, name: str, upstream: str, downstream: str, hwm: int) -> None:
-        super().__init__(name=name, daemon=True)
-        self.addresses, self.hwm = (upstream, downstream), hwm
+    def __init__(self, wearables: str, shards: str, hwm: int, max_bytes: int = MAX_FORWARD_BYTES) -> None:
+        super().__init__(name="p2p-proxy-ingest", daemon=True)
+        self.addresses, self.hwm, self.max_bytes = (wearables, shards), hwm, max_bytes
+        self.dropped = 0
         self.stop_event = threading.Event()
         self.warn = RateLimitedLog(log, period_s=10.0)
 
@@ -71,19 +73,13 @@ class Forwarder(threading.Thread):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, self.hwm)
             sock.setsockopt(zmq.SNDHWM, self.hwm)
-        self.configure()  # before bind: options apply to later connections
+        self.xsub.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)  # before bind: it applies to later connections
         try:
             for sock, address in zip((self.xsub, self.xpub), self.addresses):
                 sock.bind(address)
         except zmq.ZMQError:
             self.ctx.destroy(linger=0)
             raise
-
-    def configure(self) -> None:
-        """Socket options set before bind (they apply to later connections)."""
-
-    def admit(self, frames: list[bytes]) -> bool:
-        return True
 
     def run(self) -> None:
         xsub, xpub = self.xsub, self.xpub
@@ -93,7 +89,7 @@ class Forwarder(threading.Thread):
         try:
             while not self.stop_event.is_set():
                 ready = dict(poller.poll(timeout=100))
-                if xpub in ready:  # subscriptions, upstream to the publishers
+                if xpub in ready:  # subscriptions from the shards, upstream to the wearables
                     for _ in range(FORWARD_PER_POLL):
                         try:
                             xsub.send_multipart(xpub.recv_multipart(zmq.NOBLOCK))
@@ -105,41 +101,20 @@ class Forwarder(threading.Thread):
                             frames = xsub.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        if self.admit(frames):
-                            xpub.send_multipart(frames)
+                        size = sum(len(f) for f in frames)
+                        if size > self.max_bytes:
+                            self.dropped += 1
+                            self.warn.warning(
+                                "oversized", "dropped an oversized message (%d bytes in %d frames, topic %r; "
+                                "limit %d): %d so far", size, len(frames), frames[0][:80], self.max_bytes, self.dropped
+                            )  # fmt: skip
+                            continue
+                        xpub.send_multipart(frames)
         finally:
             self.ctx.destroy(linger=0)
 
     def stop(self) -> None:
         self.stop_event.set()
-
-
-class IngestForwarder(Forwarder):
-    """Wearables → shards, dropping every message over `max_bytes` (counted in `dropped`); a frame over the daemon's
-    MAXMSGSIZE never gets in (ZeroMQ drops that wearable's connection at the proxy)."""
-
-    def __init__(self, wearables: str, shards: str, hwm: int, max_bytes: int = MAX_FORWARD_BYTES) -> None:
-        super().__init__("p2p-proxy-ingest", wearables, shards, hwm)
-        self.max_bytes, self.dropped = max_bytes, 0
-
-    def configure(self) -> None:
-        self.xsub.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
-
-    def admit(self, frames: list[bytes]) -> bool:
-        size = sum(len(f) for f in frames)
-        if size <= self.max_bytes:
-            return True
-        self.dropped += 1
-        self.warn.warning(
-            "oversized", "dropped an oversized message (%d bytes in %d frames, topic %r; limit %d): %d so far",
-            size, len(frames), frames[0][:80], self.max_bytes, self.dropped,
-        )  # fmt: skip
-        return False
-
-
-def ingest_hwm(queue_mb: float = QUEUE_MB) -> int:
-    """Messages per connection that hold at most `queue_mb` MB of the largest ingest messages."""
-    return max(10, int(queue_mb * MB // MAX_INGEST_MESSAGE_BYTES))
 
 
 class Proxy:
@@ -150,7 +125,7 @@ class Proxy:
     """
 
     def __init__(self, wearables: str, shards: str, estimates: str, subscribers: str, hwm: int | None = None) -> None:
-        self.ingest = IngestForwarder(wearables, shards, ingest_hwm() if hwm is None else hwm)
+        self.ingest = IngestForwarder(wearables, shards, hwm_for_mb(QUEUE_MB) if hwm is None else hwm)
         # Estimates to subscribers: pyzmq's forwarder, its loop in C; a subscription longer than any topic drops
         # its subscriber, as on a daemon's own estimates socket.
         self.estimates = ThreadProxy(zmq.XSUB, zmq.XPUB)
