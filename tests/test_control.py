@@ -11,14 +11,16 @@ import pytest
 
 from p2p_stream.stream.control import COMMANDS, handle
 from p2p_stream.stream.protocol import pack
+from p2p_stream.stream.state_store import StoreError
 
 
 class FakeState:
     """A daemon as the control protocol sees it: one known wearable, "watch"; every call recorded."""
 
-    def __init__(self, applied: bool = True) -> None:
+    def __init__(self, applied: bool = True, store_fails: bool = False) -> None:
         self.devices = {"watch"}
         self.applied = applied
+        self.store_fails = store_fails  # the daemon's state store cannot save: calibrate and forget raise
         self.calls: list[tuple] = []
 
     def status(self) -> dict:
@@ -31,13 +33,21 @@ class FakeState:
 
     def forget(self, device: str) -> bool:
         self.calls.append(("forget", device))
+        if self.store_fails:
+            raise StoreError("state store s.db could not save it (disk full); nothing was changed")
         known = device in self.devices
         self.devices.discard(device)
         return known
 
     def calibrate(self, device: str, sbp: float, dbp: float) -> bool:
         self.calls.append(("calibrate", device, sbp, dbp))
+        if self.store_fails:
+            raise StoreError("state store s.db could not save it (disk full); nothing was changed")
         return self.applied
+
+    def history(self, device: str, limit: int) -> list[dict]:
+        self.calls.append(("history", device, limit))
+        return [{"cmd": "calibrate", "device": device}][:limit]
 
 
 def test_ping():
@@ -73,7 +83,12 @@ def test_requests_arrive_as_frames_bytes_or_a_map():
 @pytest.mark.parametrize(
     "request_,error",
     [
-        ({"cmd": "reboot"}, "unknown cmd 'reboot'; valid: ping, stats, calibrate, forget"),
+        ({"cmd": "reboot"}, "unknown cmd 'reboot'; valid: ping, stats, calibrate, forget, history"),
+        ({"cmd": "history"}, "history needs 'device'"),
+        ({"cmd": "history", "device": "watch", "limit": 0}, "history 'limit' is a whole number of rows, 1–1000"),
+        ({"cmd": "history", "device": "watch", "limit": 1001}, "history 'limit'"),
+        ({"cmd": "history", "device": "watch", "limit": 2.0}, "history 'limit'"),
+        ({"cmd": "history", "device": "watch", "limit": True}, "history 'limit'"),
         ({"nocmd": 1}, "unknown cmd None"),
         ({"cmd": "x" * 500}, "unknown cmd 'xxxxx"),
         ({"cmd": "calibrate", "sbp": 120, "dbp": 80}, "calibrate needs 'device', 1–64 characters of [A-Za-z0-9_.:-]"),
@@ -118,6 +133,27 @@ def test_calibrating_a_device_that_has_sent_nothing_is_an_error():
 def test_the_edges_of_the_plausible_range_are_accepted():
     for sbp, dbp in ((50, 25), (260, 160), (50, 49.9)):
         assert handle({"cmd": "calibrate", "device": "watch", "sbp": sbp, "dbp": dbp}, FakeState())["ok"]
+
+
+def test_a_change_the_store_cannot_save_is_refused_whole():
+    state = FakeState(store_fails=True)
+    for request in (
+        {"cmd": "calibrate", "device": "watch", "sbp": 120, "dbp": 80},
+        {"cmd": "forget", "device": "watch"},
+    ):
+        reply = handle(request, state)
+        assert reply == {
+            "ok": False,
+            "error": f"{request['cmd']} not done: state store s.db could not save it (disk full); nothing was changed",
+        }
+    assert state.devices == {"watch"}
+
+
+def test_history_defaults_to_20_rows_and_passes_the_limit():
+    state = FakeState()
+    assert handle({"cmd": "history", "device": "watch"}, state)["history"] == [{"cmd": "calibrate", "device": "watch"}]
+    handle({"cmd": "history", "device": "watch", "limit": 1000}, state)
+    assert state.calls == [("history", "watch", 20), ("history", "watch", 1000)]
 
 
 def test_commands_are_the_documented_ones():

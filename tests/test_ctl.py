@@ -133,6 +133,35 @@ def test_calibrate_and_forget_a_streamed_wearable(daemon, capsys):
         )
 
 
+def test_history_lists_each_change_with_a_state_store_and_says_what_is_missing_without(daemon, capsys, tmp_path):
+    x = simulated_ppg(72, 10.0, FS, seed=2).astype(np.float32)
+    with ipc_addresses() as addresses, daemon_process(addresses, "--set", f"state.path={tmp_path / 's.db'}"):
+        wait_ready(addresses["control"])
+        control = ("--control", addresses["control"])
+        with client(addresses) as c:
+            c.stream("watch-7", x, FS)
+            c.estimates(lambda got: len([e for e in got if e["device"] == "watch-7" and e["ok"]]) >= 5)
+        assert ctl(capsys, "calibrate", "watch-7", "121", "79", *control)[0] == 0
+        assert ctl(capsys, "forget", "watch-7", *control)[0] == 0
+        code, out, err = ctl(capsys, "history", "watch-7", *control)
+        assert code == 0, err
+        lines = out.strip().splitlines()
+        assert lines[0] == "history of watch-7 (UTC; who: the CURVE key that asked, '-' without CURVE)"
+        assert [line.split()[2:] for line in lines[1:]] == [
+            ["calibrate", "121/79", "mmHg", "ok", "-"],
+            ["forget", "ok", "-"],
+        ]
+        code, out, _ = ctl(capsys, "history", "watch-7", "--limit", "1", "--json", *control)
+        assert code == 0 and [h["cmd"] for h in json.loads(out)["history"]] == ["forget"]
+        assert (
+            ctl(capsys, "history", "watch-8", *control)[1].strip()
+            == "no calibrate or forget of watch-8 in the daemon's state store"
+        )
+    code, out, err = ctl(capsys, "history", "watch-7", "--control", daemon["control"])
+    assert code == 2 and out == ""
+    assert "refused history: history needs the daemon's state store: start it with --set state.path=FILE" in err
+
+
 def test_the_daemon_s_refusals_are_its_own_words_and_exit_2(daemon, capsys):
     code, _, err = ctl(capsys, "calibrate", "nobody", "120", "80", "--control", daemon["control"])
     assert code == 2 and "refused calibrate: unknown device 'nobody'" in err
@@ -156,6 +185,7 @@ def test_no_daemon_is_a_clear_error_within_the_timeout(capsys, tmp_path):
     "argv,message",
     [
         (["ping", "--timeout-s", "0"], "--timeout-s must be > 0 seconds"),
+        (["history", "watch", "--limit", "0"], "--limit is a number of rows, 1–1000; got 0"),
         (["ping", "--control", "localhost:5557"], "--control 'localhost:5557' has no scheme"),
         (["ping", "--curve-server-key", "keys/server.key"], "--curve-server-key and --curve-client-key go together"),
     ],

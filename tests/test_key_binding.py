@@ -173,15 +173,16 @@ class Wearable:
         return decode_map(self.req.recv())
 
 
-def test_a_key_acts_only_for_its_devices_and_at_most_max_devices_per_key_real_process(keys):
+def test_a_key_acts_only_for_its_devices_and_at_most_max_devices_per_key_real_process(keys, tmp_path):
     """The red team's case on a daemon process: ward-a's key ('a-*') feeds a-1 and gets estimates, but its messages
     for c-1 and its calibration of another key's device (250/150) are refused and counted `unauthorized_device`; with
     `max_devices_per_key = 2`, its third device is refused (`too_many_devices`) until it forgets one; a key file
-    without a devices line still acts for any device."""
+    without a devices line still acts for any device. The state store's audit names the key behind each change."""
     flags = (
         "--set", f"security.curve_secret_key={keys / 'server.key_secret'}",
         "--set", f"security.authorized_keys={keys / 'authorized'}",
         "--set", "limits.max_devices_per_key=2",
+        "--set", f"state.path={tmp_path / 'state.db'}",
     )  # fmt: skip
     with ipc_addresses() as addresses, daemon_process(addresses, *flags) as proc:
         ctx = zmq.Context()
@@ -229,6 +230,21 @@ def test_a_key_acts_only_for_its_devices_and_at_most_max_devices_per_key_real_pr
             assert second["devices"] == 4  # a-1, a-3, zz-9, c-1
             assert second["rejected"]["unauthorized_device"] == sent["unauthorized"] + 2  # the two control requests
             assert second["rejected"]["too_many_devices"] == sent["over_cap"]  # nothing more refused
+
+            # The audit: each change with the public key that made it; refused requests changed nothing.
+            public = {
+                n: zmq.auth.load_certificate(keys / "clients" / f"{n}.key_secret")[0].decode()
+                for n in ("ward-a", "ward-c")
+            }
+            history = c.control({"cmd": "history", "device": "c-1"})["history"]
+            assert [(h["cmd"], h["values"]["sbp"], h["client"], h["client_name"]) for h in history] == [
+                ("calibrate", 120.0, public["ward-c"], "ward-c")
+            ]
+            assert [(h["cmd"], h["client"]) for h in a.control({"cmd": "history", "device": "a-2"})["history"]] == [
+                ("forget", public["ward-a"])
+            ]
+            reply = a.control({"cmd": "history", "device": "c-1"})  # another key's device: not even its history
+            assert reply["ok"] is False and "unauthorized_device" in reply["error"], reply
 
             got: dict[str, list[dict]] = {}
             deadline = time.monotonic() + 30

@@ -5,11 +5,15 @@ stops the start-up with one clear line (exit 2). Real daemon processes on a real
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sqlite3
+import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +21,7 @@ from conftest import simulated_ppg
 from zmq_helpers import Client, daemon_process, ipc_addresses
 
 from p2p_stream.errors import ConfigError
-from p2p_stream.stream.state_store import StateStore
+from p2p_stream.stream.state_store import Saved, StateStore, StoreError
 
 FS = 125.0
 T0 = 1_700_000_000.0
@@ -75,9 +79,7 @@ def test_a_calibration_survives_kill_9_and_the_restart_is_a_new_epoch(tmp_path):
     path = tmp_path / "state.db"
     before, epoch = calibrate_then_kill(path)
     offset = np.array(CUFF) - np.median(before, axis=0)  # the reference: the median of the 9 estimates before
-    assert rows(path, "SELECT cmd, device, outcome FROM audit WHERE device = 'watch'") == [
-        ("calibrate", "watch", "applied")
-    ]
+    assert rows(path, "SELECT cmd, device, outcome FROM audit WHERE device = 'watch'") == [("calibrate", "watch", "ok")]
     with daemon(path) as (_, c):
         again = session(c, T0 + 100)  # the same signal, later, without meta: the facts come from the store
     assert all(e["calibrated"] for e in again)
@@ -159,21 +161,137 @@ def test_a_store_in_use_is_refused():
         again.close()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write to any file")
-def test_a_read_only_store_is_refused(tmp_path):
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write to any file: see the read-only filesystem test")
+def test_a_read_only_store_file_is_refused(tmp_path):
     path = tmp_path / "state.db"
     StateStore(path, "m@1").close()
     path.chmod(0o444)
-    with pytest.raises(ConfigError, match="not readable and writable"):
+    with pytest.raises(ConfigError, match="not readable and writable here"):
         StateStore(path, "m@1")
+
+
+@contextmanager
+def small_filesystem(folder, size: str = "4m") -> Iterator[Path]:
+    """A real filesystem of `size` mounted at `folder` (tmpfs): what a full or read-only disk is. Skips the test
+    where this user may not mount (not root, or a container without the capability)."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_store_on_a_read_only_filesystem_stops_the_start_up(tmp_path):
+    with small_filesystem(tmp_path / "disk") as disk:
+        path = disk / "state.db"
+        StateStore(path, "m@1").close()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        with pytest.raises(ConfigError, match="is not readable and writable here .*read-only filesystem"):
+            StateStore(path, "m@1")
+        with ipc_addresses() as addresses, daemon_process(addresses, "--set", f"state.path={path}") as proc:
+            assert proc.wait(timeout=60) == 2
+            out = " ".join(proc.output().split())
+        assert f"state.path: {path} is not readable and writable here" in out and "Traceback" not in out
+
+
+def fill(folder) -> Path:
+    """Write a file into `folder` until its filesystem is full; the file (delete it to free the space)."""
+    filler = folder / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def test_a_full_disk_refuses_calibrate_and_forget_whole_and_the_daemon_goes_on(tmp_path):
+    """The disk fills while the daemon runs: calibrate and forget answer ok: false and change nothing (in memory or
+    on disk); estimates go on with the calibration that was saved; once there is room, calibrate works again."""
+    with small_filesystem(tmp_path / "disk") as disk, daemon(disk / "state.db") as (proc, c):
+        before = values(session(c, T0))
+        assert c.control({"cmd": "calibrate", "device": "watch", "sbp": CUFF[0], "dbp": CUFF[1]})["applied"]
+        filler = fill(disk)
+        for request in (
+            {"cmd": "calibrate", "device": "watch", "sbp": 180.0, "dbp": 110.0},
+            {"cmd": "forget", "device": "watch"},
+        ):
+            reply = c.control(request)
+            assert reply["ok"] is False, reply
+            assert f"{request['cmd']} not done: state store {disk / 'state.db'} could not save it" in reply["error"]
+            assert "nothing was changed" in reply["error"]
+        assert c.control({"cmd": "stats"})["devices"] == 1  # not forgotten
+        again = [e for e in session(c, T0 + 100) if e["t"] > T0 + 100]  # not the last stream's `gap` estimate
+        assert again and all(e["calibrated"] for e in again)  # with the reading that was saved, not the refused one
+        expected = before + np.array(CUFF) - np.median(before, axis=0)
+        np.testing.assert_allclose(values(again), expected[: len(again)], atol=0.03)
+        filler.unlink()
+        assert c.control({"cmd": "calibrate", "device": "watch", "sbp": 130.0, "dbp": 85.0})["ok"] is True
+        history = c.control({"cmd": "history", "device": "watch"})["history"]
+        assert proc.poll() is None
+    assert [(h["cmd"], h["values"].get("sbp")) for h in history] == [("calibrate", CUFF[0]), ("calibrate", 130.0)]
+    assert all(h["outcome"] == "ok" and h["client"] is None for h in history)
+
+
+def test_a_refused_write_leaves_the_store_as_it_was(tmp_path):
+    """The same without a mount: SQLite's own page limit refuses the write as a full disk does."""
+    store = StateStore(tmp_path / "state.db", "m@1")
+    try:
+        key = store.add_calibration("d", (120.0, 80.0), 10.0, None)
+        store.set_reference("d", key, (110.0, 70.0))
+        store.db.execute(f"PRAGMA max_page_count={store.db.execute('PRAGMA page_count').fetchone()[0]}")
+        with pytest.raises(StoreError, match="could not save it .*full.*; nothing was changed"):
+            for i in range(1000):  # until the audit table needs a page it may not have
+                store.add_calibration(f"device-{i}", (120.0 + i % 50, 80.0), 10.0, "k" * 40)
+        saved = i
+        with pytest.raises(StoreError):
+            for j in range(1000):  # devices it never had: nothing deleted, until their audit rows have no room
+                store.forget(f"never-{j}", "k" * 40)
+        assert store.recall("d")[0] == Saved(key, (120.0, 80.0), 10.0, (110.0, 70.0))  # not forgotten
+        assert store.recall(f"device-{saved}") == (None, None)  # the refused reading: not there
+        assert len(store.history(f"device-{saved - 1}", 5)) == 1 and store.history(f"device-{saved}", 5) == []
+    finally:
+        store.close()
+
+
+def test_history_is_each_change_in_order_and_needs_the_store(tmp_path):
+    path = tmp_path / "state.db"
+    calibrate_then_kill(path)
+    with daemon(path) as (_, c):
+        session(c, T0 + 100)
+        assert c.control({"cmd": "calibrate", "device": "watch", "sbp": 130, "dbp": 85})["ok"]
+        assert c.control({"cmd": "forget", "device": "watch"})["ok"]
+        history = c.control({"cmd": "history", "device": "watch", "limit": 2})["history"]
+        assert c.control({"cmd": "history", "device": "watch", "limit": 0})["ok"] is False
+        assert c.control({"cmd": "history", "device": "nobody"}) == {"ok": True, "history": []}
+    assert [h["cmd"] for h in history] == ["calibrate", "forget"]  # the latest two, oldest first
+    assert history[0]["values"] == {"sbp": 130.0, "dbp": 85.0, "t_cal": pytest.approx(T0 + 100 + 12 - 1 / FS)}
+    assert history[0]["time"] <= history[1]["time"] <= time.time()
+    with ipc_addresses() as addresses, daemon_process(addresses) as proc:  # no state.path
+        c = Client(addresses)
+        try:
+            c.join(timeout_s=60)
+            reply = c.control({"cmd": "history", "device": "watch"})
+        finally:
+            c.close()
+        assert proc.poll() is None
+    assert reply == {
+        "ok": False,
+        "error": "history needs the daemon's state store: start it with --set state.path=FILE",
+    }
 
 
 def test_the_store_keeps_the_applied_reading_and_a_newer_pending_one(tmp_path):
     store = StateStore(tmp_path / "state.db", "m@1")
     try:
-        old = store.add_calibration("d", (120.0, 80.0), 10.0)
+        old = store.add_calibration("d", (120.0, 80.0), 10.0, None)
         store.set_reference("d", old, (110.0, 70.0))
-        new = store.add_calibration("d", (130.0, 85.0), 20.0)  # waiting for its reference: the old one applies
+        new = store.add_calibration("d", (130.0, 85.0), 20.0, None)  # waiting for its reference: the old one applies
         active, pending = store.recall("d")
         assert active is not None and active.key == old and active.reference == (110.0, 70.0)
         assert pending is not None and pending.key == new and pending.reference is None

@@ -6,11 +6,14 @@ Requests and replies are one-frame msgpack maps (docs/protocol.md, "Control"):
     {"cmd": "stats"}                                      → {"ok": true, ...heartbeat...}
     {"cmd": "calibrate", "device": id, "sbp": mmHg, "dbp": mmHg} → {"ok": true, "applied": bool}
     {"cmd": "forget", "device": id}                       → {"ok": true, "known": bool}
+    {"cmd": "history", "device": id, "limit": n}          → {"ok": true, "history": [{time, cmd, values, outcome,
+                                                              client}, ...]}  (oldest first; needs a state store)
 
 Every failure is `{"ok": false, "error": "<what is wrong and what would be right>"}`; `handle` never raises for a
-bad request. The request is validated in full before `state` is touched. With CURVE, a command naming a device the
+bad request. The request is validated in full before `state` is touched; a state change the state store could not
+save (`P2PError` from `state`) is refused whole: `ok: false`, nothing changed. With CURVE, a command naming a device the
 client's key may not act for is refused (`unauthorized_device: …`) before anything else is said about the device;
-`ping` and `stats` are open to every admitted key.
+`ping` and `stats` are open to every admitted key; `history` needs the device, as its changes do.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ import math
 from collections.abc import Callable
 from typing import Protocol
 
-from p2p_stream.errors import ProtocolError
+from p2p_stream.errors import P2PError, ProtocolError
 from p2p_stream.stream.protocol import DEVICE_RE, decode_map
 
-COMMANDS = ("ping", "stats", "calibrate", "forget")
+COMMANDS = ("ping", "stats", "calibrate", "forget", "history")
+HISTORY_DEFAULT, HISTORY_MAX = 20, 1000  # audit rows in one history reply
 SBP_RANGE_MMHG = (50.0, 260.0)  # a plausible cuff reading; outside it the request is refused
 DBP_RANGE_MMHG = (25.0, 160.0)
 
@@ -44,6 +48,10 @@ class ControlState(Protocol):
 
     def calibrate(self, device: str, sbp: float, dbp: float) -> bool:
         """Apply a cuff reading (mmHg) to a known device; whether its reference could be formed at once."""
+        ...
+
+    def history(self, device: str, limit: int) -> list[dict] | None:
+        """The device's latest `limit` audit rows, oldest first; None when the daemon keeps no state store."""
         ...
 
 
@@ -70,7 +78,7 @@ def handle(
         return {"ok": True}
     if cmd == "stats":
         return {"ok": True, **state.status()}
-    if cmd not in ("calibrate", "forget"):
+    if cmd not in ("calibrate", "forget", "history"):
         return _error(f"unknown cmd {repr(cmd)[:64]}; valid: {', '.join(COMMANDS)}")
     device = request.get("device")
     if not isinstance(device, str) or not DEVICE_RE.fullmatch(device):
@@ -80,8 +88,24 @@ def handle(
             f"unauthorized_device: {device!r} is not among the devices this client's key may act for (the devices "
             f"patterns of its key file); {cmd} refused"
         )
+    try:
+        return _for_device(cmd, device, request, state)
+    except P2PError as exc:  # the state store could not save (or read) it: nothing changed
+        return _error(f"{cmd} not done: {exc}")
+
+
+def _for_device(cmd: str, device: str, request: dict, state: ControlState) -> dict:
+    """A validated device's `calibrate`, `forget` or `history` → its reply."""
     if cmd == "forget":
         return {"ok": True, "known": state.forget(device)}
+    if cmd == "history":
+        limit = request.get("limit", HISTORY_DEFAULT)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= HISTORY_MAX:
+            return _error(f"history 'limit' is a whole number of rows, 1–{HISTORY_MAX} (default {HISTORY_DEFAULT})")
+        rows = state.history(device, limit)
+        if rows is None:
+            return _error("history needs the daemon's state store: start it with --set state.path=FILE")
+        return {"ok": True, "history": rows}
     values = [request.get(k) for k in ("sbp", "dbp")]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
         return _error("calibrate needs numeric 'sbp' and 'dbp' in mmHg")

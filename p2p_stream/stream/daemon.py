@@ -252,7 +252,8 @@ def bind(config: DaemonConfig) -> Sockets:
 class Daemon:
     """Built and bound on construction (a bad model or a taken port fails here); `run()` serves until `stop()`.
 
-    It is also the `control.ControlState` the control protocol acts on: `status`, `known`, `forget`, `calibrate`.
+    It is also the `control.ControlState` the control protocol acts on: `status`, `known`, `forget`, `calibrate`,
+    `history`.
     """
 
     def __init__(self, config: DaemonConfig, estimator: Estimator | None = None) -> None:
@@ -388,6 +389,8 @@ class Daemon:
 
     def forget(self, device: str) -> bool:
         p = self.parts
+        if p.store is not None:  # for good, on disk first: a restart or its return must not bring it back
+            p.store.forget(device, self.client)  # StoreError: nothing forgotten, the client hears why
         # Its windows still queued or at the backend are of this generation: they must not rebuild its state.
         stream = p.devices.streams.get(device)
         generation = stream.generation if stream is not None else None
@@ -395,9 +398,6 @@ class Daemon:
         self.grants.release([device])
         p.calibrations.forget(device, generation)
         p.smoother.forget(device, generation)
-        if p.store is not None:  # for good: a restart or its return must not bring it back
-            p.store.forget(device)
-            p.store.audit("forget", device, {}, "known" if known else "unknown", self.client)
         return known
 
     def calibrate(self, device: str, sbp: float, dbp: float) -> bool:
@@ -405,16 +405,19 @@ class Daemon:
         # The reading's time on the device's clock, which its estimates' `t` use: its latest sample.
         # For the stream sending now: estimates of a stream before it (another wearer) never form its reference.
         t_cal = stream.next_t0 - 1.0 / stream.fs
-        store = self.parts.store
-        if store is None:
-            return self.parts.calibrations.calibrate(device, sbp, dbp, t_cal, stream.generation)
-        # Saved before it is applied; its reference is saved as it forms; the audit row's synchronous commit puts all
-        # of it on disk before `ok` is sent.
-        key = store.add_calibration(device, (sbp, dbp), t_cal)
-        applied = self.parts.calibrations.calibrate(device, sbp, dbp, t_cal, stream.generation, key=key)
-        values = {"sbp": sbp, "dbp": dbp, "t_cal": t_cal}
-        store.audit("calibrate", device, values, "applied" if applied else "pending", self.client)
-        return applied
+        store, key = self.parts.store, None
+        if store is not None:  # on disk with its audit row before it is applied (StoreError: not applied at all)
+            key = store.add_calibration(device, (sbp, dbp), t_cal, self.client)
+        return self.parts.calibrations.calibrate(device, sbp, dbp, t_cal, stream.generation, key=key)
+
+    def history(self, device: str, limit: int) -> list[dict] | None:
+        if self.parts.store is None:
+            return None
+        rows = self.parts.store.history(device, limit)
+        for row in rows:  # the key file's name where this daemon still allows the key (a revoked one: its key only)
+            if row["client"] is not None and self.grants.name(row["client"]) != row["client"]:
+                row["client_name"] = self.grants.name(row["client"])
+        return rows
 
     # ---------------------------------------------------------------- loop
 

@@ -9,12 +9,14 @@ Tables:
   device stay: the one that applies (reference set) and a newer one waiting for its reference.
 - ``device_facts``: device, age, sex, updated: the subject facts (`meta`) last sent, for a device that comes back
   without them.
-- ``audit``: append-only, one row per `calibrate` and `forget`: time, cmd, device, values (JSON), outcome, client.
+- ``audit``: append-only, one row per `calibrate` and `forget` that changed state: time, cmd, device, values (JSON),
+  outcome, client (its CURVE public key, z85; NULL without CURVE). Refused requests change nothing and are not kept.
 - ``boots``: one row per daemon start; its number is the estimates' ``epoch``.
 
-Writes made before a control reply (`calibrate`, `forget`) end with a synchronous=FULL commit, so they are on disk
-before the client hears ok; the others (a reference refined, facts changed) commit with synchronous=NORMAL, which
-survives a crash of the daemon (not of the machine) and costs no fsync on the worker thread.
+Writes made before a control reply (`calibrate`, `forget`) are one transaction with their audit row, committed with
+synchronous=FULL, so they are on disk before the client hears ok (or the client hears why not, and nothing
+changed); the others (a reference refined, facts changed) commit with synchronous=NORMAL, which survives a crash of
+the daemon (not of the machine) and costs no fsync on the worker thread.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple
 
-from p2p_stream.errors import ConfigError
+from p2p_stream.errors import ConfigError, P2PError
 from p2p_stream.stream.devices import DeviceTable
 from p2p_stream.stream.protocol import Ingest
 from p2p_stream.stream.ratelimit import RateLimitedLog
@@ -51,6 +55,10 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 
 
+class StoreError(P2PError):
+    """A write the client waits for (calibrate, forget) did not reach the disk; nothing of it was applied."""
+
+
 class Saved(NamedTuple):
     """One stored cuff reading: `reference` is None while it waits for the estimates that form it."""
 
@@ -70,8 +78,8 @@ class StateStore:
         self._lock = threading.RLock()
         self.warn = RateLimitedLog(log, period_s=10.0)
         if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
-            raise ConfigError(f"state.path: {self.path} is not readable and writable by this user; fix its "
-                              "permissions or point state.path at another file")  # fmt: skip
+            raise ConfigError(f"state.path: {self.path} is not readable and writable here (its permissions, or a "
+                              "read-only filesystem); fix that or point state.path at another file")  # fmt: skip
         try:
             self.db = sqlite3.connect(self.path, timeout=0.5, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
@@ -132,11 +140,12 @@ class StateStore:
 
     # ---------------------------------------------------------------- calibrations
 
-    def add_calibration(self, device: str, cuff: tuple[float, float], t_cal: float) -> int:
-        """A new cuff reading (reference not yet known) → its key. Older readings of the device that wait for a
-        reference, or were made for another model, are superseded."""
-        with self._lock:
-            self.db.execute("BEGIN")
+    def add_calibration(self, device: str, cuff: tuple[float, float], t_cal: float, client: str | None) -> int:
+        """A new cuff reading (reference not yet known) → its key, saved with its audit row in one synchronous
+        commit: on disk before the client hears ok. Older readings of the device that wait for a reference, or were
+        made for another model, are superseded. StoreError (nothing written) if the disk refuses."""
+        values = {"sbp": cuff[0], "dbp": cuff[1], "t_cal": t_cal}
+        with self._transaction("calibrate"):
             self.db.execute(
                 "DELETE FROM calibrations WHERE device = ? AND (ref_sbp IS NULL OR model != ?)", (device, self.model)
             )
@@ -144,7 +153,7 @@ class StateStore:
                 "INSERT INTO calibrations (device, sbp, dbp, t_cal, model, created) VALUES (?, ?, ?, ?, ?, ?)",
                 (device, cuff[0], cuff[1], t_cal, self.model, time.time()),
             )
-            self.db.execute("COMMIT")
+            self._audit("calibrate", device, values, client)
             return int(cur.lastrowid)
 
     def set_reference(self, device: str, key: int, reference: tuple[float, float]) -> None:
@@ -208,25 +217,57 @@ class StateStore:
 
     # ---------------------------------------------------------------- forget, audit
 
-    def forget(self, device: str) -> None:
-        """The device's calibrations and facts, gone for good."""
-        with self._lock:
-            self.db.execute("BEGIN")
+    def forget(self, device: str, client: str | None) -> None:
+        """The device's calibrations and facts gone for good, with its audit row, in one synchronous commit.
+        StoreError (nothing deleted) if the disk refuses."""
+        with self._transaction("forget"):
             self.db.execute("DELETE FROM calibrations WHERE device = ?", (device,))
             self.db.execute("DELETE FROM device_facts WHERE device = ?", (device,))
-            self.db.execute("COMMIT")
+            self._audit("forget", device, {}, client)
 
-    def audit(self, cmd: str, device: str, values: dict, outcome: str, client: str | None = None) -> None:
-        """Append one audit row with a synchronous=FULL commit: it, and every write before it, is on disk after."""
+    def _audit(self, cmd: str, device: str, values: dict, client: str | None) -> None:
+        """One audit row, inside the caller's transaction: the table is only ever appended to."""
+        self.db.execute(
+            'INSERT INTO audit (time, cmd, device, "values", outcome, client) VALUES (?, ?, ?, ?, ?, ?)',
+            (time.time(), cmd, device, json.dumps(values, sort_keys=True), "ok", client),
+        )
+
+    def history(self, device: str, limit: int) -> list[dict]:
+        """The device's latest `limit` audit rows, oldest first. StoreError if the store cannot be read."""
+        try:
+            with self._lock:
+                rows = self.db.execute(
+                    'SELECT time, cmd, "values", outcome, client FROM audit WHERE device = ? ORDER BY id DESC LIMIT ?',
+                    (device, limit),
+                ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store {self.path}: cannot read the audit ({exc})") from exc
+        return [
+            {"time": t, "cmd": cmd, "values": json.loads(values), "outcome": outcome, "client": client}
+            for t, cmd, values, outcome, client in reversed(rows)
+        ]
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[None]:
+        """A write the client waits for: committed with synchronous=FULL (it and every write before it are on
+        disk after), or rolled back and raised as StoreError."""
         with self._lock:
-            self.db.execute("PRAGMA synchronous=FULL")
             try:
-                self.db.execute(
-                    'INSERT INTO audit (time, cmd, device, "values", outcome, client) VALUES (?, ?, ?, ?, ?, ?)',
-                    (time.time(), cmd, device, json.dumps(values, sort_keys=True), outcome, client),
-                )
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                    self.db.execute("COMMIT")
+                except BaseException:
+                    if self.db.in_transaction:
+                        self.db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                self._failed(what, exc)
+                raise StoreError(f"state store {self.path} could not save it ({exc}); nothing was changed") from exc
             finally:
-                self.db.execute("PRAGMA synchronous=NORMAL")
+                with suppress(sqlite3.Error):
+                    self.db.execute("PRAGMA synchronous=NORMAL")
 
     def _failed(self, what: str, exc: sqlite3.Error) -> None:
         self.warn.log(logging.ERROR, f"state_{what}", "state store %s: could not use %s: %s", self.path, what, exc)

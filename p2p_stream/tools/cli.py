@@ -24,7 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "daemon": ("p2p_stream.tools.cli_daemon", "run the streaming daemon: PPG in over ZeroMQ, blood pressure out"),
     "monitor": ("p2p_stream.tools.dashboard", "live terminal dashboard of a daemon's estimates and heartbeat"),
     "record": ("p2p_stream.tools.record", "keep every estimate in an SQLite file; export it, score it"),
-    "ctl": ("p2p_stream.tools.ctl", "the operator's command: ping, stats, calibrate, forget"),
+    "ctl": ("p2p_stream.tools.ctl", "the operator's command: ping, stats, calibrate, forget, history"),
     "lsl": ("p2p_stream.tools.lsl_bridge", "bring real wearables in: Lab Streaming Layer PPG streams → the daemon"),
     "demo": ("p2p_stream.tools.demo", "daemon + bundled real recordings + dashboard in one go"),
     "replay": ("p2p_stream.tools.replay", "replay recordings (a replay CSV) as live wearables"),

@@ -5,6 +5,7 @@
     p2p ctl stats --json                  # the daemon's raw reply, for scripts
     p2p ctl calibrate watch-17 128 82     # a cuff reading (SBP DBP, mmHg) for one wearable
     p2p ctl forget watch-17               # drop a wearable's buffer, calibration and smoothing
+    p2p ctl history watch-17              # who calibrated or forgot it, when, with what (needs state.path)
 
 With CURVE on, give the daemon's public key and an allowed client's secret key, as replay does:
 `--curve-server-key keys/server.key --curve-client-key keys/clients/NAME.key_secret`. No answer within
@@ -24,6 +25,7 @@ from zmq.utils.monitor import recv_monitor_message
 from p2p_stream.config.addresses import check_address
 from p2p_stream.config.daemon import Sockets
 from p2p_stream.errors import ConfigError, P2PError, ProtocolError
+from p2p_stream.stream.control import HISTORY_DEFAULT, HISTORY_MAX
 from p2p_stream.stream.protocol import DEVICE_RE, decode_map, pack
 from p2p_stream.stream.security import curve_client
 from p2p_stream.tools.common import LOG_LEVELS, command, parent_parser, setup_logging
@@ -238,6 +240,25 @@ def forget(args: argparse.Namespace) -> str:
     return f"{args.device} was not known to the daemon at {args.control}; nothing to forget"
 
 
+def render_history(device: str, rows: list[dict]) -> str:
+    """The `history` reply as one line per change, oldest first, times in UTC."""
+    if not rows:
+        return f"no calibrate or forget of {device} in the daemon's state store"
+    lines = [f"history of {device} (UTC; who: the CURVE key that asked, '-' without CURVE)"]
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["time"]))
+        values = row.get("values") or {}
+        what = f"{values['sbp']:g}/{values['dbp']:g} mmHg" if row["cmd"] == "calibrate" else ""
+        who = row.get("client_name") or row.get("client") or "-"  # its key file's name, or the key itself
+        lines.append(f"  {when}  {row['cmd']:<9}  {what:<16}  {row['outcome']:<3}  {who}")
+    return "\n".join(lines)
+
+
+def history(args: argparse.Namespace) -> str:
+    reply = ask(args, {"cmd": "history", "device": args.device, "limit": args.limit})
+    return json.dumps(reply, indent=2, sort_keys=True) if args.json else render_history(args.device, reply["history"])
+
+
 def connection_args(p: argparse.ArgumentParser, suppress: bool) -> None:
     """The flags of every request. Given to the command and to each verb (`suppress`: no defaults there, so the
     command's value stands unless the flag follows the verb): `p2p ctl --control X stats` and
@@ -282,7 +303,7 @@ def parser(prog: str) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[parent_parser()],
-        usage=f"{prog} [flags] {{ping,stats,calibrate,forget}} ...",
+        usage=f"{prog} [flags] {{ping,stats,calibrate,forget,history}} ...",
     )
     connection_args(p, suppress=False)
     verbs = p.add_subparsers(title="commands", metavar="<command>", dest="cmd", required=True)
@@ -302,10 +323,20 @@ def parser(prog: str) -> argparse.ArgumentParser:
         "forget", prog=f"{prog} forget", parents=[shared], help="drop a wearable's buffer, calibration and smoothing"
     )
     f.add_argument("device", help="the wearable's device id")
+    h = verbs.add_parser(
+        "history",
+        prog=f"{prog} history",
+        parents=[shared],
+        help="a wearable's calibrations and forgets: when, what, which key (needs the daemon's state.path)",
+    )
+    h.add_argument("device", help="the wearable's device id")
+    h.add_argument(
+        "--limit", type=int, default=HISTORY_DEFAULT, metavar="N", help=f"the latest N (default {HISTORY_DEFAULT})"
+    )
     return p
 
 
-VERBS = {"ping": ping, "stats": stats, "calibrate": calibrate, "forget": forget}
+VERBS = {"ping": ping, "stats": stats, "calibrate": calibrate, "forget": forget, "history": history}
 
 
 @command
@@ -315,6 +346,8 @@ def main(argv: list[str] | None = None, prog: str = "p2p ctl") -> int:
     check_address(args.control, "--control", example=DEFAULT_CONTROL)
     if not args.timeout_s > 0:
         raise ConfigError(f"--timeout-s must be > 0 seconds, got {args.timeout_s}")
+    if "limit" in args and not 1 <= args.limit <= HISTORY_MAX:
+        raise ConfigError(f"--limit is a number of rows, 1–{HISTORY_MAX}; got {args.limit}")
     if "device" in args and not DEVICE_RE.fullmatch(args.device):
         raise ConfigError(f"{args.device!r} is not a device id; give 1–64 characters of [A-Za-z0-9_.:-]")
     print(VERBS[args.cmd](args), flush=True)
