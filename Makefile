@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup cluster demo test test-all lint format bench soak results clean
+.PHONY: setup cluster redis demo test test-all lint format bench soak results clean
 
 CLUSTER := $(VENV)/.installed-cluster
 
@@ -25,12 +25,19 @@ demo: $(STAMP)  ## daemon + replay of bundled real recordings + live dashboard, 
 
 cluster: $(CLUSTER)  ## install the [cluster] extra (Ray Serve) for model.backend = "ray"
 
-test: $(CLUSTER)  ## every test not marked slow (a few minutes on 2 cores); what CI runs (.ci/run)
+# redis-server (Debian's package) for the cluster tests, which start their own on a free port; installed where this
+# user may (root with apt-get, as CI is), else those tests skip and say how to install it.
+redis:
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; } || \
+	  echo "note: no redis-server: the cluster failover tests will skip (apt-get install redis-server)"
+
+test: $(CLUSTER) redis  ## every test not marked slow (a few minutes on 2 cores); what CI runs (.ci/run)
 	$(BIN)/pytest -m "not slow"
 
 # The slow ones: fault, fuzz and soak runs against a daemon process, 5-60 s each. Tests on the full datasets run
 # where ../shared/data exists and skip elsewhere, in both targets.
-test-all: $(CLUSTER)  ## every test, the slow ones too
+test-all: $(CLUSTER) redis  ## every test, the slow ones too
 	$(BIN)/pytest
 
 lint: $(STAMP)

@@ -30,14 +30,14 @@ from p2p_stream.stream.protocol import encode_estimate, encode_ingest, encode_st
 from p2p_stream.tools.proxy import Proxy
 from p2p_stream.tools.record import Recorder
 from p2p_stream.tools.record import main as record_main
-from p2p_stream.tools.recording_db import ESTIMATE_KEYS, RecordingDB
+from p2p_stream.tools.recording_db import ESTIMATE_COLUMNS, ESTIMATE_KEYS, SCHEMA_VERSION, RecordingDB
 
 DEMO_CSV = Path(ROOT) / "p2p_stream" / "assets" / "demo" / "ppg_bp_demo.csv"
 RECORDINGS = read_replay_csv(DEMO_CSV)  # 8 PPG-BP subjects, each three 2.1 s segments at 250 Hz, with cuff references
 WINDOW = ("--window-s", "2.1", "--hop-s", "2.1")  # one window per segment, as p2p demo runs
 T0 = 1_700_000_000.0
 JOIN_S = 1.0  # between two segments: the daemon publishes a `gap` estimate and starts a new run
-KEY = ("device", "model", "seq", "t")  # the natural key
+KEY = ("device", "model", "epoch", "seq", "t")  # the natural key; epoch nil (absent) without a state store
 
 
 def schedule(
@@ -116,7 +116,11 @@ def wait_rows(db: Path, done, timeout_s: float = 20.0) -> list[dict]:
 
 
 def key(e: dict) -> tuple:
-    return tuple(e[k] for k in KEY)
+    return tuple(e.get(k) for k in KEY)
+
+
+def key_but_epoch(e: dict) -> tuple:
+    return tuple(e.get(k) for k in KEY if k != "epoch")
 
 
 def as_row(e: dict) -> dict:
@@ -125,8 +129,10 @@ def as_row(e: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def daemon() -> Iterator[dict[str, str]]:
-    with ipc_addresses() as addresses, daemon_process(addresses, *WINDOW):
+def daemon(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A daemon with a state store, so its estimates carry `epoch` (its first start: 1)."""
+    state = tmp_path_factory.mktemp("state") / "state.sqlite"
+    with ipc_addresses() as addresses, daemon_process(addresses, *WINDOW, "--set", f"state.path={state}"):
         wait_ready(addresses["control"])
         yield addresses
 
@@ -156,6 +162,7 @@ def test_every_estimate_the_subscriber_saw_is_a_row(session):
     assert [key(r) for r in got] == [key(e) for e in seen]  # the same estimates, in the order published
     assert [{k: r[k] for k in ESTIMATE_KEYS} for r in got] == [as_row(e) for e in seen]  # every contract key
     assert all(r["extra"] is None for r in got)  # this daemon sends no key the schema lacks
+    assert {e.get("epoch") for e in seen} == {r["epoch"] for r in got} == {1}  # a column, not `extra`
     assert f"recorded {len(seen)} estimates" in session["stdout"]  # SIGINT: committed, counted, exit 0 (above)
     with sqlite3.connect(db) as conn:  # queryable with sqlite3, as docs/recording.md shows
         per_device = conn.execute(
@@ -294,18 +301,33 @@ def test_kill_9_then_restart_on_the_same_file(daemon, tmp_path):
     assert runs == [(1, len(committed), 0), (0, len(after), len(lost))]  # the killed run never stopped cleanly
 
 
-def test_daemon_restarted_mid_recording(tmp_path):
+def estimates_and_already_there(db: Path) -> int:
+    """The estimates received so far by the file's recorders: rows written plus those the natural key refused."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows_ = conn.execute("SELECT count(*) FROM estimates").fetchone()[0]
+        return rows_ + conn.execute("SELECT coalesce(sum(already_there), 0) FROM runs").fetchone()[0]
+
+
+@pytest.mark.parametrize("store", [False, True], ids=["no-store", "state-store"])
+def test_daemon_restarted_mid_recording(tmp_path, store):
+    """A daemon stops and a new one starts under the recorder, fed the same recording with the same time stamps: it
+    publishes the same (device, model, seq, t) again, seq from 0. With a state store each start has its own `epoch`
+    and both starts' estimates are kept; without one nothing tells them apart, and the repeats are kept once."""
     db = tmp_path / "restart.sqlite"
+    flags = (*WINDOW, "--set", f"state.path={tmp_path / 'state.sqlite'}") if store else WINDOW
+    n_boot = expected_estimates(4, 1)
     with ipc_addresses() as addresses:
         with recorder_process(addresses["publish"], str(db), "--heartbeat") as rec:
-            # The second daemon counts seq from 0 again: a later clock keeps the natural keys apart.
-            for n, t0 in enumerate((T0, T0 + 1000.0)):
-                with daemon_process(addresses, *WINDOW) as daemon:
+            for n in range(2):
+                with daemon_process(addresses, *flags) as daemon:
                     wait_ready(addresses["control"])
                     with client(addresses) as c:
-                        send(c.pub, schedule("r", 4, 1, t0=t0))
-                        c.estimates(lambda g: len(g) >= expected_estimates(4, 1), timeout_s=60)
-                    wait_rows(db, lambda got, n=n: len(got) >= (n + 1) * expected_estimates(4, 1))
+                        send(c.pub, schedule("r", 4, 1))
+                        c.estimates(lambda g: len(g) >= n_boot, timeout_s=60)
+                    deadline = time.monotonic() + 20
+                    while not (db.exists() and estimates_and_already_there(db) >= (n + 1) * n_boot):
+                        assert time.monotonic() < deadline, f"the recorder has {estimates_and_already_there(db)}"
+                        time.sleep(0.1)
                     daemon.send_signal(signal.SIGTERM)
                     assert daemon.wait(timeout=20) == 0
                 if n == 0:
@@ -314,13 +336,20 @@ def test_daemon_restarted_mid_recording(tmp_path):
             rec.send_signal(signal.SIGTERM)
             assert rec.wait(timeout=10) == 0
     got = rows(db)
-    assert len(got) == 2 * expected_estimates(4, 1)
-    first, second = got[: len(got) // 2], got[len(got) // 2 :]
-    assert all(r["t"] < T0 + 1000 for r in first) and all(r["t"] >= T0 + 1000 for r in second)
-    assert min(r["seq"] for r in second) == 0  # the new daemon's own estimates, counted from 0 again
     with sqlite3.connect(db) as conn:
         started = [r - u for r, u in conn.execute("SELECT received, uptime_s FROM heartbeats ORDER BY id")]
+        counts = conn.execute("SELECT estimates_written, already_there, missed FROM runs").fetchall()
     assert max(started) - min(started) > 1.0  # heartbeats of both daemons: two start times, seconds apart
+    first = got[:n_boot]
+    assert min(r["seq"] for r in first) == 0
+    if store:
+        second = got[n_boot:]
+        assert [r["epoch"] for r in got] == [1] * n_boot + [2] * n_boot  # each start its own epoch
+        assert sorted(map(key_but_epoch, second)) == sorted(map(key_but_epoch, first))  # the same keys but for it
+        assert counts == [(2 * n_boot, 0, 0)]  # a new epoch's seq 0 is not a gap
+    else:
+        assert len(got) == n_boot and all(r["epoch"] is None for r in got)
+        assert counts == [(n_boot, n_boot, 0)]  # the second start's estimates: all already there
 
 
 # --- without a daemon: a fake one on a PUB socket, the Recorder in a thread ---------------------------------------
@@ -349,6 +378,9 @@ def malformed() -> list[tuple[str, list[bytes]]]:
         ("bad_type", [b"sbp.dev", pack({**good, "seq": "7"})]),
         ("bad_type", [b"sbp.dev", pack({**good, "seq": -1})]),
         ("bad_type", [b"sbp.dev", pack({**good, "seq": 2**64 - 1})]),
+        ("bad_type", [b"sbp.dev", pack({**good, "epoch": "1"})]),
+        ("bad_type", [b"sbp.dev", pack({**good, "epoch": 1.0})]),
+        ("bad_type", [b"sbp.dev", pack({**good, "epoch": -1})]),  # would be the key's "no epoch"
         ("bad_type", [b"sbp.dev", pack({**good, "sbp": "high"})]),
         ("bad_type", [b"sbp.dev", pack({**good, "ok": [1]})]),
         ("bad_type", [b"sbp.dev", pack({**good, "model": "m" * 5000})]),
@@ -365,35 +397,41 @@ def fake_daemon(tmp_path: Path, proxy: bool = False, **options) -> Iterator[tupl
     `p2p proxy` too, the PUB connected to its wearables side and the recorder's `--ingest` to its shards side."""
     with ipc_addresses() as addresses, tempfile.TemporaryDirectory(prefix="p2p") as folder:
         ctx = zmq.Context()
-        pub = ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.LINGER, 0)
-        pub.bind(addresses["publish"])
-        ingest = proxy_ = None
-        if proxy:
-            ends = {k: f"ipc://{folder}/{k}" for k in ("wearables", "shards", "estimates", "subscribers")}
-            proxy_ = Proxy(**ends)
-            proxy_.start()
-            pub.connect(ends["wearables"])
-            ingest = ends["shards"]
-        db = RecordingDB(tmp_path / "fake.sqlite")
-        db.start_run(addresses["publish"], ingest, True, time.time())
-        recorder = Recorder(db, addresses["publish"], ingest, heartbeat=True, **options)
-        stop = threading.Event()
-        thread = threading.Thread(target=recorder.run, args=(stop,), daemon=True)
-        thread.start()
-        try:
-            yield pub, db.path, recorder
+        proxy_ = db = None
+        try:  # whatever fails below (a recording that will not open), the sockets close: a failure, never a hang
+            pub = ctx.socket(zmq.PUB)
+            pub.setsockopt(zmq.LINGER, 0)
+            pub.bind(addresses["publish"])
+            ingest = None
+            if proxy:
+                ends = {k: f"ipc://{folder}/{k}" for k in ("wearables", "shards", "estimates", "subscribers")}
+                proxy_ = Proxy(**ends)
+                proxy_.start()
+                pub.connect(ends["wearables"])
+                ingest = ends["shards"]
+            db = RecordingDB(tmp_path / "fake.sqlite")
+            db.start_run(addresses["publish"], ingest, True, time.time())
+            recorder = Recorder(db, addresses["publish"], ingest, heartbeat=True, **options)
+            stop = threading.Event()
+            thread = threading.Thread(target=recorder.run, args=(stop,), daemon=True)
+            thread.start()
+            try:
+                yield pub, db.path, recorder
+            finally:
+                stop.set()
+                thread.join(timeout=10)
         finally:
-            stop.set()
-            thread.join(timeout=10)
-            db.close()
+            if db is not None:
+                db.close()
             if proxy_ is not None:
                 proxy_.ingest.stop()
             ctx.destroy(linger=0)
 
 
-def until_recorded(pub: zmq.Socket, db_path: Path, table: str, probe, timeout_s: float = 10.0) -> None:
-    """Beat the slow joiner: send `probe(n)` (a fresh message each time) until a row is in `table`."""
+def until_recorded(
+    pub: zmq.Socket, db_path: Path, table: str, probe, timeout_s: float = 10.0, where: str = "1"
+) -> None:
+    """Beat the slow joiner: send `probe(n)` (a fresh message each time) until a row `where` is in `table`."""
     deadline = time.monotonic() + timeout_s
     n = 0
     while time.monotonic() < deadline:
@@ -401,7 +439,7 @@ def until_recorded(pub: zmq.Socket, db_path: Path, table: str, probe, timeout_s:
         n += 1
         time.sleep(0.1)
         with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
-            if conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]:
+            if conn.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0]:
                 return
     raise TimeoutError("the recorder never received a probe")
 
@@ -431,6 +469,154 @@ def test_malformed_messages_are_counted_and_dropped_never_a_crash(tmp_path):
         run = conn.execute("SELECT malformed, already_there, missed FROM runs").fetchone()
     assert hb[-1] == (1.0, 1, '{"nan":2}', '{"future":1}')
     assert json.loads(run[0]) == want and run[1:] == (1, 2)
+
+
+def test_the_natural_key_holds_epoch_and_an_absent_epoch_is_one_value(tmp_path):
+    """Two daemon starts (epochs 1, 2) publish the same (device, model, seq, t): both kept. The same estimate
+    delivered twice is one row, with an epoch and without one (a plain UNIQUE would hold two NULL epochs apart)."""
+    sent = [
+        good_estimate("nostore", 0),
+        good_estimate("nostore", 0),  # again, no epoch: kept once
+        good_estimate("nostore", 1),
+        good_estimate("boot", 0, epoch=1),
+        good_estimate("boot", 1, epoch=1),
+        good_estimate("boot", 1, epoch=1),  # again, epoch 1: kept once
+        good_estimate("boot", 0, epoch=2),  # the next start: the same keys as epoch 1's, both kept
+        good_estimate("boot", 1, epoch=2),
+        good_estimate("boot", 1, epoch=2),  # again, epoch 2: kept once
+        good_estimate("boot", 3, epoch=3),  # a third start whose seq 0, 1, 2 never came: 3 missed
+    ]
+    with fake_daemon(tmp_path, flush_s=0.05) as (pub, db, recorder):
+        until_recorded(pub, db, "estimates", lambda n: encode_estimate(good_estimate("probe", n)))
+        for e in [*sent, good_estimate("end", 0)]:
+            pub.send_multipart(encode_estimate(e))
+        wait_rows(db, lambda got: got[-1]["device"] == "end", timeout_s=10)
+    got = rows(db, "device IN ('nostore', 'boot')")
+    assert [(r["device"], r["epoch"], r["seq"]) for r in got] == [
+        ("nostore", None, 0), ("nostore", None, 1),
+        ("boot", 1, 0), ("boot", 1, 1), ("boot", 2, 0), ("boot", 2, 1), ("boot", 3, 3),
+    ]  # fmt: skip
+    kept = [sent[i] for i in (0, 2, 3, 4, 6, 7, 9)]
+    assert [{k: r[k] for k in ESTIMATE_KEYS} for r in got] == [as_row(e) for e in kept]
+    assert all(r["extra"] is None for r in got)  # epoch is a column, not an unknown key
+    assert (recorder.counts.already_there, recorder.counts.missed) == (3, 3)
+    # Exported as the daemon sent it: a blank cell (nil) where there was no epoch.
+    out = tmp_path / "out.csv"
+    assert record_main(["export", str(db), "--csv", str(out)]) == 0
+    with out.open(newline="") as f:
+        back = [r for r in csv.DictReader(f) if r["device"] in ("nostore", "boot")]
+    assert [r["epoch"] for r in back] == ["", "", "1", "1", "2", "2", "3"]
+    if importlib.util.find_spec("pyarrow") is not None:
+        import pyarrow.parquet as pq
+
+        assert record_main(["export", str(db), "--parquet", str(tmp_path / "out.parquet")]) == 0
+        table = [r for r in pq.read_table(tmp_path / "out.parquet").to_pylist() if r["device"] in ("nostore", "boot")]
+        assert [r["epoch"] for r in table] == [None, None, 1, 1, 2, 2, 3]
+
+
+# A recording as `p2p record` wrote it before `epoch` had a column: schema version 1, word for word.
+V1_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    started REAL NOT NULL,
+    stopped REAL,
+    estimates_address TEXT NOT NULL,
+    ingest_address TEXT,
+    heartbeat INTEGER NOT NULL,
+    estimates_written INTEGER NOT NULL DEFAULT 0,
+    heartbeats_written INTEGER NOT NULL DEFAULT 0,
+    ppg_written INTEGER NOT NULL DEFAULT 0,
+    already_there INTEGER NOT NULL DEFAULT 0,
+    missed INTEGER NOT NULL DEFAULT 0,
+    malformed TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS estimates (
+    id INTEGER PRIMARY KEY,
+    run INTEGER NOT NULL REFERENCES runs(id),
+    received REAL NOT NULL,
+    "v" INTEGER, "device" TEXT NOT NULL, "seq" INTEGER NOT NULL, "t" REAL NOT NULL, "window_s" REAL, "sbp" REAL,
+    "dbp" REAL, "ok" INTEGER, "reason" TEXT, "sqi" REAL, "hr" REAL, "calibrated" INTEGER, "model" TEXT NOT NULL,
+    "latency_ms" REAL, "ref_sbp" REAL, "ref_dbp" REAL, "sbp_window" REAL, "dbp_window" REAL, "sbp_lo" REAL,
+    "sbp_hi" REAL, "dbp_lo" REAL, "dbp_hi" REAL, "interval" REAL,
+    extra TEXT,
+    UNIQUE (device, model, seq, t)
+);
+CREATE INDEX IF NOT EXISTS estimates_device_t ON estimates (device, t);
+CREATE TABLE IF NOT EXISTS heartbeats (
+    id INTEGER PRIMARY KEY,
+    run INTEGER NOT NULL REFERENCES runs(id),
+    received REAL NOT NULL,
+    "uptime_s" REAL, "devices" INTEGER, "windows_total" INTEGER, "windows_per_s" REAL, "batch_mean" REAL,
+    "latency_p50_ms" REAL, "latency_p99_ms" REAL, "messages_total" INTEGER, "batches_total" INTEGER, "model" TEXT,
+    "queue" INTEGER, "backend_device" TEXT,
+    rejected TEXT,
+    extra TEXT
+);
+CREATE TABLE IF NOT EXISTS ppg (
+    id INTEGER PRIMARY KEY,
+    run INTEGER NOT NULL REFERENCES runs(id),
+    received REAL NOT NULL,
+    device TEXT NOT NULL, seq INTEGER NOT NULL, t0 REAL NOT NULL, fs REAL NOT NULL, n INTEGER NOT NULL,
+    samples BLOB NOT NULL, ref_sbp REAL, ref_dbp REAL, meta TEXT,
+    UNIQUE (device, seq, t0)
+);
+CREATE INDEX IF NOT EXISTS ppg_device_t0 ON ppg (device, t0);
+PRAGMA application_id = 1345474642;
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_file_is_upgraded_and_appended_to(tmp_path, capsys):
+    """Yesterday's recording (schema 1, `epoch` in `extra`): export still reads it as it is; a recorder opening it
+    upgrades it (epoch a column and in the key, its rows and ids unchanged) and goes on appending to it."""
+    db = tmp_path / "fake.sqlite"  # the file fake_daemon records into
+    with sqlite3.connect(db) as conn:
+        conn.executescript(V1_SCHEMA)
+        conn.execute("INSERT INTO runs (started, estimates_address, heartbeat, estimates_written) VALUES (?, ?, 0, 4)",
+                     (T0, "tcp://127.0.0.1:5556"))  # fmt: skip
+        conn.executemany(
+            "INSERT INTO estimates (run, received, v, device, seq, t, sbp, model, extra) "
+            "VALUES (1, ?, 1, ?, ?, ?, ?, ?, ?)",
+            [
+                (T0, "nostore", 0, T0, 120.0, "m@00000000", None),  # a daemon without a state store
+                (T0, "nostore", 1, T0 + 1, 121.0, "m@00000000", None),
+                (T0, "boot", 0, T0, 122.0, "m@00000000", '{"epoch":1}'),  # with one: epoch kept as an unknown key
+                (T0, "boot", 1, T0 + 1, 123.0, "m@00000000", '{"epoch":1,"future":[2]}'),
+            ],
+        )
+    before = rows(db)
+    assert record_main(["export", str(db), "--csv", str(tmp_path / "v1.csv")]) == 0  # read-only: not upgraded
+    assert "wrote 4 rows" in capsys.readouterr().out
+    assert "epoch" not in (tmp_path / "v1.csv").read_text().splitlines()[0].split(",")
+    with fake_daemon(tmp_path, flush_s=0.05) as (pub, path, recorder):
+        assert path == db
+        until_recorded(pub, db, "estimates", lambda n: encode_estimate(good_estimate("probe", n)),
+                       where="device = 'probe'")  # fmt: skip
+        for e in [
+            good_estimate("nostore", 1),  # already there (no epoch, as before)
+            good_estimate("boot", 1, epoch=1),  # already there: the epoch moved out of `extra` into the key
+            good_estimate("boot", 1, epoch=2),  # the next start's: a new row (seq 0 of it never came: 1 missed)
+            good_estimate("nostore", 4),  # seq 2, 3 never came: the gap after the file's last row, 2 missed
+            good_estimate("end", 0),
+        ]:
+            pub.send_multipart(encode_estimate(e))
+        wait_rows(db, lambda got: got[-1]["device"] == "end", timeout_s=10)
+    assert (recorder.counts.already_there, recorder.counts.missed) == (2, 3)
+    got = rows(db)
+    old = ["id", "run", "received", "v", "device", "seq", "t", "sbp", "model"]
+    assert [{k: r[k] for k in old} for r in got[:4]] == [{k: r[k] for k in old} for r in before]  # rows and ids kept
+    assert [(r["epoch"], r["extra"]) for r in got[:4]] == [(None, None), (None, None), (1, None), (1, '{"future":[2]}')]
+    new = [(r["device"], r["epoch"], r["seq"]) for r in got[4:] if r["device"] != "probe"]
+    assert new == [("boot", 2, 1), ("nostore", None, 4), ("end", None, 0)]
+    assert list(got[0]) == ["id", *ESTIMATE_COLUMNS]  # the columns of a new file, in its order
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        indexes = {r[1]: r[2] for r in conn.execute("PRAGMA index_list(estimates)")}
+        assert indexes == {"estimates_key": 1, "estimates_device_t": 0}  # the v1 UNIQUE is gone
+        assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 2  # yesterday's run, and this one
+    assert record_main(["export", str(db), "--csv", str(tmp_path / "v2.csv")]) == 0
+    with (tmp_path / "v2.csv").open(newline="") as f:
+        assert [r["epoch"] for r in csv.DictReader(f) if r["device"] == "boot"] == ["1", "1", "2"]
 
 
 def test_a_full_batch_commits_without_waiting_for_flush_s(tmp_path):

@@ -77,10 +77,11 @@ def test_every_declared_range_is_enforced(config_cls, key):
     "override,message",
     [
         ("model.backend='gpu'", "model.backend must be one of ('local', 'ray'), got 'gpu'"),
-        ("sockets.prefixes='ppg.a,sbp.b'", "sockets.prefixes must be comma-separated topics each starting with"),
+        ("cluster.members='a,b c'", "cluster.members must be comma-separated ids of 1–64 characters"),
+        ("cluster.redis='localhost:6379'", "cluster.redis must be redis://host:port[/db]"),
         ("limits.max_devices='many'", "limits.max_devices must be an integer, got 'many'"),
         ("limits=3", "limits must be a table"),
-        ("limit.max_devices=3", "unknown key limit; valid keys: batching, calibration, limits, model, operation, "),
+        ("limit.max_devices=3", "unknown key limit; valid keys: batching, calibration, cluster, limits, model, "),
         ("calibration.min_estimates=65", "calibration.min_estimates must be within [1, 64], got 65"),
     ],
 )
@@ -88,6 +89,22 @@ def test_daemon_values_are_refused_naming_the_key_and_what_is_right(override, me
     with pytest.raises(ConfigError) as info:
         load_daemon_config(None, [parse_override(override)])
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["cluster.members='a,b'"], "cluster.id: a daemon in a cluster needs a name unique there"),
+        (
+            ["cluster.members='a,b'", "cluster.id='c'"],
+            "must include this daemon's cluster.id 'c'",
+        ),
+        (["cluster.members='a'", "cluster.redis='redis://h:1'", "cluster.id='a'"], "give one — a fixed list, or Redis"),
+    ],
+)
+def test_a_cluster_is_named_and_one_kind(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_daemon_config(None, [parse_override(o) for o in overrides])
 
 
 def test_log_level_is_accepted_in_any_case():

@@ -144,21 +144,25 @@ def test_a_corrupt_store_stops_the_start_up_with_exit_2(tmp_path):
     assert f"state.path: cannot use {path}" in out and "Traceback" not in out
 
 
-def test_a_store_in_use_is_refused():
-    """Two daemons (two shards) on one file: the second is refused at start-up, so each needs its own state.path."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "state.db")
-        first = StateStore(path, "m@1")
-        try:
-            with pytest.raises(ConfigError, match="locked: is another p2p-daemon using it"):
-                StateStore(path, "m@1")
-        finally:
-            first.close()
-        again = StateStore(path, "m@1")  # free once the first has gone
-        assert again.epoch == 2
-        again.close()
+def test_daemons_on_one_machine_share_a_store_safely(tmp_path):
+    """The daemons of a cluster share one file: each start its own epoch; what one writes the other reads (a device
+    taken over keeps its calibration); writes from both, interleaved, all land."""
+    path = tmp_path / "state.db"
+    a, b = StateStore(path, "m@1"), StateStore(path, "m@1")
+    try:
+        assert (a.epoch, b.epoch) == (1, 2)
+        key = a.add_calibration("watch", (121.0, 79.0), 10.0, None)
+        a.set_reference("watch", key, (110.0, 70.0))
+        assert b.recall("watch")[0] == Saved(key, (121.0, 79.0), 10.0, (110.0, 70.0))  # b took the device over
+        for i in range(50):
+            (a if i % 2 else b).add_calibration(f"d{i}", (120.0, 80.0), 1.0, None)
+        assert len(rows(path, "SELECT device FROM calibrations")) == 51
+        assert len(a.history("d3", 5)) == len(b.history("d4", 5)) == 1
+    finally:
+        a.close()
+        b.close()
+    with daemon(path) as (_, c), daemon(path) as (_, c2):  # two daemon processes on one file, at once
+        assert {session(c, T0)[0]["epoch"], session(c2, T0)[0]["epoch"]} == {3, 4}
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write to any file: see the read-only filesystem test")

@@ -12,6 +12,7 @@ from p2p_stream.config.security import Security
 from p2p_stream.config.security import validate as validate_security
 from p2p_stream.config.settings import check_settings, defaults_toml, setting
 from p2p_stream.errors import ConfigError
+from p2p_stream.ids import DEVICE_RE
 
 MAX_SPAN_WINDOWS = 600  # estimates within a calibration span: 600 × ~120 B per device, bounded at any device count
 
@@ -24,8 +25,12 @@ def _address(value: str) -> bool:
     return True
 
 
-def _prefixes(value: str) -> bool:
-    return all(p.startswith("ppg.") for p in value.split(","))
+def _names(value: str) -> bool:
+    return not value or all(DEVICE_RE.fullmatch(n.strip()) for n in value.split(","))
+
+
+def _redis_url(value: str) -> bool:
+    return not value or value.startswith(("redis://", "rediss://", "unix://"))
 
 
 def _torch_device(value: str) -> bool:
@@ -58,10 +63,6 @@ class Sockets:
     connect: bool = setting(
         False, "true: ingest and publish connect to a p2p-proxy (sharded daemons, docs/scaling.md) instead of binding"
     )
-    prefixes: str = setting(
-        "ppg.", "comma-separated ingest topic prefixes this daemon takes: its shard of the devices",
-        rule=_prefixes, expect="comma-separated topics each starting with 'ppg.'",
-    )  # fmt: skip
 
     def addresses(self) -> dict[str, str]:
         return {"ingest": self.ingest, "publish": self.publish, "control": self.control}
@@ -203,8 +204,39 @@ class State:
 
     path: str = setting(
         "", "SQLite file of calibrations, device facts and the audit of calibrate/forget; '' = kept in memory only "
-        "(lost at a restart). One file per daemon: each shard needs its own", metavar="FILE",
+        "(lost at a restart). Daemons of a cluster on one machine share one file; elsewhere each has its own",
+        metavar="FILE",
     )  # fmt: skip
+
+
+@dataclass
+class Cluster:
+    """Daemons sharing a fleet behind p2p-proxy: each owns the devices that rendezvous hashing over the live daemons
+    gives it (stream/ownership.py, docs/scaling.md). Standalone when both members and redis are empty."""
+
+    id: str = setting(
+        "", "this daemon's name in the cluster, unique and kept across restarts (its devices follow the name)",
+        rule=_names, expect="1–64 characters of [A-Za-z0-9_.:-]",
+    )  # fmt: skip
+    members: str = setting(
+        "", "a fixed cluster: every daemon's id, comma-separated, the same list on each (no failover)",
+        rule=_names, expect="comma-separated ids of 1–64 characters of [A-Za-z0-9_.:-]",
+    )  # fmt: skip
+    redis: str = setting(
+        "", "a live cluster: the Redis server holding the daemons' leases (failover); '' = none",
+        rule=_redis_url, expect="redis://host:port[/db], rediss://… or unix:///path.sock",
+    )  # fmt: skip
+    name: str = setting(
+        "p2p", "the cluster's name in Redis: daemons of one fleet share it, another fleet takes another",
+        rule=_names, expect="1–64 characters of [A-Za-z0-9_.:-]",
+    )  # fmt: skip
+    lease_s: float = setting(
+        3.0, "a daemon that has not renewed its lease for this long is taken for dead: its devices move", unit="s",
+        range=(0.3, 600),
+    )  # fmt: skip
+
+    def on(self) -> bool:
+        return bool(self.members or self.redis)
 
 
 @dataclass
@@ -254,6 +286,7 @@ class DaemonConfig:
     operation: Operation = field(default_factory=Operation)
     security: Security = field(default_factory=Security)
     state: State = field(default_factory=State)
+    cluster: Cluster = field(default_factory=Cluster)
     ray: Ray = field(default_factory=Ray)
 
 
@@ -276,6 +309,14 @@ def _validate(c: DaemonConfig) -> None:
         raise ConfigError(
             f"ray.min_replicas ({c.ray.min_replicas}) must not exceed ray.max_replicas ({c.ray.max_replicas})"
         )
+    cl = c.cluster
+    if cl.members and cl.redis:
+        raise ConfigError("cluster.members and cluster.redis: give one — a fixed list, or Redis for a live cluster")
+    if cl.on() and not cl.id:
+        raise ConfigError("cluster.id: a daemon in a cluster needs a name unique there, e.g. --set cluster.id=a")
+    members = [m.strip() for m in cl.members.split(",") if m.strip()]
+    if members and cl.id not in members:
+        raise ConfigError(f"cluster.members {members} must include this daemon's cluster.id {cl.id!r}")
     validate_security(c.security, c.sockets.addresses())
 
 

@@ -7,7 +7,8 @@ tests drive each attack and check the daemon's peak RSS against `total_mb` (plus
 from __future__ import annotations
 
 from p2p_stream.config.daemon import DaemonConfig
-from p2p_stream.stream.protocol import DEVICE_MAX_BYTES, INGEST_PREFIX, MAX_FRAME_BYTES
+from p2p_stream.ids import DEVICE_MAX_BYTES
+from p2p_stream.stream.protocol import INGEST_PREFIX, MAX_FRAME_BYTES
 
 MB = 1 << 20
 CONTROL_MAX_BYTES = 64 * 1024  # a control request is a small map; a bigger frame drops the requester's connection

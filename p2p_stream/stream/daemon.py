@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,7 +34,9 @@ from p2p_stream.stream.calibration import Calibrations, params_from_metadata
 from p2p_stream.stream.counters import Counters
 from p2p_stream.stream.devices import DeviceLimitError, DeviceTable
 from p2p_stream.stream.identity import DeviceGrants, recv_keyed
-from p2p_stream.stream.protocol import MAX_FRAME_BYTES, decode_ingest, pack
+from p2p_stream.stream.membership import membership_for
+from p2p_stream.stream.ownership import Ownership
+from p2p_stream.stream.protocol import INGEST_PREFIX, MAX_FRAME_BYTES, decode_ingest, pack
 from p2p_stream.stream.ratelimit import RateLimitedLog
 from p2p_stream.stream.ring_buffer import Window
 from p2p_stream.stream.security import CurveServer
@@ -211,8 +214,8 @@ def bind(config: DaemonConfig) -> Sockets:
             zmq.SUB, s.ingest, "sockets.ingest", secure=True,
             options={zmq.RCVHWM: ingest_hwm(config), zmq.MAXMSGSIZE: MAX_FRAME_BYTES}, connect=s.connect,
         )  # fmt: skip
-        for prefix in s.prefixes.split(","):  # this daemon's shard of the devices
-            sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        # Every wearable: in a cluster, each daemon hears all and keeps those it owns (stream/ownership.py).
+        sub.setsockopt(zmq.SUBSCRIBE, INGEST_PREFIX)
         # Per subscriber: one that stops reading costs at most this many queued estimates, never the others' speed.
         # A subscription is a message to this socket: one longer than any topic (it could match nothing) drops the
         # subscriber's connection before ZeroMQ stores it (100,000 of 513 bytes once took 2.4 GB: issue 14).
@@ -262,9 +265,7 @@ class Daemon:
         try:
             self.sockets = bind(config)
         except BaseException:
-            self.parts.backend.close()
-            if self.parts.store is not None:
-                self.parts.store.close()
+            self._release_parts()
             raise
         self.stop_event = threading.Event()
         self.max_clock_skew_s = config.limits.max_clock_skew_s  # read once per message: kept at hand
@@ -275,6 +276,17 @@ class Daemon:
         curve = self.sockets.curve
         self.keyed = curve is not None
         self.grants = DeviceGrants(curve.keys if curve is not None else None, config.limits.max_devices_per_key)
+        # In a cluster: the live daemons (a fixed list, or Redis leases) and which devices are this daemon's.
+        self.membership = membership_for(config.cluster)
+        if self.membership is not None:
+            try:
+                self.membership.start()  # Redis: takes this daemon's lease, or a ConfigError says why it cannot
+            except BaseException:
+                self.sockets.close()
+                self._release_parts()
+                raise
+        self.ownership = Ownership(self.membership) if self.membership is not None else None
+        self._members_seen = -1  # the membership version the device table was last trimmed for
         p = self.parts
         self.worker = InferenceWorker(
             estimator=p.estimator,
@@ -289,6 +301,8 @@ class Daemon:
             stop=self.stop_event,
             smoother=p.smoother,
             epoch=p.epoch,
+            daemon=config.cluster.id or socket.gethostname(),
+            cluster_status=self._cluster_status if self.ownership is not None else None,
         )
         self.client: str | None = None  # the client key of the control request being answered (with CURVE)
 
@@ -298,7 +312,10 @@ class Daemon:
         """One message: validate, buffer, enqueue finished windows. Never raises for bad input.
 
         `user` is the client key that sent it (z85 text, with CURVE): it must be allowed the message's device.
+        In a cluster, a message of a device another daemon owns is dropped unread (counted in `foreign_total`).
         """
+        if self.ownership is not None and not self.ownership.mine(frames[0]):
+            return
         self.parts.counters.message()
         try:
             now = time.time()
@@ -351,6 +368,31 @@ class Daemon:
             self.parts.counters.reject(shed)
             self.warn.warning(shed, "shed a window of %s: %d of its windows already wait", window.device,
                               self.parts.batcher.per_device)  # fmt: skip
+
+    # ---------------------------------------------------------------- cluster
+
+    def _cluster_status(self) -> dict:
+        """The heartbeat's cluster keys: the live members as this daemon sees them, the messages left to others."""
+        assert self.ownership is not None and self.membership is not None
+        return {**self.membership.status(), "foreign_total": self.ownership.foreign}
+
+    def _follow_membership(self) -> None:
+        """The live set changed: devices now another daemon's leave this one's table (their calibrations stay in the
+        state store, for whoever owns them next); devices now this one's start when their next message comes."""
+        assert self.ownership is not None and self.membership is not None
+        version, members = self.membership.version, self.membership.members
+        if version == self._members_seen:
+            return
+        self._members_seen = version
+        devices = self.parts.devices
+        gone = [d for d in devices.streams if not self.ownership.owns(d)]
+        for device in gone:
+            devices.forget(device)
+        self.grants.release(gone)
+        self.parts.calibrations.retain(devices.streams.keys())
+        self.parts.smoother.retain(devices.streams.keys())
+        log.info("cluster %s: live daemons %s; %d device(s) handed to others", self.config.cluster.name,
+                 ", ".join(members) or "none", len(gone))  # fmt: skip
 
     # ---------------------------------------------------------------- control
 
@@ -445,6 +487,8 @@ class Daemon:
         next_evict = time.monotonic() + 1.0
         try:
             while not self.stop_event.is_set():
+                if self.ownership is not None:
+                    self._follow_membership()
                 ready = dict(poller.poll(timeout=50))
                 if sub in ready:  # bounded in count and in time: control and the stop flag wait ~50 ms at most
                     budget_end = time.monotonic() + DRAIN_BUDGET_S
@@ -521,16 +565,21 @@ class Daemon:
     def stop(self) -> None:
         self.stop_event.set()
 
+    def _release_parts(self) -> None:
+        self.parts.backend.close()
+        if self.parts.store is not None:
+            self.parts.store.close()
+
     def close(self) -> None:
         self.stop_event.set()
+        if self.membership is not None:  # leave at once: the others take this daemon's devices now, not in lease_s
+            self.membership.stop()
         if self.worker.is_alive():
             self.worker.join(timeout=10)  # the worker finishes and publishes its batch in flight, then stops
         if self.worker.is_alive():  # never close a socket another thread is using: leave it to process exit
             log.error("inference worker did not stop; exiting without closing its socket")
             return
         self.sockets.close()
-        self.parts.backend.close()
-        if self.parts.store is not None:
-            self.parts.store.close()
+        self._release_parts()
         if self.worker.error is not None:
             raise P2PError(f"inference worker failed: {self.worker.error}")

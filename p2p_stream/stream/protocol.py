@@ -15,13 +15,13 @@ Every message is two frames, ``[topic, msgpack map]``:
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import msgpack
 import numpy as np
 
 from p2p_stream.errors import ProtocolError
+from p2p_stream.ids import DEVICE_RE
 from p2p_stream.model.demographics import age_years
 
 VERSION = 1
@@ -29,8 +29,6 @@ INGEST_PREFIX = b"ppg."
 ESTIMATE_PREFIX = b"sbp."
 STATUS_TOPIC = b"status"
 # \A…\Z, not ^…$: `$` also matches before a trailing newline, so "dev\n" would pass `.match`. Use `.fullmatch`.
-DEVICE_MAX_BYTES = 64
-DEVICE_RE = re.compile(rf"\A[A-Za-z0-9_.:-]{{1,{DEVICE_MAX_BYTES}}}\Z")
 MIN_FS_HZ = 20.0  # below this a pulse wave's shape is gone (PPG sensors sample at 25 Hz and more)
 MAX_FS_HZ = 10_000.0  # above this it is not a PPG sensor
 MAX_SAMPLES = 16_384  # per message (16 s at 1 kHz); a wearable sends tens to hundreds

@@ -1,6 +1,7 @@
 """State store: what an operator tells the daemon (calibrations, device facts) kept on disk, so a restart, a crash
-or an idle eviction does not lose it. One embedded SQLite file per daemon (`state.path`; a sharded daemon has its
-own), in WAL mode, held with an exclusive lock for the daemon's life: a second daemon on the same file is refused.
+or an idle eviction does not lose it. One embedded SQLite file (`state.path`) in WAL mode, which the daemons of a
+cluster on one machine share: a device taken over from a dead daemon gets its calibration from the same file, and
+each daemon start gets its own `epoch` from it. (SQLite's locks need one machine's filesystem: not NFS.)
 
 Tables:
 
@@ -40,6 +41,7 @@ from p2p_stream.stream.ring_buffer import DeviceStream, PushResult
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 2000  # how long a write waits for another daemon's on a shared file
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS boots (
     epoch INTEGER PRIMARY KEY AUTOINCREMENT, started REAL NOT NULL, model TEXT NOT NULL, pid INTEGER NOT NULL);
@@ -81,11 +83,15 @@ class StateStore:
             raise ConfigError(f"state.path: {self.path} is not readable and writable here (its permissions, or a "
                               "read-only filesystem); fix that or point state.path at another file")  # fmt: skip
         try:
-            self.db = sqlite3.connect(self.path, timeout=0.5, check_same_thread=False, isolation_level=None)
+            self.db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False, isolation_level=None
+            )
         except sqlite3.Error as exc:
             raise ConfigError(f"state.path: cannot open {self.path} ({exc}); does its folder exist?") from exc
         try:
-            self.db.execute("PRAGMA locking_mode=EXCLUSIVE")  # held until close: one daemon per file
+            # WAL: the daemons of a cluster on one machine share the file (each writes the devices it owns); a
+            # writer waits up to busy_timeout for another's commit, which is one small transaction.
+            self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             if self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
                 raise sqlite3.OperationalError("cannot switch to WAL mode")
             if self.db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
@@ -97,7 +103,7 @@ class StateStore:
                     f"{SCHEMA_VERSION}); upgrade, or point state.path elsewhere"
                 )
             self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("BEGIN IMMEDIATE")  # the exclusive lock is taken here, or refused
+            self.db.execute("BEGIN IMMEDIATE")
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self.db.execute(statement)
@@ -115,7 +121,7 @@ class StateStore:
             self.db.close()
             text = str(exc)
             if "locked" in text or "busy" in text:
-                why = "it is locked: is another p2p-daemon using it? each daemon (each shard) needs its own state.path"
+                why = "it stayed locked by another process; is something other than p2p-daemons holding it?"
             elif "readonly" in text or "read-only" in text:
                 why = "it is read-only; fix its (or its folder's) permissions or point state.path elsewhere"
             else:

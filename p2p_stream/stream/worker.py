@@ -63,9 +63,13 @@ class InferenceWorker(threading.Thread):
         stop: threading.Event,
         smoother: Smoother | None = None,
         epoch: int | None = None,
+        daemon: str | None = None,
+        cluster_status: Callable[[], dict] | None = None,
     ) -> None:
         """Every collaborator by keyword. `pub` may be None for a worker whose `submit`/`finish` a test calls
-        directly (nothing is published then); `device_count` gives the number of wearables for the heartbeat."""
+        directly (nothing is published then); `device_count` gives the number of wearables for the heartbeat.
+        `daemon`: this daemon's name, in every heartbeat, and in every estimate when it is one of a cluster
+        (`cluster_status` given: its keys join the heartbeat)."""
         super().__init__(name="p2p-inference", daemon=True)
         self.est, self.backend, self.batcher, self.pub = estimator, backend, batcher, pub
         self.warn = RateLimitedLog(log, period_s=10.0)
@@ -76,6 +80,7 @@ class InferenceWorker(threading.Thread):
         self.epoch = (
             epoch  # the daemon start (its state store's boot number; None without a store): (device, epoch, seq)
         )
+        self.daemon, self.cluster_status = daemon, cluster_status
         level = getattr(estimator, "interval_level", None)  # the level of the model's interval; None: it has none
         self.interval_level = None if level is None else float(level)
         self.error: BaseException | None = None
@@ -111,6 +116,10 @@ class InferenceWorker(threading.Thread):
         """
         runs_on = str(self.backend.runs_on)
         extra = {"model": self.model_name, "queue": self.batcher.qsize(), "backend_device": runs_on, "device": runs_on}
+        if self.daemon is not None:
+            extra["daemon"] = self.daemon
+        if self.cluster_status is not None:
+            extra.update(self.cluster_status())
         return self.counters.snapshot(self.device_count(), extra)
 
     def _estimate(self, w: Window, ok: bool, reason: str | None, sqi: float, hr: float | None) -> dict:
@@ -135,6 +144,8 @@ class InferenceWorker(threading.Thread):
             e.update(dict.fromkeys(INTERVAL_KEYS), interval=self.interval_level)
         if self.epoch is not None:  # with a state store only: without one there is no start number that lasts
             e["epoch"] = self.epoch
+        if self.cluster_status is not None:  # one of a cluster: which daemon estimated it (its seq is its own)
+            e["daemon"] = self.daemon
         if reason:
             e["reason"] = reason
         if w.ref is not None:

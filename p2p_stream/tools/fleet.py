@@ -13,10 +13,12 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from p2p_stream.errors import ConfigError
+from p2p_stream.stream.protocol import DEVICE_RE
 from p2p_stream.tools.common import command, parent_parser, setup_logging
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ class FleetConfig:
     sbp_mmhg: tuple[float, float] = (100.0, 160.0)  # per-device baseline SBP range
     stagger_s: float = 0.0  # devices join at random times within this span, as real ones do (not all at once)
     seed: int = 0
+    ids: tuple[str, ...] = ()  # the devices' ids, one per device; () = sim00000, sim00001, …
 
 
 @dataclass
@@ -54,7 +57,9 @@ class Fleet:
         c = self.config = config
         rng = self.rng = np.random.default_rng(c.seed)
         n = c.devices
-        self.ids = [f"sim{i:05d}" for i in range(n)]
+        self.ids = list(c.ids) if c.ids else [f"sim{i:05d}" for i in range(n)]
+        if len(self.ids) != n:
+            raise ConfigError(f"the fleet has {n} devices but {len(self.ids)} ids")
         self.fs = np.array([c.rates_hz[i % len(c.rates_hz)] for i in range(n)])
         self.samples = np.round(self.fs * c.chunk_s).astype(int)
         self.hr0 = rng.uniform(*c.hr_bpm, n)  # bpm
@@ -149,6 +154,20 @@ def run(fleet: Fleet, sock, duration_s: float | None, t_wall0: float | None = No
     return sent
 
 
+def read_ids(path: str) -> tuple[str, ...]:
+    """Device ids, one per line (blank lines skipped); a ConfigError naming the first that is not an id."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").split()
+    except OSError as exc:
+        raise ConfigError(f"--ids: cannot read {path} ({exc})") from exc
+    for line in lines:
+        if not DEVICE_RE.fullmatch(line):
+            raise ConfigError(f"--ids: {line[:80]!r} in {path} is not a device id (1–64 characters of [A-Za-z0-9_.:-])")
+    if not lines or len(set(lines)) != len(lines):
+        raise ConfigError(f"--ids: {path} must list at least one device id, each once")
+    return tuple(lines)
+
+
 @command
 def main(argv: list[str] | None = None, prog: str = "fleet.py") -> int:
     from p2p_stream.tools.replay import add_publisher_args, check_publisher_args, run_publisher
@@ -171,6 +190,9 @@ def main(argv: list[str] | None = None, prog: str = "fleet.py") -> int:
     )
     p.add_argument("--dropout-per-min", type=float, default=d.dropout_per_min, help="dropouts per device per minute")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--ids", metavar="FILE", help="the devices' ids, one per line (their number sets --devices); default sim00000…"
+    )
     add_publisher_args(p)
     args = p.parse_args(argv)
     setup_logging(args.log_level)
@@ -185,8 +207,10 @@ def main(argv: list[str] | None = None, prog: str = "fleet.py") -> int:
         raise ConfigError(
             f"--devices must be ≥ 1, --chunk-s and every rate > 0; got {args.devices}, {args.chunk_s} and {args.rates}"
         )
+    ids = read_ids(args.ids) if args.ids else ()
     config = FleetConfig(
-        devices=args.devices,
+        devices=len(ids) or args.devices,
+        ids=ids,
         rates_hz=rates,
         chunk_s=args.chunk_s,
         seed=args.seed,

@@ -38,7 +38,8 @@ import numpy as np
 import zmq
 
 from p2p_stream.errors import ConfigError
-from p2p_stream.stream.protocol import DEVICE_MAX_BYTES, DEVICE_RE, MAX_FS_HZ, MAX_SAMPLES, MIN_FS_HZ, encode_ingest
+from p2p_stream.ids import DEVICE_MAX_BYTES, DEVICE_RE
+from p2p_stream.stream.protocol import MAX_FS_HZ, MAX_SAMPLES, MIN_FS_HZ, encode_ingest
 from p2p_stream.tools.common import command, parent_parser, setup_logging
 from p2p_stream.tools.replay import add_publisher_args, check_publisher_args, run_publisher
 

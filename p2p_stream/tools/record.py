@@ -5,10 +5,11 @@
     p2p record score session.sqlite [--window] [--json score.json] [--predictions predictions.csv]
 
 A SUB on the daemon's estimates (`sbp.` and `status`); each message validated, then queued and written in batches
-(every --flush-s or --flush-rows, whichever comes first), each batch one transaction. Rows carry a natural key,
-so restarting on the same file never writes one twice. The daemon may stop and come back (ZeroMQ reconnects; a
-line is logged when its heartbeat stops and returns); a malformed message is counted and dropped. Ctrl-C or
-SIGTERM: what was received is committed, the counts printed, exit 0. Schema and queries: docs/recording.md.
+(every --flush-s or --flush-rows, whichever comes first), each batch one transaction. Rows carry a natural key
+(device, model, epoch, seq, t), so restarting on the same file never writes one twice. The daemon may stop and come
+back (ZeroMQ reconnects; a line is logged when its heartbeat stops and returns); a malformed message is counted and
+dropped. Ctrl-C or SIGTERM: what was received is committed, the counts printed, exit 0. Schema and queries:
+docs/recording.md.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class Recorder:
         self.flush_s, self.flush_rows = flush_s, flush_rows
         self.counts: Counts = db.counts
         self.malformed: Counter[str] = Counter()
-        self.last_seq = db.last_seqs()  # (device, model) → seq: gaps after it are estimates this file lacks
+        self.last_seq = db.last_seqs()  # (device, model) → (epoch, seq): gaps after it are estimates this file lacks
         self.warn = RateLimitedLog(log, period_s=10.0)
         self.ctx = zmq.Context()
         self.sub = self._socket(estimates, ESTIMATES_HWM, (ESTIMATE_PREFIX, STATUS_TOPIC))
@@ -101,12 +102,18 @@ class Recorder:
         e = decode_estimate(frames)
         row = estimate_row(e, frames[0], self.db.run, received)
         self.db.add("estimates", row)
-        key, seq = (e["device"], e["model"]), e["seq"]
-        last = self.last_seq.get(key)
-        if last is not None and seq > last + 1:
-            self.counts.missed += seq - last - 1
-            self.warn.info(f"gap {key[0]}", "%s: %d estimate(s) missing before seq %d", key[0], seq - last - 1, seq)
-        self.last_seq[key] = seq
+        key, epoch, seq = (e["device"], e["model"]), e.get("epoch"), e["seq"]
+        last_epoch, last = self.last_seq.get(key, (None, None))
+        if epoch is not None and epoch != last_epoch and last is not None:
+            missed = seq  # a new daemon start counts seq from 0 again: the ones before this never came
+        elif epoch == last_epoch and last is not None:
+            missed = max(0, seq - last - 1)  # a lower seq: the device's stream started again (not counted)
+        else:
+            missed = 0  # the first of a (device, model), or a daemon with no store after one with: nothing to go by
+        if missed:
+            self.counts.missed += missed
+            self.warn.info(f"gap {key[0]}", "%s: %d estimate(s) missing before seq %d", key[0], missed, seq)
+        self.last_seq[key] = (epoch, seq)
 
     def on_heartbeat(self, status: dict, received: float) -> None:
         now = time.monotonic()

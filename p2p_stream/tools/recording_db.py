@@ -1,19 +1,21 @@
 """Recording database: the SQLite file `p2p record` writes — its schema, one row per message, idempotent batches.
 
     runs        one row per recorder run: addresses, counts so far, `stopped` NULL while running (or after a crash)
-    estimates   every estimate, a column per contract key, unknown keys as JSON in `extra`;
-                UNIQUE(device, model, seq, t): a row is written once, whatever arrives twice
+    estimates   every estimate, a column per contract key, unknown keys as JSON in `extra`; natural key
+                (device, model, epoch, seq, t), an absent epoch one value: a row is written once, whatever arrives
+                twice, and two daemon starts that repeat (device, model, seq, t) are both kept
     heartbeats  the daemon's `status` map (with --heartbeat), `rejected` and unknown keys as JSON
     ppg         raw ingest messages (with --ingest), samples as little-endian float32 bytes; UNIQUE(device, seq, t0)
 
 Every table has `received` (the recorder's Unix time at receipt, s) and `run` (the `runs` row that wrote it).
 Rows are validated before they are written: a message that is not what the contract says raises `ProtocolError`,
-whose `reason` the recorder counts.
+whose `reason` the recorder counts. A file of an older schema is upgraded when opened for writing (`upgrade`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sqlite3
 from dataclasses import dataclass, field
@@ -22,11 +24,14 @@ from pathlib import Path
 from p2p_stream.errors import ConfigError, ProtocolError
 from p2p_stream.stream.protocol import DEVICE_RE, decode_ingest
 
-SCHEMA_VERSION = 1  # PRAGMA user_version
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2  # PRAGMA user_version; 2: `epoch` a column of estimates and part of their natural key
 APPLICATION_ID = 0x50325052  # PRAGMA application_id: "P2PR", so another program's SQLite file is refused
 INT64 = 2**63
 
-# Contract key → (kind, SQLite column type), in docs/protocol.md "Estimate" order. The natural key's four are NOT NULL.
+# Contract key → (kind, SQLite column type), in docs/protocol.md "Estimate" order. The natural key is
+# (device, model, epoch, seq, t): all but `epoch` NOT NULL; `epoch` is nil when the daemon runs without a state store.
 ESTIMATE_KEYS: dict[str, tuple[str, str]] = {
     "v": ("int", "INTEGER"),
     "device": ("text", "TEXT NOT NULL"),
@@ -44,6 +49,7 @@ ESTIMATE_KEYS: dict[str, tuple[str, str]] = {
     "latency_ms": ("num", "REAL"),
     "ref_sbp": ("num", "REAL"),
     "ref_dbp": ("num", "REAL"),
+    "epoch": ("int", "INTEGER"),  # the daemon start (its state store's boot number, 1, 2, …); nil without a store
     "sbp_window": ("num", "REAL"),
     "dbp_window": ("num", "REAL"),
     "sbp_lo": ("num", "REAL"),
@@ -78,6 +84,16 @@ def _columns(keys: dict[str, tuple[str, str]]) -> str:
     return ",\n    ".join(f'"{k}" {sql}' for k, (_, sql) in keys.items())
 
 
+def _estimates_table(name: str) -> str:
+    return f"""CREATE TABLE IF NOT EXISTS {name} (
+    id INTEGER PRIMARY KEY,
+    run INTEGER NOT NULL REFERENCES runs(id),
+    received REAL NOT NULL,
+    {_columns(ESTIMATE_KEYS)},
+    extra TEXT                      -- JSON map of keys this schema does not know; NULL when none
+);"""
+
+
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
@@ -93,14 +109,12 @@ CREATE TABLE IF NOT EXISTS runs (
     missed INTEGER NOT NULL DEFAULT 0,         -- estimates not seen: gaps in a device's seq
     malformed TEXT NOT NULL DEFAULT '{{}}'      -- JSON: reason → messages dropped
 );
-CREATE TABLE IF NOT EXISTS estimates (
-    id INTEGER PRIMARY KEY,
-    run INTEGER NOT NULL REFERENCES runs(id),
-    received REAL NOT NULL,
-    {_columns(ESTIMATE_KEYS)},
-    extra TEXT,                     -- JSON map of keys this schema does not know; NULL when none
-    UNIQUE (device, model, seq, t)
-);
+{_estimates_table("estimates")}
+-- The natural key. SQLite's UNIQUE holds NULLs distinct, so a plain UNIQUE(…, epoch, …) would write an estimate
+-- without epoch (a daemon without a state store) again each time it arrives: the key takes an absent epoch as -1,
+-- which no daemon sends (a negative epoch is refused as malformed), while the column keeps NULL, as every other
+-- absent key does, so `epoch IS NULL`, export and score read it as the daemon sent it.
+CREATE UNIQUE INDEX IF NOT EXISTS estimates_key ON estimates (device, model, coalesce(epoch, -1), seq, t);
 CREATE INDEX IF NOT EXISTS estimates_device_t ON estimates (device, t);
 CREATE TABLE IF NOT EXISTS heartbeats (
     id INTEGER PRIMARY KEY,
@@ -179,8 +193,9 @@ def estimate_row(msg: dict, topic: bytes, run: int, received: float) -> tuple:
             raise ProtocolError("missing_key", f"estimate lacks {key!r}")
     values, extra = _row(msg, ESTIMATE_KEYS)
     row = dict(zip(ESTIMATE_KEYS, values))
-    if row["seq"] < 0:
-        raise ProtocolError("bad_type", f"'seq' must be ≥ 0, got {row['seq']}")
+    for key in ("seq", "epoch"):  # counts from 0 (seq) or 1 (epoch); a negative epoch would be the key's -1
+        if row[key] is not None and row[key] < 0:
+            raise ProtocolError("bad_type", f"{key!r} must be ≥ 0, got {row[key]}")
     if not math.isfinite(row["t"]):
         raise ProtocolError("bad_time", f"'t' must be finite, got {row['t']}")
     return (run, received, *values, to_json(extra) if extra else None)
@@ -253,6 +268,43 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def _statements(script: str) -> list[str]:
+    """`script` cut into its statements (each ends a line), to run them one by one inside a transaction."""
+    out, statement = [], ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            out.append(statement)
+            statement = ""
+    return out
+
+
+def upgrade(conn: sqlite3.Connection, version: int) -> None:
+    """Bring a recording of schema `version` to the one before SCHEMA_VERSION's statements run, inside the caller's
+    transaction; their `CREATE … IF NOT EXISTS` then add what is new.
+
+    1 → 2: `epoch` becomes a column of `estimates` and part of its natural key. A table's UNIQUE constraint cannot
+    be altered, so the table is rebuilt as SQLite documents it (new table, copy, drop the old, rename); its ids
+    and rows stay as they were, and an `epoch` a v1 file kept in `extra` moves into the column.
+    """
+    if version != 1:
+        raise ConfigError(f"recording schema {version} has no upgrade to {SCHEMA_VERSION}; record into a new file")
+    old = {r[1] for r in conn.execute("PRAGMA table_info(estimates)")}
+    names = ", ".join(f'"{c}"' for c in ("id", *ESTIMATE_COLUMNS) if c in old)
+    conn.execute(_estimates_table("estimates_v2"))
+    conn.execute(f"INSERT INTO estimates_v2 ({names}) SELECT {names} FROM estimates")
+    conn.execute("DROP TABLE estimates")  # and its indexes, UNIQUE(device, model, seq, t) among them
+    conn.execute("ALTER TABLE estimates_v2 RENAME TO estimates")
+    moved = []
+    for row_id, extra in conn.execute("SELECT id, extra FROM estimates WHERE extra LIKE '%\"epoch\"%'").fetchall():
+        keys = json.loads(extra)
+        epoch = keys.get("epoch")
+        if type(epoch) is int and 0 <= epoch < INT64:
+            del keys["epoch"]
+            moved.append((epoch, to_json(keys) if keys else None, row_id))
+    conn.executemany("UPDATE estimates SET epoch = ?, extra = ? WHERE id = ?", moved)
+
+
 class RecordingDB:
     """A recording open for writing: rows are queued by `add`, written by `commit` in one transaction.
 
@@ -266,10 +318,23 @@ class RecordingDB:
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = NORMAL")
         self.conn.execute("PRAGMA busy_timeout = 5000")
-        self.conn.executescript(
-            f"BEGIN IMMEDIATE; {SCHEMA}; PRAGMA application_id = {APPLICATION_ID}; "
-            f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        )
+        # One transaction, the version read inside it: two recorders opening an old file upgrade it once.
+        # (Not executescript: on Python ≤ 3.11 it commits an open transaction first.)
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] and version < SCHEMA_VERSION:
+                upgrade(self.conn, version)
+                log.info("%s: recording schema %d upgraded to %d", self.path, version, SCHEMA_VERSION)
+            for statement in _statements(SCHEMA):
+                self.conn.execute(statement)
+            self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            self.conn.close()
+            raise
         self.pending: dict[str, list[tuple]] = {table: [] for table in TABLES}
         self.counts = Counts()
         self.run = 0
@@ -282,13 +347,13 @@ class RecordingDB:
         self.run = int(cur.lastrowid)
         return self.run
 
-    def last_seqs(self) -> dict[tuple[str, str], int]:
-        """(device, model) → the seq of its latest recorded estimate: where a restarted recorder picks up."""
+    def last_seqs(self) -> dict[tuple[str, str], tuple[int | None, int]]:
+        """(device, model) → (epoch, seq) of its latest recorded estimate: where a restarted recorder picks up."""
         rows = self.conn.execute(
-            "SELECT device, model, seq FROM estimates "
+            "SELECT device, model, epoch, seq FROM estimates "
             "WHERE id IN (SELECT max(id) FROM estimates GROUP BY device, model)"
         )
-        return {(d, m): s for d, m, s in rows}
+        return {(d, m): (e, s) for d, m, e, s in rows}
 
     def add(self, table: str, row: tuple) -> None:
         self.pending[table].append(row)
