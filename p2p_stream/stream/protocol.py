@@ -21,7 +21,7 @@ import msgpack
 import numpy as np
 
 from p2p_stream.errors import ProtocolError
-from p2p_stream.ids import DEVICE_RE
+from p2p_stream.ids import DEVICE_MAX_BYTES, DEVICE_RE  # noqa: F401  (DEVICE_MAX_BYTES: part of the contract, read from here)
 from p2p_stream.model.demographics import age_years
 
 VERSION = 1
