@@ -100,6 +100,10 @@ def test_daemon_values_are_refused_naming_the_key_and_what_is_right(override, me
             "must include this daemon's cluster.id 'c'",
         ),
         (["cluster.members='a'", "cluster.redis='redis://h:1'", "cluster.id='a'"], "give one — a fixed list, or Redis"),
+        (
+            ["security.curve_secret_key='k'", "security.authorized_keys='a'", "sockets.connect=true"],
+            "behind p2p-proxy, CURVE goes on the proxy",
+        ),
     ],
 )
 def test_a_cluster_is_named_and_one_kind(overrides, message):

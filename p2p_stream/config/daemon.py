@@ -309,6 +309,12 @@ def _validate(c: DaemonConfig) -> None:
         raise ConfigError(
             f"ray.min_replicas ({c.ray.min_replicas}) must not exceed ray.max_replicas ({c.ray.max_replicas})"
         )
+    if c.security.curve_secret_key and c.sockets.connect:  # its ingest would never complete a handshake with the proxy
+        raise ConfigError(
+            "security.curve_secret_key with sockets.connect = true: behind p2p-proxy, CURVE goes on the proxy "
+            "(p2p proxy --curve-secret-key … --authorized-keys …) and the daemons run without it, their control "
+            "socket on loopback or ipc://"
+        )
     cl = c.cluster
     if cl.members and cl.redis:
         raise ConfigError("cluster.members and cluster.redis: give one — a fixed list, or Redis for a live cluster")

@@ -47,35 +47,53 @@ def is_local(address: str) -> bool:
         return False
 
 
-def validate(security: Security, addresses: dict[str, str]) -> None:
-    """Refuse half a CURVE set-up, missing key files, and plaintext sockets exposed beyond this machine."""
+DAEMON_SECURED = ("ingest", "control")  # the daemon's sockets CURVE serves; its estimates socket stays plaintext
+
+
+def setting_name(name: str, flags: bool = False) -> str:
+    """How a user gives a security setting: `security.curve_secret_key` in the daemon's config, or the flag
+    `--curve-secret-key` where a tool takes flags (p2p-proxy)."""
+    return "--" + name.replace("_", "-") if flags else f"security.{name}"
+
+
+def validate(
+    security: Security, addresses: dict[str, str], secured: tuple[str, ...] = DAEMON_SECURED, flags: bool = False
+) -> None:
+    """Refuse half a CURVE set-up, missing key files, and plaintext sockets exposed beyond this machine.
+
+    `secured`: the sockets of `addresses` that CURVE serves when it is on (the others stay plaintext); `flags`:
+    name settings and sockets as a tool's flags (`--curve-secret-key`, `--wearables ADDR`) in the messages.
+    """
+    key, folder = setting_name("curve_secret_key", flags), setting_name("authorized_keys", flags)
     if bool(security.curve_secret_key) != bool(security.authorized_keys):
-        raise ConfigError(
-            "security.curve_secret_key and security.authorized_keys go together: set both (see `p2p-keys init`) "
-            "or neither"
-        )
+        raise ConfigError(f"{key} and {folder} go together: set both (see `p2p-keys init`) or neither")
     if security.curve_secret_key:
         import zmq  # only when CURVE is asked for
 
         if not zmq.has("curve"):
             raise ConfigError("this libzmq was built without CURVE support; install pyzmq's wheels (they have it)")
         if not Path(security.curve_secret_key).is_file():
-            raise ConfigError(f"security.curve_secret_key: no file {security.curve_secret_key!r}; run `p2p-keys init`")
+            raise ConfigError(f"{key}: no file {security.curve_secret_key!r}; run `p2p-keys init`")
         if not Path(security.authorized_keys).is_dir():
-            raise ConfigError(f"security.authorized_keys: no folder {security.authorized_keys!r}; run `p2p-keys init`")
-    exposed = {k: a for k, a in plaintext(security, addresses).items() if not is_local(a)}
+            raise ConfigError(f"{folder}: no folder {security.authorized_keys!r}; run `p2p-keys init`")
+    exposed = {k: a for k, a in plaintext(security, addresses, secured).items() if not is_local(a)}
     if exposed and not security.allow_remote_plaintext:
-        where = ", ".join(f"sockets.{k} = {a}" for k, a in exposed.items())
+        where = ", ".join(f"--{k} {a}" if flags else f"sockets.{k} = {a}" for k, a in exposed.items())
+        # CURVE is a remedy only for a socket it serves: a daemon's estimates socket is plaintext with it too.
+        curve = f"enable CURVE (p2p-keys init; {key} and {folder}), or " if set(exposed) & set(secured) else ""
+        accept = "give --allow-remote-plaintext" if flags else "set security.allow_remote_plaintext = true"
         raise ConfigError(
             f"{where} would accept unauthenticated plaintext from other machines. Use a loopback or ipc:// "
-            "address, or enable CURVE (p2p-keys init; security.curve_secret_key and security.authorized_keys), "
-            "or set security.allow_remote_plaintext = true to accept the risk"
+            f"address, or {curve}{accept} to accept the risk"
         )
 
 
-def plaintext(security: Security, addresses: dict[str, str]) -> dict[str, str]:
-    """The sockets without CURVE: all of them when it is off, the estimates socket always."""
-    return {k: a for k, a in addresses.items() if not security.curve_secret_key or k == "publish"}
+def plaintext(
+    security: Security, addresses: dict[str, str], secured: tuple[str, ...] = DAEMON_SECURED
+) -> dict[str, str]:
+    """The sockets without CURVE: all of them when it is off, those not in `secured` always (the daemon's
+    estimates socket)."""
+    return {k: a for k, a in addresses.items() if not security.curve_secret_key or k not in secured}
 
 
 def exposure_warning(security: Security, addresses: dict[str, str]) -> str | None:
