@@ -48,12 +48,13 @@ def test_rendezvous_covers_every_id_once_and_moves_only_the_leaver_s_devices():
 
 @contextmanager
 def cluster_ends() -> Iterator[tuple[dict[str, str], Subscriber]]:
-    """A proxy (in this process) on ipc addresses, and a subscriber on its subscribers' side."""
+    """A proxy (in this process, as a["proxy"]) on ipc addresses, and a subscriber on its subscribers' side."""
     folder = tempfile.mkdtemp(prefix="p2pc")
     a = {k: f"ipc://{folder}/{k}" for k in ("wearables", "shards", "estimates", "subscribers")}
     a["folder"] = folder
     proxy = Proxy(a["wearables"], a["shards"], a["estimates"], a["subscribers"])
     proxy.start()
+    a["proxy"] = proxy
     sub = Subscriber(a["subscribers"])
     try:
         yield a, sub
@@ -112,6 +113,31 @@ def test_three_daemons_of_a_fixed_cluster_estimate_every_device_once_every_windo
         assert stats[n]["daemon"] == n and stats[n]["members"] == list(names)
         assert stats[n]["devices"] == sum(owner(d, names) == n for d in IDS)
         assert stats[n]["foreign_total"] > 0  # it heard the others' devices and left them
+
+
+def test_messages_no_daemon_takes_are_counted_at_the_proxy_and_one_leaving_cuts_no_other_off():
+    with cluster_ends() as (a, sub):
+        proxy = a["proxy"]
+        pub = fleet_of(a, IDS[:4])
+        try:
+            wait_for(lambda: proxy.unowned >= 20, 30, "the proxy never counted the messages no daemon took")
+            with member(a, "a", "--set", "cluster.members=a,b") as proc_a:  # b never comes: a owns only its own
+                wait_ready(a["a"])
+                with member(a, "b", "--set", "cluster.members=a,b") as proc_b:
+                    wait_ready(a["b"])
+                    sub.collect(lambda g: {e["daemon"] for _, e in g} == {"a", "b"}, 60)
+                    unowned = proxy.unowned  # both take them now: not one more unowned
+                    proc_b.kill()
+                    proc_b.wait(10)
+                gone = time.time()  # b's unsubscribe must not stop the wearables sending to the proxy for a
+                a_devices = {d for d in IDS[:4] if owner(d, ("a", "b")) == "a"}
+                sub.collect(lambda g: {e["device"] for t, e in g if t > gone + 5} >= a_devices, 30)
+                assert proc_a.poll() is None
+        finally:
+            pub.kill()
+            pub.wait(10)
+    assert unowned == proxy.unowned or proxy.unowned - unowned < 5  # at most the few in flight as b was killed
+    assert a_devices  # the four ids split between a and b
 
 
 # ---------------------------------------------------------------- a live cluster: Redis leases

@@ -4,8 +4,9 @@
     subscribers ◀──SUB── [XPUB subscribers | XSUB estimates] ◀──PUB── p2p-daemon × N
 
 Two XSUB/XPUB forwarders: wearables and subscribers keep the addresses they use with a single daemon; each daemon
-runs with `sockets.connect = true`, and subscriptions flow upstream, so a wearable's messages reach the daemons
-whose subscriptions match its topic (in a cluster each daemon keeps the devices it owns: stream/ownership.py).
+runs with `sockets.connect = true`. The proxy takes every wearable's messages and passes each to the daemons
+subscribed (in a cluster each keeps the devices it owns: stream/ownership.py); one that comes while no daemon is
+subscribed is counted (`unowned`) and logged, rate-limited.
 
 The ingest forwarder enforces the daemon's message limit before forwarding: a message whose frames together exceed
 `MAX_FORWARD_BYTES` (what the daemon could accept at most) is dropped, counted and logged (rate-limited), and a
@@ -80,7 +81,8 @@ HANDSHAKE_FAILED = (
 
 
 class IngestForwarder(threading.Thread):
-    """XSUB (wearables) → XPUB (shards), dropping every message over `max_bytes`; subscriptions flow back.
+    """XSUB (wearables) → XPUB (shards), dropping every message over `max_bytes`, and every message while no
+    daemon is subscribed (`unowned`); the XSUB takes every ingest topic, the daemons' subscriptions are counted.
 
     A frame over the daemon's MAXMSGSIZE never gets in (ZeroMQ drops that wearable's connection at the proxy).
     With CURVE (`security.curve_secret_key`), the XSUB is a CURVE server with the daemon's key pair and allow-list
@@ -106,6 +108,9 @@ class IngestForwarder(threading.Thread):
         self.dropped = 0  # messages over max_bytes
         self.unauthorized = 0  # messages for a device their key may not send for (with CURVE)
         self.auth_failed = 0  # refused CURVE handshakes (with CURVE)
+        self.unowned = 0  # messages that came while no daemon was subscribed to take them
+        self.subscriptions: dict[bytes, int] = {}  # topic → daemons subscribed to it now
+        self.taken = False  # whether some daemon's subscription matches ingest topics
         self.stop_event = threading.Event()
         self.warn = RateLimitedLog(log, period_s=10.0)
 
@@ -120,11 +125,17 @@ class IngestForwarder(threading.Thread):
                 sock.setsockopt(zmq.RCVHWM, self.hwm)
                 sock.setsockopt(zmq.SNDHWM, self.hwm)
             self.xsub.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)  # before bind: it applies to later connections
+            # Every subscribe and unsubscribe, a daemon's going away included: the proxy counts the daemons that take
+            # wearables' messages, so a message none takes is counted (`_subscription`, `_unowned`).
+            self.xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
             if self.curve is not None:
                 self.curve.serve(self.xsub)
                 self.monitor = self.xsub.get_monitor_socket(HANDSHAKE_FAILED)
             for sock, address in zip((self.xsub, self.xpub), self.addresses):
                 sock.bind(address)
+            # The proxy takes every wearable's messages, daemons or not, so that one no daemon takes is counted here
+            # (`unowned`) rather than dropped unseen at the wearable's own socket.
+            self.xsub.send(b"\x01" + INGEST_PREFIX)
         except BaseException:
             self.close()
             raise
@@ -161,6 +172,28 @@ class IngestForwarder(threading.Thread):
             "devices patterns): %d so far", topic[:80], grant.name if grant is not None else user, self.unauthorized
         )  # fmt: skip
 
+    def _subscription(self, frames: list[bytes]) -> None:
+        """A daemon's subscribe (b"\\x01topic") or unsubscribe (b"\\x00topic"), counted per topic: whether some
+        daemon takes ingest topics now. Not passed upstream: the proxy takes every wearable's messages itself."""
+        msg = frames[0] if len(frames) == 1 else b""
+        if not msg or msg[0] > 1:
+            return
+        topic, n = msg[1:], self.subscriptions.get(msg[1:], 0)
+        if msg[0] == 1:
+            self.subscriptions[topic] = n + 1
+        elif n > 1:
+            self.subscriptions[topic] = n - 1
+        else:
+            self.subscriptions.pop(topic, None)
+        self.taken = any(t.startswith(INGEST_PREFIX) or INGEST_PREFIX.startswith(t) for t in self.subscriptions)
+
+    def _unowned(self) -> None:
+        self.unowned += 1
+        self.warn.warning(
+            "unowned", "no daemon is subscribed to take the wearables' messages: %d dropped so far (are the daemons "
+            "running, with --ingest at this proxy's shards address?)", self.unowned
+        )  # fmt: skip
+
     def _on_monitor_event(self) -> None:
         event = recv_monitor_message(self.monitor)
         self.auth_failed += 1
@@ -182,10 +215,10 @@ class IngestForwarder(threading.Thread):
         try:
             while not self.stop_event.is_set():
                 ready = dict(poller.poll(timeout=100))
-                if xpub in ready:  # subscriptions from the shards, upstream to the wearables
+                if xpub in ready:  # the daemons' subscriptions: who takes the wearables' messages
                     for _ in range(FORWARD_PER_POLL):
                         try:
-                            xsub.send_multipart(xpub.recv_multipart(zmq.NOBLOCK))
+                            self._subscription(xpub.recv_multipart(zmq.NOBLOCK))
                         except zmq.Again:
                             break
                 if xsub in ready:
@@ -206,6 +239,9 @@ class IngestForwarder(threading.Thread):
                             continue
                         if keyed and not self.may_send(user, frames[0]):
                             self._refuse(user, frames[0])
+                            continue
+                        if not self.taken:
+                            self._unowned()
                             continue
                         xpub.send_multipart(frames)
                 if monitor is not None and monitor in ready:
@@ -262,6 +298,11 @@ class Proxy:
     def auth_failed(self) -> int:
         """Wearables refused (with CURVE) at the handshake."""
         return self.ingest.auth_failed
+
+    @property
+    def unowned(self) -> int:
+        """Ingest messages that came while no daemon was subscribed: no one owned them (logged, rate-limited)."""
+        return self.ingest.unowned
 
     def start(self) -> None:
         self.ingest.bind()
