@@ -215,11 +215,17 @@ def test_a_killed_daemon_s_devices_are_taken_over_and_come_back_when_it_returns(
                     return late >= set(b_devices)
 
                 sub.collect(taken_over, 30)
-                takeover_s = max(
-                    min(t for t, e in sub.got if t > killed and e["device"] == d and e["daemon"] == "a")
-                    for d in b_devices
-                ) - killed  # fmt: skip
+
+                def first_s(d: str, ok: bool) -> float:  # a's first estimate (ok) or word (any) of d after the kill
+                    return min(t for t, e in sub.got if t > killed and e["device"] == d and e["daemon"] == "a"
+                               and (e["ok"] or not ok)) - killed  # fmt: skip
+
+                gap_s = max(first_s(d, ok=False) for d in b_devices)
+                takeover_s = max(first_s(d, ok=True) for d in b_devices)
                 assert any(e["calibrated"] for t, e in sub.got if t > killed and e["device"] == calibrated)
+                for d in b_devices:  # a's first word on each: a `gap` (its seq 0 there), then its estimates
+                    first = next(e for t, e in sub.got if t > killed and e["device"] == d and e["daemon"] == "a")
+                    assert (first["ok"], first.get("reason"), first["seq"]) == (False, "gap", 0), first
             finally:
                 pub.kill()
                 pub.wait(10)
@@ -238,7 +244,8 @@ def test_a_killed_daemon_s_devices_are_taken_over_and_come_back_when_it_returns(
                 pub.kill()
                 pub.wait(10)
         assert proc_a.poll() is None
-    print(f"\nb left the live set {left:.1f} s after kill -9; its devices estimated by a {takeover_s:.1f} s after")
+    print(f"\nb left the live set {left:.1f} s after kill -9 (seen by polling a's stats); a published a gap for each "
+          f"of its devices within {gap_s:.1f} s and estimates within {takeover_s:.1f} s")  # fmt: skip
     assert takeover_s <= 15.0  # the stated takeover time: lease + one window (4 s here) + the fleet's own pace
     assert stats["a"]["devices"] == len(IDS) - len(b_devices) and stats["b"]["devices"] == len(b_devices)
     late = [e for t, e in sub.got if t > back + 1.0]  # after the handback: each device from its owner only

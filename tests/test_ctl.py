@@ -245,3 +245,50 @@ def test_with_curve_the_right_key_works_and_a_wrong_one_is_named(keys, capsys):
 def test_keys_given_to_a_daemon_without_curve_are_named(daemon, keys, capsys):
     code, _, err = ctl(capsys, "ping", "--control", daemon["control"], *curve_flags(keys, "operator"))
     assert code == 2 and f"the daemon at {daemon['control']}" in err and "not use CURVE" in err
+
+
+# ---------------------------------------------------------------- several daemons
+
+
+def test_stats_of_several_daemons_gives_each_its_table_and_the_exact_total(daemon, capsys, tmp_path):
+    """Two daemons running alone report the same name (the host's): told apart by their control addresses."""
+    x = simulated_ppg(72, 6.0, FS, seed=3).astype(np.float32)
+    with ipc_addresses() as other, daemon_process(other):
+        wait_ready(other["control"])
+        for addresses, devices in ((daemon, ("sum-1",)), (other, ("sum-2", "sum-3"))):
+            with client(addresses) as c:
+                for device in devices:
+                    c.stream(device, x, FS)
+                c.estimates(lambda got, devices=devices: {e["device"] for e in got} >= set(devices))
+        controls = ("--control", daemon["control"], "--control", other["control"])
+        code, out, err = ctl(capsys, "stats", *controls)
+        assert code == 0, err
+        code, raw, _ = ctl(capsys, "stats", *controls, "--json")
+        dead = f"ipc://{tmp_path}/nobody"
+        partial = ctl(capsys, "stats", *controls, "--control", dead, "--timeout-s", "0.5")
+    replies = [d["reply"] for d in json.loads(raw)["daemons"]]
+    total = json.loads(raw)["cluster"]
+    name = replies[0]["daemon"]
+    assert code == 0 and replies[1]["daemon"] == name  # one host name for both
+    assert total["devices"] == replies[0]["devices"] + replies[1]["devices"] and total["daemons"] == 2
+    assert total["messages_total"] == sum(r["messages_total"] for r in replies)
+    reasons = set(replies[0]["rejected"]) | set(replies[1]["rejected"])
+    assert total["rejected"] == {k: sum(r["rejected"].get(k, 0) for r in replies) for k in reasons}
+    assert total["latency_p99_ms_worst"] == max(r["latency_p99_ms"] for r in replies)
+    blocks = out.strip().split("\n\n")
+    assert [b.splitlines()[0] for b in blocks] == [
+        f"daemon {name} at {daemon['control']}",
+        f"daemon {name} at {other['control']}",
+        f"cluster: 2 daemons ({name}: one name, several daemons)",
+    ]
+    table = {line.split("  ")[1].strip(): line.split("  ", 2)[-1].strip() for line in blocks[2].splitlines()[1:]}
+    assert table["devices"] == f"{total['devices']:,}" and table["daemons"] == "2"
+    assert table["latency p99"].endswith("ms  (the worst daemon's)")
+    code, out, err = partial  # one address answered nothing: the others are printed, the error names it
+    assert code == 2 and "cluster: 2 daemons" in out
+    assert err.startswith("error: 1 of 3 daemons did not answer (left out of the total): " + dead)
+
+
+def test_one_address_twice_would_count_a_daemon_twice(capsys):
+    code, _, err = ctl(capsys, "stats", "--control", "ipc:///tmp/a", "--control", "ipc:///tmp/a")
+    assert code == 2 and "an address given twice" in err

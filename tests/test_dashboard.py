@@ -71,14 +71,15 @@ def device_line(text, device):
 def cell(text, device, title):
     """What a reader finds in `device`'s row under the column titled `title` ("" when that cell is empty).
 
-    Right-aligned columns end where their title ends; the left-aligned ones (device, status) start where it starts.
+    Right-aligned columns end where their title ends; the left-aligned ones (device, status, daemon) start where it
+    starts.
     A cell holds single spaces at most (`128 ±16`, `stage 1 hypertension`); columns are two or more apart.
     """
     header = next(line for line in text.splitlines() if line.startswith("device "))
     title_at = re.search(rf"(?<!\S){re.escape(title)}(?!\S)", header)
     assert title_at, f"no column {title!r} in {header!r}"
     line = device_line(text, device)
-    if title in ("device", "status"):
+    if title in ("device", "status", "daemon"):
         found = re.match(r"\S+(?: \S+)*", line[title_at.start() :])
     else:
         found = re.search(r"\S+(?: \S+)*$", line[: title_at.end()])

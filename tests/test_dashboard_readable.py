@@ -264,7 +264,7 @@ def test_the_live_frame_fits_an_80_by_24_terminal():
     for i in range(30):
         publish(s, f"ward7-bed{i:02d}-finger", 118 + i, 76)
     console = Console(file=io.StringIO(), width=80, height=24, color_system=None)
-    console.print(render(s, now=NOW + 1, max_rows=rows_that_fit(console, s, View())))
+    console.print(render(s, now=NOW + 1, max_rows=rows_that_fit(console, s, View(), now=NOW + 1)))
     lines = console.file.getvalue().splitlines()
     assert len(lines) < 24 and RESEARCH_USE in lines[-1] and "… and" in "\n".join(lines)
 

@@ -286,7 +286,7 @@ class Daemon:
                 self._release_parts()
                 raise
         self.ownership = Ownership(self.membership) if self.membership is not None else None
-        self._members_seen = -1  # the membership version the device table was last trimmed for
+        self._taken_over: set[str] = set()  # devices taken over from another daemon, not heard here since
         p = self.parts
         self.worker = InferenceWorker(
             estimator=p.estimator,
@@ -328,6 +328,8 @@ class Daemon:
             result = self.parts.devices.push(msg, arrival)
             if self.keyed:
                 self.grants.hold(user, msg.device)  # it is in the device table now, held by this key
+            if self._taken_over and msg.device in self._taken_over:
+                self._mark_takeover(msg.device, msg.t0, arrival)
         except ProtocolError as exc:
             self.parts.counters.reject(exc.reason)
             self.warn.warning(exc.reason, "dropped a malformed message (%s): %s", exc.reason, exc)
@@ -378,12 +380,13 @@ class Daemon:
 
     def _follow_membership(self) -> None:
         """The live set changed: devices now another daemon's leave this one's table (their calibrations stay in the
-        state store, for whoever owns them next); devices now this one's start when their next message comes."""
+        state store, for whoever owns them next); devices taken over from another get a `gap` estimate first, when
+        their next message starts their stream here."""
         assert self.ownership is not None and self.membership is not None
-        version, members = self.membership.version, self.membership.members
-        if version == self._members_seen:
+        taken = self.ownership.refresh()
+        if taken is None:
             return
-        self._members_seen = version
+        self._taken_over = set(taken)  # a later change replaces it: a device not heard since is no one's news
         devices = self.parts.devices
         gone = [d for d in devices.streams if not self.ownership.owns(d)]
         for device in gone:
@@ -391,8 +394,18 @@ class Daemon:
         self.grants.release(gone)
         self.parts.calibrations.retain(devices.streams.keys())
         self.parts.smoother.retain(devices.streams.keys())
-        log.info("cluster %s: live daemons %s; %d device(s) handed to others", self.config.cluster.name,
-                 ", ".join(members) or "none", len(gone))  # fmt: skip
+        log.info("cluster %s: live daemons %s; %d device(s) handed to others, %d taken over",
+                 self.config.cluster.name, ", ".join(self.membership.members) or "none", len(gone),
+                 len(taken))  # fmt: skip
+
+    def _mark_takeover(self, device: str, t: float, arrival: float) -> None:
+        """The first message here of a device another daemon estimated until now: a `gap` estimate (seq 0 of its
+        stream here) tells subscribers its estimates broke off there and go on from this daemon."""
+        self._taken_over.discard(device)
+        stream = self.parts.devices.streams.get(device)
+        if stream is not None:
+            self._enqueue(Window(device, None, stream.fs, t, arrival, reason="gap", seq=stream.take_seq(),
+                                 generation=stream.generation))  # fmt: skip
 
     # ---------------------------------------------------------------- control
 

@@ -31,29 +31,41 @@ def owner(device: str, members: Sequence[str]) -> str | None:
 
 
 class Ownership:
-    """`mine(topic)`: whether this daemon owns the device of an ingest topic, cached per topic until the live set
-    changes. Safe on the ingest thread only (the cache is not locked)."""
+    """`mine(topic)`: whether this daemon owns the device of an ingest topic, cached per topic; `refresh()` follows
+    the live set. Both on the daemon's loop thread only (the cache is not locked)."""
 
     def __init__(self, membership: Membership) -> None:
         self.membership = membership
         self.me = membership.me
-        self._version = -1
+        self._version = -1  # the live set the cache was made for
         self._cache: dict[bytes, bool] = {}
         self.foreign = 0  # messages of devices another daemon owns: dropped unread
 
     def mine(self, topic: bytes) -> bool:
-        if self._version != self.membership.version or len(self._cache) > CACHE_MAX:
+        if len(self._cache) > CACHE_MAX:
             self._cache.clear()
-            self._version = self.membership.version
         known = self._cache.get(topic)
         if known is None:
             if not topic.startswith(INGEST_PREFIX):
                 return True  # not an ingest topic: the decoder counts it, on whichever daemon reads it
-            device = topic[len(INGEST_PREFIX) :].decode("utf-8", "replace")
-            known = self._cache[topic] = owner(device, self.membership.members) == self.me
+            known = self._cache[topic] = self.owns(_device(topic))
         if not known:
             self.foreign += 1
         return known
 
     def owns(self, device: str) -> bool:
         return owner(device, self.membership.members) == self.me
+
+    def refresh(self) -> list[str] | None:
+        """None while the live set is the one the cache was made for; after a change, the devices heard since the
+        last change that are this daemon's now and were another's (taken over), and the cache starts afresh."""
+        if self._version == self.membership.version:
+            return None
+        self._version = self.membership.version
+        taken = [_device(t) for t, was_mine in self._cache.items() if not was_mine and self.owns(_device(t))]
+        self._cache.clear()
+        return taken
+
+
+def _device(topic: bytes) -> str:
+    return topic[len(INGEST_PREFIX) :].decode("utf-8", "replace")

@@ -3,6 +3,7 @@
     p2p ctl ping                          # is the daemon up?
     p2p ctl stats                         # uptime, devices, windows/s, latency, queue, rejected counts
     p2p ctl stats --json                  # the daemon's raw reply, for scripts
+    p2p ctl stats --control A --control B # several daemons (a cluster): each one's table, then the cluster's total
     p2p ctl calibrate watch-17 128 82     # a cuff reading (SBP DBP, mmHg) for one wearable
     p2p ctl forget watch-17               # drop a wearable's buffer, calibration and smoothing
     p2p ctl history watch-17              # who calibrated or forgot it, when, with what (needs state.path)
@@ -18,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -29,6 +31,7 @@ from p2p_stream.stream.control import HISTORY_DEFAULT, HISTORY_MAX
 from p2p_stream.stream.protocol import DEVICE_RE, decode_map, pack
 from p2p_stream.stream.security import curve_client
 from p2p_stream.tools.common import LOG_LEVELS, command, parent_parser, setup_logging
+from p2p_stream.tools.dashboard_daemons import cluster_total
 
 DEFAULT_CONTROL = Sockets().control  # the daemon's own default (config/daemon.py), not a copy of it
 DEFAULT_TIMEOUT_S = 5.0
@@ -144,11 +147,13 @@ def no_answer(seen: dict[int, list[int]], address: str, timeout_s: float, curve:
     )
 
 
-def ask(args: argparse.Namespace, msg: dict) -> dict:
-    """Send `msg`; the reply when the daemon said ok, else a `P2PError` carrying the daemon's own error."""
-    reply = request(args.control, msg, args.timeout_s, curve_keys(args))
+def ask(args: argparse.Namespace, msg: dict, address: str | None = None) -> dict:
+    """Send `msg` to `address` (default: --control); the reply when the daemon said ok, else a `P2PError` carrying
+    the daemon's own error."""
+    address = address or args.control
+    reply = request(address, msg, args.timeout_s, curve_keys(args))
     if reply.get("ok") is not True:
-        raise P2PError(f"the daemon at {args.control} refused {msg['cmd']}: {reply.get('error', reply)}")
+        raise P2PError(f"the daemon at {address} refused {msg['cmd']}: {reply.get('error', reply)}")
     return reply
 
 
@@ -201,14 +206,74 @@ def stats_rows(stats: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _span(values: list[float] | None, unit: str = "") -> str:
+    """`12.3–30.1` (a range over the daemons), `12.3` when they agree, `—` when none says."""
+    if not values:
+        return "—"
+    lo, hi = f"{values[0]:.1f}", f"{values[1]:.1f}"
+    return (lo if lo == hi else f"{lo}–{hi}") + unit
+
+
+def total_rows(total: dict) -> list[tuple[str, str]]:
+    """The cluster's total (`cluster_total`) as (label, value) rows: the sums as in `stats_rows`; the latency as the
+    range of the daemons' p50 and the worst daemon's p99 (percentiles do not add up)."""
+    rejected = total["rejected"]
+    rows = [
+        ("daemons", f"{total['daemons']}"),
+        ("devices", f"{total['devices']:,}"),
+        ("windows/s", f"{total['windows_per_s']:.1f}  ({total['windows_total']:,} in all)"),
+        ("latency p50", _span(total["latency_p50_ms_range"], " ms") + "  (the daemons' range)"),
+        ("latency p99", f"{_ms(total['latency_p99_ms_worst'])} ms  (the worst daemon's)"),
+        ("queue", f"{total['queue']:,} windows"),
+        ("batch mean", _span(total["batch_mean_range"])),
+        ("messages", f"{total['messages_total']:,}"),
+        ("model", ", ".join(total["models"]) + " on " + ", ".join(total["backend_devices"])),
+        ("rejected", f"{sum(rejected.values()):,}" if rejected else "none"),
+    ]
+    rows += [
+        (f"  {reason}", f"{count:,}") for reason, count in sorted(rejected.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    return rows
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> str:
+    width = max(len(label) for label, _ in rows)
+    return "\n".join([title, *(f"  {label:<{width}}  {value}" for label, value in rows)])
+
+
 def render_stats(stats: dict, address: str) -> str:
     """The readable table of `p2p ctl stats`."""
-    rows = stats_rows(stats)
-    width = max(len(label) for label, _ in rows)
-    return "\n".join([f"daemon at {address}", *(f"  {label:<{width}}  {value}" for label, value in rows)])
+    return _table(f"daemon at {address}", stats_rows(stats))
+
+
+def render_cluster(replies: list[tuple[str, dict]]) -> str:
+    """`p2p ctl stats` of several daemons: each one's table under its name and control address, then the total.
+
+    A daemon is told apart by its control address: two daemons running alone on one host report the same name."""
+    names = [str(reply.get("daemon", "?")) for _, reply in replies]
+    tables = [
+        _table(f"daemon {name} at {address}", stats_rows(reply)) for name, (address, reply) in zip(names, replies)
+    ]
+    shared = sorted({n for n in names if names.count(n) > 1})
+    note = f" ({', '.join(shared)}: one name, several daemons)" if shared else ""
+    total = _table(f"cluster: {len(replies)} daemons{note}", total_rows(cluster_total([r for _, r in replies])))
+    return "\n\n".join([*tables, total])
 
 
 # ------------------------------------------------------------------------------------------------------ verbs
+
+
+def ask_each(args: argparse.Namespace, msg: dict) -> list[tuple[str, dict | P2PError]]:
+    """`msg` to every --control address at once; (address, its reply or the `P2PError` saying why none came)."""
+
+    def one(address: str) -> dict | P2PError:
+        try:
+            return ask(args, msg, address)
+        except P2PError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=len(args.controls)) as pool:
+        return list(zip(args.controls, pool.map(one, args.controls)))
 
 
 def ping(args: argparse.Namespace) -> str:
@@ -218,8 +283,29 @@ def ping(args: argparse.Namespace) -> str:
 
 
 def stats(args: argparse.Namespace) -> str:
-    reply = ask(args, {"cmd": "stats"})
-    return json.dumps(reply, indent=2, sort_keys=True) if args.json else render_stats(reply, args.control)
+    """One daemon: its table (--json: its reply). Several: each one's, then the cluster's total over those that
+    answered; when some did not, what did is printed and the error names the others (exit status 2)."""
+    if len(args.controls) == 1:
+        reply = ask(args, {"cmd": "stats"})
+        return json.dumps(reply, indent=2, sort_keys=True) if args.json else render_stats(reply, args.control)
+    answers = ask_each(args, {"cmd": "stats"})
+    replies = [(address, r) for address, r in answers if isinstance(r, dict)]
+    failed = [f"{address}: {r}" for address, r in answers if not isinstance(r, dict)]
+    if not replies:
+        raise P2PError(f"no daemon answered: {'; '.join(failed)}")
+    if args.json:
+        daemons = [
+            {"control": address, "reply": r} if isinstance(r, dict) else {"control": address, "error": str(r)}
+            for address, r in answers
+        ]
+        text = json.dumps({"daemons": daemons, "cluster": cluster_total([r for _, r in replies])}, indent=2)
+    else:
+        text = render_cluster(replies)
+    if failed:
+        print(text, flush=True)
+        raise P2PError(f"{len(failed)} of {len(answers)} daemons did not answer (left out of the total): "
+                       + "; ".join(failed))  # fmt: skip
+    return text
 
 
 def calibrate(args: argparse.Namespace) -> str:
@@ -270,9 +356,11 @@ def connection_args(p: argparse.ArgumentParser, suppress: bool) -> None:
     group = p.add_argument_group("connection")
     group.add_argument(
         "--control",
-        default=default(DEFAULT_CONTROL),
+        action="append",
+        default=default(None),
         metavar="ADDR",
-        help=f"the daemon's control address (default {DEFAULT_CONTROL}, the daemon's own)",
+        help=f"the daemon's control address (default {DEFAULT_CONTROL}, the daemon's own); stats takes it again "
+        "for each daemon of a cluster, and adds them up",
     )
     group.add_argument(
         "--timeout-s",
@@ -290,7 +378,12 @@ def connection_args(p: argparse.ArgumentParser, suppress: bool) -> None:
         metavar="FILE",
         help="this client's secret key file (with --curve-server-key)",
     )
-    group.add_argument("--json", action="store_true", default=default(False), help="print the daemon's raw reply")
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print the daemon's raw reply (stats of several: each one's and the cluster's total)",
+    )
     if suppress:  # the parent parser's --log-level, after the verb too
         p.add_argument(
             "--log-level", type=str.upper, choices=LOG_LEVELS, default=argparse.SUPPRESS, help=argparse.SUPPRESS
@@ -343,7 +436,14 @@ VERBS = {"ping": ping, "stats": stats, "calibrate": calibrate, "forget": forget,
 def main(argv: list[str] | None = None, prog: str = "p2p ctl") -> int:
     args = parser(prog).parse_args(argv)
     setup_logging(args.log_level)
-    check_address(args.control, "--control", example=DEFAULT_CONTROL)
+    args.controls = args.control or [DEFAULT_CONTROL]
+    for address in args.controls:
+        check_address(address, "--control", example=DEFAULT_CONTROL)
+    if len(set(args.controls)) < len(args.controls):
+        raise ConfigError(f"--control: an address given twice in {' '.join(args.controls)}; give each daemon once")
+    if len(args.controls) > 1 and args.cmd != "stats":
+        raise ConfigError(f"--control: {args.cmd} goes to one daemon, give one address (several: stats only)")
+    args.control = args.controls[0]
     if not args.timeout_s > 0:
         raise ConfigError(f"--timeout-s must be > 0 seconds, got {args.timeout_s}")
     if "limit" in args and not 1 <= args.limit <= HISTORY_MAX:

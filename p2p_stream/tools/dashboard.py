@@ -2,6 +2,7 @@
 
 The command: its flags, the SUB to the daemon's estimates, and the loop that feeds `render` to rich's `Live`.
 What it shows lives beside it, one concept a file: `dashboard_state.py` (what was heard, per device),
+`dashboard_daemons.py` (each daemon's latest heartbeat, which went silent, and their total behind a proxy),
 `dashboard_columns.py` (each column's cell and fixed width, and which columns fit a width) and
 `dashboard_view.py` (the screen: header, table, legend, the research-use line).
 
@@ -62,12 +63,14 @@ def pump(sub: zmq.Socket, state: DashboardState, timeout_ms: int, limit: int = 1
         state.update(frames, time.monotonic())
 
 
-def rows_that_fit(console: Console, state: DashboardState, view: View) -> int:
-    """Device rows that fit the terminal's height beside the header, the table's head, the legend and the last line.
+def rows_that_fit(console: Console, state: DashboardState, view: View, now: float | None = None) -> int:
+    """Device rows that fit the terminal's height beside the header, the daemons, the table's head, the legend and
+    the last line, at `now` (monotonic; default: now).
 
-    Measured by rendering: the legend's length depends on the width and on what the rows show.
+    Measured by rendering: the legend's length depends on the width and on what the rows show, the header's on
+    which daemons still beat.
     """
-    now = time.monotonic()
+    now = time.monotonic() if now is None else now
     k = min(len(state.devices), console.size.height)
     others = len(console.render_lines(render(state, now, max_rows=k, view=view), pad=False)) - k
     return max(3, console.size.height - others - 2)  # 2: the "… more" line, and the line the cursor rests on
@@ -92,8 +95,9 @@ def run_live(
 DESCRIPTION = """Live terminal dashboard of a running daemon: one row per wearable with its latest blood pressure
 and prediction interval, time since its update, status, signal quality, pulse, cuff reading and trend, in the
 order --sort picks; a header with the daemon's heartbeat (devices, windows/s, batch size, latency, rejections)
-and a legend. Research use, not a medical device. Ctrl-C quits; --once prints one frame and exits (0 when a
-heartbeat arrived, 1 when no daemon answered)."""
+and a legend. Behind p2p proxy the header adds up every daemon still beating and a table gives each daemon a line
+(a daemon whose heartbeat stopped is shown silent). Research use, not a medical device. Ctrl-C quits; --once
+prints one frame and exits (0 when a heartbeat arrived, 1 when no daemon answered)."""
 
 
 @command

@@ -12,7 +12,8 @@ Columns in priority order; a narrower terminal leaves columns out from the end o
  7. pulse      the median pulse of the device's last accepted windows, bpm
  8. cuff       the reference reading sent with the PPG          } only once some estimate carried one
  9. est−cuff   the estimate minus the cuff reading, mmHg        }
-10. trend      the last SBP estimates on one fixed mmHg scale for all rows, as many as the width left (≥ 8)
+10. daemon     the daemon that made the estimate (a cluster's estimates carry it; only once some did)
+11. trend      the last SBP estimates on one fixed mmHg scale for all rows, as many as the width left (≥ 8)
 
 The status is written out ("stage 1 hypertension") when every column fits that way, else short ("stage 1 HTN",
 with the legend saying what HTN means). Every width is fixed, so nothing shifts from one frame to the next; the
@@ -65,6 +66,7 @@ COLUMNS = (
     Column("pulse", "pulse", len("pulse")),
     Column("cuff", "cuff", len("182/100")),
     Column("error", "est−cuff", len("est−cuff")),
+    Column("daemon", "daemon", 0, "left"),  # width: the longest daemon id in the rows
     Column("trend", "SBP trend", 0, "right"),
 )
 STATUS_WIDTH = {True: len("stale after a stream gap"), False: len("stage 1 HTN" + CALIBRATED)}  # by full_labels
@@ -84,27 +86,30 @@ class Layout:
         return next(w for c, w in zip(self.columns, self.widths) if c.key == key)
 
 
-def _widths(columns: list[Column], device_width: int, full_labels: bool) -> list[int]:
-    by_key = {"device": device_width, "status": STATUS_WIDTH[full_labels], "trend": MIN_TREND}
+def _widths(columns: list[Column], sized: dict[str, int], full_labels: bool) -> list[int]:
+    by_key = {**sized, "status": STATUS_WIDTH[full_labels], "trend": MIN_TREND}
     return [by_key.get(c.key, c.width) for c in columns]
 
 
-def _spare(columns: list[Column], device_width: int, full_labels: bool, width: int) -> int:
+def _spare(columns: list[Column], sized: dict[str, int], full_labels: bool, width: int) -> int:
     """Characters left over when `columns` stand in a line `width` wide; negative when they do not fit."""
-    return width - sum(_widths(columns, device_width, full_labels)) - GAP * (len(columns) - 1)
+    return width - sum(_widths(columns, sized, full_labels)) - GAP * (len(columns) - 1)
 
 
-def choose_layout(width: int, device_width: int, references: bool) -> Layout:
+def choose_layout(width: int, device_width: int, references: bool, daemon_width: int = 0) -> Layout:
     """The columns for a line `width` characters wide: all of them with full labels if they fit, else short labels
-    and as many columns, in priority order, as fit; the trend takes what is left (up to TREND_POINTS)."""
-    columns = [c for c in COLUMNS if references or c.key not in REFERENCE_COLUMNS]
-    device_width = max(device_width, len("device"))
-    full_labels = _spare(columns, device_width, True, width) >= 0
-    while len(columns) > 1 and _spare(columns, device_width, full_labels, width) < 0:
+    and as many columns, in priority order, as fit; the trend takes what is left (up to TREND_POINTS). The daemon
+    column only when some row's estimate names its daemon (`daemon_width` > 0: the longest such name)."""
+    columns = [
+        c for c in COLUMNS if (references or c.key not in REFERENCE_COLUMNS) and (daemon_width > 0 or c.key != "daemon")
+    ]
+    sized = {"device": max(device_width, len("device")), "daemon": max(daemon_width, len("daemon"))}
+    full_labels = _spare(columns, sized, True, width) >= 0
+    while len(columns) > 1 and _spare(columns, sized, full_labels, width) < 0:
         columns.pop()
-    widths = _widths(columns, device_width, full_labels)
+    widths = _widths(columns, sized, full_labels)
     if columns[-1].key == "trend":
-        widths[-1] = min(TREND_POINTS, MIN_TREND + _spare(columns, device_width, full_labels, width))
+        widths[-1] = min(TREND_POINTS, MIN_TREND + _spare(columns, sized, full_labels, width))
     return Layout(tuple(columns), tuple(widths), full_labels)
 
 
@@ -146,6 +151,12 @@ class CellContext:
 def shown_estimate(row: DeviceRow) -> dict | None:
     """The estimate a row shows: the latest accepted one, while later windows are rejected too (None before one)."""
     return row.last_ok
+
+
+def daemon_of(row: DeviceRow) -> str:
+    """The daemon that made the row's latest window's estimate ("" when it does not say: not in a cluster)."""
+    daemon = row.latest.get("daemon")
+    return daemon if isinstance(daemon, str) else ""
 
 
 def is_stale(row: DeviceRow, now: float) -> bool:
@@ -196,6 +207,7 @@ def cells(row: DeviceRow, ctx: CellContext) -> list[Text]:
         if shown is not None:  # from the rounded numbers on screen, so the difference is the one a reader computes
             ds, dd = round(shown["sbp"]) - round(ref_sbp), round(shown["dbp"]) - round(ref_dbp)
             out["error"] = Text(f"{signed(ds)}/{signed(dd)}")
+    out["daemon"] = Text(daemon_of(row))
     if ctx.layout.has("trend"):
         points = list(row.history)[-ctx.layout.width_of("trend") :]
         out["trend"] = Text(sparkline(points, *ctx.trend_mmhg), style="dim" if is_stale(row, ctx.now) else "")

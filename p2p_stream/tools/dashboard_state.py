@@ -1,4 +1,4 @@
-"""Dashboard state: what `p2p monitor` has heard on the estimates socket, per device and from the heartbeat."""
+"""Dashboard state: what `p2p monitor` has heard on the estimates socket, per device and per daemon's heartbeat."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from p2p_stream.errors import ProtocolError
 from p2p_stream.stream.protocol import STATUS_TOPIC, decode_estimate, decode_map
+from p2p_stream.tools.dashboard_daemons import Daemons
 
 TREND_POINTS = 40  # accepted SBP estimates kept per device for the trend (the widest trend the view draws)
 PULSE_WINDOWS = 5  # the pulse shown is the median over the device's last this many accepted windows
@@ -59,8 +60,9 @@ class DeviceRow:
 class DashboardState:
     address: str
     devices: dict[str, DeviceRow] = field(default_factory=dict)
-    heartbeat: dict | None = None
+    heartbeat: dict | None = None  # the latest heartbeat, of whichever daemon
     heartbeat_at: float | None = None
+    daemons: Daemons = field(default_factory=Daemons)  # each daemon's latest heartbeat (behind a proxy, several)
     started: float = field(default_factory=time.monotonic)
     estimates: int = 0
     rejected: Counter = field(default_factory=Counter)  # reason → estimates published with ok: false
@@ -73,6 +75,7 @@ class DashboardState:
         try:
             if frames[0] == STATUS_TOPIC:
                 self.heartbeat, self.heartbeat_at = decode_map(frames[1]), now
+                self.daemons.update(self.heartbeat, now)
                 return
             e = decode_estimate(frames)
         except (ProtocolError, IndexError):

@@ -1,8 +1,11 @@
-"""Dashboard view: `render(state, now, max_rows, view)`, the whole screen — header, device table, legend, disclaimer.
+"""Dashboard view: `render(state, now, max_rows, view)`, the whole screen: header, daemons, devices, legend, disclaimer.
 
 A pure function of the state, fed to rich's `Live` by `p2p monitor` and printed once by `--once`. Rows come in
 the order the user picked (`View.sort`, by device id unless asked otherwise), so they stay put between frames; the
 table's columns and widths come from `dashboard_columns.choose_layout` for the width rich gives it.
+
+Behind a proxy the header adds up every daemon still beating (`dashboard_daemons.cluster_total`) and says how many
+there are and how many went silent; with two or more daemons heard, a small table gives each its line.
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ from p2p_stream.tools.dashboard_columns import (
     Layout,
     cells,
     choose_layout,
+    daemon_of,
+    format_age,
     is_stale,
     shown_estimate,
     status_text,
 )
+from p2p_stream.tools.dashboard_daemons import HeardDaemon, cluster_total
 from p2p_stream.tools.dashboard_state import (
     PULSE_WINDOWS,
     DashboardState,
@@ -42,7 +48,7 @@ from p2p_stream.tools.dashboard_state import (
     interval_of,
 )
 
-HEARTBEAT_LOST_S = 3.0  # no heartbeat for this long: the daemon is unreachable
+MAX_DAEMON_ROWS = 5  # lines of the per-daemon table; more daemons: the silent first, then "… and N more"
 ATTENTION_RANK = 2  # rows ranked this or lower need attention: crisis, stage 2, stale or rejected
 SORTS = {  # --sort: the row order, and what it means; ties go by device id
     "id": "by device id",
@@ -100,42 +106,106 @@ def sort_rows(rows: list[DeviceRow], sort: str, now: float) -> list[DeviceRow]:
     return rows
 
 
+def _split_rejected(counted: dict) -> tuple[dict, int]:
+    """(rejections by reason, stream breaks): a break (a seq or time gap, e.g. the demo's joins between recorded
+    segments) is not a fault, so it is counted apart."""
+    breaks = sum(n for reason, n in counted.items() if reason in STREAM_BREAKS)
+    return {reason: n for reason, n in counted.items() if reason not in STREAM_BREAKS}, breaks
+
+
+def _spread(values: list[float] | None, digits: int = 0) -> str:
+    """`12` for one value (or equal ones as printed), `12–30` for a range; `—` for none."""
+    if not values:
+        return "—"
+    lo, hi = f"{min(values):.{digits}f}", f"{max(values):.{digits}f}"
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
 def _header(state: DashboardState, now: float, view: View) -> Panel:
     subtitle = f"{state.address} · sorted by {view.sort} (--sort)"
-    hb = state.heartbeat
-    if hb is None or state.heartbeat_at is None or now - state.heartbeat_at > HEARTBEAT_LOST_S:
-        waited = now - (state.heartbeat_at or state.started)
+    live, silent = state.daemons.live(now), state.daemons.silent(now)
+    if not live:
+        waited = now - max((d.heard_at for d in silent), default=state.started)
         text = Text(
             f"No daemon reachable at {state.address} (no heartbeat for {waited:.0f} s). "
             "Is p2p daemon running, and is this its estimates address (--estimates)?",
             style="bold red",
         )
         return Panel(text, title="Pulse2Pressure", subtitle=subtitle)
-    counted = hb.get("rejected") or {}
-    # A break (a seq or time gap: e.g. the demo's joins between recorded segments) is not a fault: shown apart.
-    breaks = sum(n for reason, n in counted.items() if reason in STREAM_BREAKS)
-    rejected = {reason: n for reason, n in counted.items() if reason not in STREAM_BREAKS}
+    # Only the daemons still beating are added up: a silent one's last figures are not the cluster's now.
+    total = cluster_total([d.heartbeat for d in live])
+    rejected, breaks = _split_rejected(total["rejected"])
     top = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1])[:3]) or "none"
-    p50, p99 = hb.get("latency_p50_ms"), hb.get("latency_p99_ms")
-    lat = f"{p50:.0f} / {p99:.0f} ms" if p50 is not None and p99 is not None else "—"
-    text = Text.assemble(
+    p50, p99 = total["latency_p50_ms_range"], total["latency_p99_ms_worst"]
+    parts: list[tuple[str, str]] = []
+    if len(state.daemons.heard) > 1:
+        parts += [(f"{len(live)} daemon" + ("s" if len(live) != 1 else ""), "bold")]
+        if silent:
+            parts += [(f" + {len(silent)} silent", "bold red")]
+        parts += [("   ", "")]
+    if len(live) == 1:
+        lat = [
+            ("   latency p50/p99 ", "dim"),
+            (f"{p50[0]:.0f} / {p99:.0f} ms" if p50 and p99 is not None else "—", "bold"),
+        ]
+    else:
+        # Percentiles do not add up: each daemon's p50 as a range, and the worst daemon's p99, said to be the worst.
+        worst = "—" if p99 is None else f"{p99:.0f} ms"
+        lat = [("   latency p50 ", "dim"), (_spread(p50) + " ms", "bold"), (", worst p99 ", "dim"), (worst, "bold")]
+    parts += [
         ("devices ", "dim"),
-        (f"{hb.get('devices', 0)}", "bold"),
+        (f"{total['devices']}", "bold"),
         ("   windows/s ", "dim"),
-        (f"{hb.get('windows_per_s', 0):.1f}", "bold"),
+        (f"{total['windows_per_s']:.1f}", "bold"),
         ("   batch ", "dim"),
-        (f"{hb.get('batch_mean', 0):.1f}", "bold"),
-        ("   latency p50/p99 ", "dim"),
-        (lat, "bold"),
+        (_spread(total["batch_mean_range"], 1), "bold"),
+        *lat,
         ("   rejected ", "dim"),
         (f"{sum(rejected.values())}", "bold"),
         (f" ({top})", "dim"),
         ("   breaks ", "dim"),
         (f"{breaks}", "bold"),
         ("   model ", "dim"),
-        (str(hb.get("model", "?")), ""),
-    )
-    return Panel(text, title="Pulse2Pressure — live cuff-less blood pressure", subtitle=subtitle)
+        (", ".join(total["models"]) or "?", ""),
+    ]
+    return Panel(Text.assemble(*parts), title="Pulse2Pressure — live cuff-less blood pressure", subtitle=subtitle)
+
+
+def _daemon_table(daemons: list[HeardDaemon], shared: list[str], now: float) -> Group:
+    """One line per daemon: its own figures and how long ago it beat; silent ones say so, in red, and come first
+    when not all fit. A name more than one daemon reports is said below."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, GAP // 2), collapse_padding=True)
+    table.add_column("daemon", overflow="fold")
+    for title, width in (("devices", 7), ("windows/s", 9), ("p99 ms", 6), ("queue", 5), ("rejected", 8)):
+        table.add_column(title, justify="right", width=width, no_wrap=True)
+    table.add_column("heartbeat", width=len("silent 99 min"), no_wrap=True)
+    ordered = sorted(daemons, key=lambda d: (not d.silent(now), d.label))
+    shown = sorted(ordered[:MAX_DAEMON_ROWS], key=lambda d: d.label)
+    for d in shown:
+        hb, quiet = d.heartbeat, d.silent(now)
+        rejected, _ = _split_rejected(hb.get("rejected") or {})
+        p99 = hb.get("latency_p99_ms")
+        age = format_age(now - d.heard_at)
+        table.add_row(
+            d.label,
+            f"{hb.get('devices', 0)}",
+            f"{hb.get('windows_per_s', 0):.1f}",
+            "—" if p99 is None else f"{p99:.0f}",
+            f"{hb.get('queue', 0)}",
+            f"{sum(rejected.values())}",
+            Text(f"silent {age}", style="bold red") if quiet else Text(f"{age} ago"),
+            style="dim" if quiet else "",
+        )
+    lines: list = [table]
+    hidden = ordered[MAX_DAEMON_ROWS:]
+    if hidden:
+        quiet = sum(d.silent(now) for d in hidden)
+        note = f", {quiet} of them silent" if quiet else ", all beating"
+        lines.append(Text(f"… and {len(hidden)} more daemons{note}", style="bold red" if quiet else "dim"))
+    if shared:
+        names = ", ".join(shared)
+        lines.append(Text(f"{names}: one name, several daemons (told apart by when each started)", style="yellow"))
+    return Group(*lines)
 
 
 def _legend(layout: Layout, rows: list[DeviceRow], now: float, view: View) -> list[Text]:
@@ -200,7 +270,10 @@ class _Body:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         threshold = self.view.sqi_threshold if self.view.sqi_threshold is not None else sqi_threshold()
         device_width = max((len(d) for d in self.state.devices), default=0)
-        layout = choose_layout(options.max_width, device_width, self.state.references)
+        daemon_width = max((len(daemon_of(r)) for r in self.state.devices.values()), default=0)
+        layout = choose_layout(options.max_width, device_width, self.state.references, daemon_width)
+        if len(self.state.daemons.heard) > 1:
+            yield _daemon_table(self.state.daemons.heard, self.state.daemons.shared_names(), self.now)
         if self.state.devices:
             yield self._table(layout, threshold)
         if self.hidden:
