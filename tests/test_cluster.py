@@ -143,33 +143,51 @@ def test_messages_no_daemon_takes_are_counted_at_the_proxy_and_one_leaving_cuts_
 # ---------------------------------------------------------------- a live cluster: Redis leases
 
 
-@pytest.fixture()
-def redis_url(tmp_path) -> Iterator[str]:
-    """A real redis-server of this test's own, on a unix socket (no port to collide), no persistence."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed: apt-get install redis-server (make test does, as root)")
-    sock = f"{tempfile.mkdtemp(prefix='p2pr')}/redis.sock"
-    proc = subprocess.Popen(
-        ["redis-server", "--port", "0", "--unixsocket", sock, "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+class RedisServer:
+    """A real redis-server of a test's own, on a unix socket (no port to collide), no persistence; `kill()` and
+    `start()` again, on the same socket, model an outage."""
+
+    def __init__(self) -> None:
+        self.sock = f"{tempfile.mkdtemp(prefix='p2pr')}/redis.sock"
+        self.url = f"unix://{self.sock}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
         import redis
 
-        client = redis.Redis(unix_socket_path=sock)
+        cmd = ["redis-server", "--port", "0", "--unixsocket", self.sock, "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(unix_socket_path=self.sock)
         deadline = time.monotonic() + 10
         while True:
             try:
                 client.ping()
-                break
+                return
             except redis.ConnectionError:
-                assert time.monotonic() < deadline and proc.poll() is None, "redis-server did not start"
+                assert time.monotonic() < deadline and self.proc.poll() is None, "redis-server did not start"
                 time.sleep(0.05)
-        yield f"unix://{sock}"
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture()
+def redis_server() -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: apt-get install redis-server (make test does, as root)")
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
     finally:
-        proc.kill()
-        proc.wait(10)
+        server.kill()
+
+
+@pytest.fixture()
+def redis_url(redis_server) -> str:
+    return redis_server.url
 
 
 def members(a: dict[str, str], name: str) -> list[str]:
@@ -252,3 +270,35 @@ def test_a_killed_daemon_s_devices_are_taken_over_and_come_back_when_it_returns(
     assert all(e["daemon"] == owner(e["device"], names) for e in late)
     keys = Counter((e["device"], e["epoch"], e["seq"]) for _, e in sub.got)
     assert max(keys.values()) == 1  # the shared store numbers each daemon start: nothing repeats
+
+
+def test_a_redis_outage_moves_nothing_and_the_leases_come_back(redis_server, tmp_path):
+    """Redis killed under a two-daemon cluster: each daemon keeps the live set it saw (every device stays with its
+    owner, estimated on), and says `cluster_ok: false`; Redis started again, both take their leases back."""
+    flags = ("--set", f"cluster.redis={redis_server.url}", "--set", "cluster.lease_s=1")
+    names = ("a", "b")
+    with cluster_ends() as (a, sub), member(a, "a", *flags) as proc_a, member(a, "b", *flags) as proc_b:
+        wait_ready(a["a"])
+        wait_ready(a["b"])
+        wait_for(lambda: members(a, "a") == members(a, "b") == ["a", "b"], 10, "a and b never saw each other")
+        time.sleep(1.0)
+        pub = fleet_of(a, IDS)
+        try:
+            sub.collect(lambda g: {e["device"] for _, e in g if e["ok"]} >= set(IDS), 60)
+            redis_server.kill()
+            down = time.time()
+            wait_for(lambda: not any(request(a[n], {"cmd": "stats"})["cluster_ok"] for n in names), 10, "no one saw")
+            time.sleep(3.0)  # three leases long: nothing moves
+            sub.collect(lambda g: {e["device"] for t, e in g if t > down + 3 and e["ok"]} >= set(IDS), 30)
+            assert [members(a, n) for n in names] == [["a", "b"], ["a", "b"]]
+            redis_server.start()
+            back = wait_for(
+                lambda: all(request(a[n], {"cmd": "stats"})["cluster_ok"] for n in names), 10, "no way back"
+            )
+            assert [members(a, n) for n in names] == [["a", "b"], ["a", "b"]]
+            assert proc_a.poll() is None and proc_b.poll() is None
+        finally:
+            pub.kill()
+            pub.wait(10)
+    assert all(e["daemon"] == owner(e["device"], names) for _, e in sub.got)  # no device ever moved
+    print(f"\nRedis back: both daemons held their leases again {back:.1f} s later")

@@ -165,6 +165,21 @@ def test_daemons_on_one_machine_share_a_store_safely(tmp_path):
         assert {session(c, T0)[0]["epoch"], session(c2, T0)[0]["epoch"]} == {3, 4}
 
 
+def test_a_store_another_program_keeps_locked_stops_the_start_up(tmp_path):
+    """Not a daemon (they share the file): a program holding an exclusive lock past the busy timeout."""
+    path = tmp_path / "state.db"
+    StateStore(path, "m@1").close()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(ConfigError, match="it stayed locked by another process"):
+            StateStore(path, "m@1")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    StateStore(path, "m@1").close()  # free again: usable
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write to any file: see the read-only filesystem test")
 def test_a_read_only_store_file_is_refused(tmp_path):
     path = tmp_path / "state.db"

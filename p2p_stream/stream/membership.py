@@ -6,7 +6,8 @@ stops cleanly deletes its lease (the others take its devices at once); one that 
 expires. Redis is the one authority on who is alive: no daemon decides that on its own, so no two daemons' views
 differ for longer than one listing. If Redis cannot be reached, a daemon keeps the last live set it saw (so all of
 them keep theirs: nothing moves) and says so in its log and heartbeat (`cluster_ok`); when Redis is back, it takes
-its lease again.
+its lease again, and for one lease_s only adds daemons to its view, removing none: a Redis restarted without its
+data lists only the daemons that have renewed so far, and the others are about to.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class RedisMembership(Membership):
         self.key = self.prefix + me
         self.token = uuid.uuid4().hex  # this run's: tells its own lease from one a namesake took
         self.ok = False  # whether the last renewal reached Redis
+        self._grace_until = 0.0  # after an outage, until every daemon has had time to take its lease back
         self.warn = RateLimitedLog(log, period_s=10.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="p2p-membership", daemon=True)
@@ -101,9 +103,10 @@ class RedisMembership(Membership):
         while not self._stop.wait(self.period_s):
             try:
                 self._renew()
-                self._list()
-                if not self.ok:
+                if not self.ok:  # a Redis restarted without its data lists only those who renewed so far
+                    self._grace_until = time.monotonic() + self.lease_s
                     log.info("cluster %s: Redis at %s reachable again", self.cluster, self.url)
+                self._list()
                 self.ok = True
             except self.errors as exc:
                 self.ok = False
@@ -120,7 +123,10 @@ class RedisMembership(Membership):
 
     def _list(self) -> None:
         keys = self.redis.scan_iter(match=self.prefix + "*", count=1000)
-        self._set([k[len(self.prefix) :] for k in keys])
+        live = [k[len(self.prefix) :] for k in keys]
+        if time.monotonic() < self._grace_until:  # just after an outage: add who is back, take no one away yet
+            live += self.members
+        self._set(live)
 
     def stop(self) -> None:
         self._stop.set()
