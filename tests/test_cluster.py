@@ -268,6 +268,10 @@ def test_a_killed_daemon_s_devices_are_taken_over_and_come_back_when_it_returns(
     assert stats["a"]["devices"] == len(IDS) - len(b_devices) and stats["b"]["devices"] == len(b_devices)
     late = [e for t, e in sub.got if t > back + 1.0]  # after the handback: each device from its owner only
     assert all(e["daemon"] == owner(e["device"], names) for e in late)
+    for d in b_devices:  # a joining daemon takes its devices without a double estimate: a's last before b's first
+        from_a = [t for t, e in sub.got if t > back and e["device"] == d and e["daemon"] == "a" and e["ok"]]
+        from_b = [t for t, e in sub.got if t > back and e["device"] == d and e["daemon"] == "b" and e["ok"]]
+        assert from_b and (not from_a or max(from_a) < min(from_b)), d
     keys = Counter((e["device"], e["epoch"], e["seq"]) for _, e in sub.got)
     assert max(keys.values()) == 1  # the shared store numbers each daemon start: nothing repeats
 
