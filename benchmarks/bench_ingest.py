@@ -1,7 +1,7 @@
 """Benchmark: ingest messages/s of a real p2p-daemon, against a bare pyzmq SUB loop on the same machine.
 
     python benchmarks/bench_ingest.py [--messages 200000] [--devices 1000] [--profile ingest.txt]
-                                      [--baseline /tmp/p2p-before]
+                                      [--baseline /tmp/p2p-before] [--foreign]
 
 Pre-encodes valid 25-sample messages for N devices (125 Hz, consecutive seq and t0, so every message is
 buffered and windows are cut and inferred as usual), sends them as fast as one PUB socket can, and times how
@@ -9,7 +9,9 @@ long the daemon takes to count them all (`messages_total` from `stats`). The sam
 that only receives them give the ceiling of this machine's ZeroMQ path. `--profile` attaches py-spy to the
 daemon while it ingests and writes its collapsed stacks (one line per stack, sample count last). `--baseline`
 runs a second daemon from another source tree (e.g. `git worktree add /tmp/p2p-before <commit>`) on the same
-messages in the same run, for before/after figures.
+messages in the same run, for before/after figures. `--foreign` adds a daemon of a two-daemon cluster to whom none
+of the devices belongs: the rate at which a daemon drops another's messages (`foreign_total`), which bounds a
+cluster's total message rate (every daemon hears every wearable).
 """
 
 from __future__ import annotations
@@ -28,15 +30,23 @@ import time
 import numpy as np
 import zmq
 
+from p2p_stream.stream.ownership import owner
 from p2p_stream.stream.probe import wait_for_subscriber, wait_ready
 from p2p_stream.stream.protocol import decode_map, encode_ingest, pack
 from p2p_stream.tools.proxy import Proxy
 
+FOREIGN_OWNER = "b"
 
-def messages(n_messages: int, devices: int) -> list[list[bytes]]:
+
+def messages(n_messages: int, devices: int, foreign: bool = False) -> list[list[bytes]]:
+    """`foreign`: devices that daemon "b" of the cluster (a, b) owns."""
     rng = np.random.default_rng(0)
     chunk = (1000 + 200 * np.sin(np.arange(25) / 5) + rng.normal(0, 2, 25)).astype(np.float32)
-    return [encode_ingest(f"dev{i % devices:05d}", i // devices, 1.7e9 + (i // devices) * 0.2, 125.0, chunk)
+    ids = [f"dev{i:05d}" for i in range(devices * 3)]
+    if foreign:
+        ids = [d for d in ids if owner(d, ("a", FOREIGN_OWNER)) == FOREIGN_OWNER]
+    ids = ids[:devices]
+    return [encode_ingest(ids[i % devices], i // devices, 1.7e9 + (i // devices) * 0.2, 125.0, chunk)
             for i in range(n_messages)]  # fmt: skip
 
 
@@ -81,11 +91,19 @@ def bare_rate(frames: list[list[bytes]], via_proxy: bool = False) -> float:
     return rate
 
 
-def daemon_rate(frames: list[list[bytes]], profile: str | None = None, source: str | None = None) -> float:
+def daemon_rate(
+    frames: list[list[bytes]], profile: str | None = None, source: str | None = None, foreign: bool = False
+) -> float:
+    """Messages/s a daemon process counts; `foreign`: as a daemon that owns none of them (its `foreign_total`)."""
     folder = tempfile.mkdtemp(prefix="p2pi")
     a = {k: f"ipc://{folder}/{k}" for k in ("ingest", "publish", "control")}
     cmd = [sys.executable, "-m", "p2p_stream.tools.cli_daemon", "--device", "cpu", "--log-level", "WARNING",
-           "--ingest", a["ingest"], "--publish", a["publish"], "--control", a["control"]]  # fmt: skip
+           "--ingest", a["ingest"], "--publish", a["publish"], "--control", a["control"],
+           # The messages are stamped from a fixed 2023 t0: without this every one is refused `bad_time` unbuffered.
+           "--set", "limits.max_clock_skew_s=1000000000"]  # fmt: skip
+    counter = "foreign_total" if foreign else "messages_total"
+    if foreign:  # the devices' owner is "b", never started: every message is another daemon's
+        cmd += ["--set", "cluster.id=a", "--set", f"cluster.members=a,{FOREIGN_OWNER}"]
     env = {**os.environ, "PYTHONPATH": source} if source else None  # the daemon's code from another tree
     proc = subprocess.Popen(cmd, env=env, cwd=source)
     ctx = zmq.Context()
@@ -114,10 +132,10 @@ def daemon_rate(frames: list[list[bytes]], profile: str | None = None, source: s
     start = time.perf_counter()
     for f in frames:
         pub.send_multipart(f)
-    while stats()["messages_total"] < len(frames) and time.perf_counter() - start < 300:
+    while stats()[counter] < len(frames) and time.perf_counter() - start < 300:
         time.sleep(0.01)
     elapsed = time.perf_counter() - start
-    counted = stats()["messages_total"]
+    counted = stats()[counter]
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(30)
@@ -136,21 +154,28 @@ def main() -> None:
     p.add_argument("--baseline", metavar="DIR", help="also measure a daemon run from this source tree")
     p.add_argument("--repeat", type=int, default=1, help="rounds, paths interleaved; the median is reported")
     p.add_argument("--out", help="write every round's figures as JSON here")
+    p.add_argument("--foreign", action="store_true", help="also a cluster daemon that owns none of the devices")
     args = p.parse_args()
     frames = messages(args.messages, args.devices)
     rounds: dict[str, list[float]] = {"bare": [], "daemon": []}
     if args.baseline:
         rounds["before"] = []
+    if args.foreign:
+        rounds["foreign"] = []
+        foreign_frames = messages(args.messages, args.devices, foreign=True)
     for r in range(args.repeat):  # interleaved, so a slow spell of a shared VM hits every path alike
         rounds["bare"].append(bare_rate(frames))
         rounds["daemon"].append(daemon_rate(frames, args.profile if r == 0 else None))
         if args.baseline:
             rounds["before"].append(daemon_rate(frames, source=os.path.abspath(args.baseline)))
+        if args.foreign:
+            rounds["foreign"].append(daemon_rate(foreign_frames, foreign=True))
     med = {k: float(np.median(v)) for k, v in rounds.items()}
     print(f"| path | messages/s (median of {args.repeat}) | rounds |\n|---|---|---|")
     names = {"bare": "bare pyzmq SUB loop (receive only)", "before": f"p2p-daemon from {args.baseline} (before)",
-             "daemon": "p2p-daemon (validate, buffer, cut windows, infer)"}  # fmt: skip
-    for key in ("bare", "before", "daemon"):
+             "daemon": "p2p-daemon (validate, buffer, cut windows, infer)",
+             "foreign": "p2p-daemon of a cluster, every message another's (read the topic, drop)"}  # fmt: skip
+    for key in ("bare", "before", "daemon", "foreign"):
         if key in med:
             print(f"| {names[key]} | {med[key]:,.0f} | {', '.join(f'{v:,.0f}' for v in rounds[key])} |")
     print(f"\nthe daemon ingests at {med['daemon'] / med['bare']:.0%} of the bare loop's rate")
