@@ -63,7 +63,8 @@ def test_p2p_help_lists_every_verb_with_its_line():
     assert out.returncode == 0, out.stderr
     for verb, (_, text) in VERBS.items():
         assert verb in out.stdout and text.split()[0] in out.stdout
-    assert set(VERBS) == set("daemon monitor record ctl lsl demo train eval keys proxy replay fleet convert".split())
+    verbs = "daemon monitor record ctl lsl demo train eval keys proxy cluster replay fleet convert"
+    assert set(VERBS) == set(verbs.split())
 
 
 @pytest.mark.parametrize("verb", sorted(VERBS))

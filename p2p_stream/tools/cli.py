@@ -34,6 +34,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "convert": ("p2p_stream.tools.convert", "write a replay CSV from a dataset (was make_replay.py)"),
     "keys": ("p2p_stream.tools.cli_keys", "make and revoke CURVE key pairs for the daemon and wearables"),
     "proxy": ("p2p_stream.tools.proxy", "the ingest tier across machines: forward wearables to daemon shards"),
+    "cluster": ("p2p_stream.tools.cluster", "run N daemons + proxy + Redis from one file: check it, bring it up"),
 }
 
 
