@@ -188,8 +188,10 @@ def main() -> None:
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--modes", "--only", default="batched,naive", help="comma-separated: batched, naive, ray")
     p.add_argument("--threads", type=int, default=0, help="the daemon's torch threads (0 = its default)")
+    p.add_argument("--torch-device", default="cpu", help="where the daemon's network runs: cpu, cuda, cuda:N")
     p.add_argument("--out", help="JSON results here")
     args = p.parse_args()
+    device = ("--device", args.torch_device)  # after start_daemon's own --device cpu: the last one given wins
     wanted = args.modes.split(",")
     ray_flags = (
         "--backend",
@@ -199,8 +201,8 @@ def main() -> None:
         *(f for kv in args.ray_set for f in ("--set", f"ray.{kv}")),
     )
     modes = [
-        ("batched", args.max_batch, args.devices, ()),
-        ("naive", 1, args.naive_devices, ()),
+        ("batched", args.max_batch, args.devices, device),
+        ("naive", 1, args.naive_devices, device),
         ("ray", args.max_batch, args.ray_devices, ray_flags),
     ]
     unknown = set(wanted) - {m[0] for m in modes}
