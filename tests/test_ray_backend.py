@@ -2,6 +2,7 @@
 daemons by @serve.batch, and a replica that dies or an app that vanishes never takes the daemon down."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from p2p_stream import Estimator  # noqa: E402
 from p2p_stream.backends import BackendUnavailable, LocalBackend  # noqa: E402
 from p2p_stream.backends.ray import RayBackend  # noqa: E402
 from p2p_stream.config.daemon import Ray  # noqa: E402
+from p2p_stream.errors import ConfigError  # noqa: E402
 from p2p_stream.model.estimator import default_model_path  # noqa: E402
 from p2p_stream.ppg.preprocess import cut_windows  # noqa: E402
 
@@ -23,8 +25,9 @@ FS = 125.0
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray for the module (starting one takes seconds): 2 CPUs, a small object store, no dashboard."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+    """One local Ray for the module (starting one takes seconds): 2 CPUs, no GPU (on any machine), a small object
+    store, no dashboard."""
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
              object_store_memory=128 * 2**20)  # fmt: skip
     yield
     serve.shutdown()
@@ -77,6 +80,7 @@ def test_ray_backend_gives_the_local_backends_numbers_and_merges_batches(local_r
         assert info["model"] == est.name and info["requests"] == len(requests)
         assert info["forwards"] < len(requests), info  # @serve.batch merged requests into shared forward passes
     finally:
+        backend.close()
         serve.delete("p2p-same")
 
 
@@ -142,6 +146,47 @@ def test_windows_without_a_backend_are_published_rejected_and_counted(local_ray,
 
 def test_backend_unavailable_names_the_app_and_the_cause(local_ray, est):
     backend = RayBackend(est, default_model_path(), one_replica(app="p2p-msg", timeout_s=1.0, retries=0))
+    try:
+        serve.delete("p2p-msg")
+        with pytest.raises(BackendUnavailable, match="'p2p-msg' gave no answer in 1 tries"):
+            backend.predict(np.zeros((1, 500), np.float32), np.zeros((1, 4), np.float32))
+    finally:
+        backend.close()  # else its probe would deploy p2p-msg again, on and on
     serve.delete("p2p-msg")
-    with pytest.raises(BackendUnavailable, match="'p2p-msg' gave no answer in 1 tries"):
-        backend.predict(np.zeros((1, 500), np.float32), np.zeros((1, 4), np.float32))
+
+
+def test_a_backend_found_down_fails_batches_at_once_then_redeploys_its_app(local_ray, est):
+    """After a batch found the app gone, the next fail at once (not after timeout_s × tries each); the probe
+    deploys the app again and batches are answered, with no new backend."""
+    knobs = {"app": "p2p-back", "timeout_s": 2.0, "retries": 1}
+    backend = RayBackend(est, default_model_path(), one_replica(**knobs))
+    x, features = real_and_simulated_windows(est)[1][:2], np.zeros((2, 4), np.float32)
+    try:
+        serve.delete("p2p-back")
+        with pytest.raises(BackendUnavailable):
+            backend.predict(x, features)  # finds it gone (at once, or after its tries) and marks it down
+        start = time.monotonic()
+        with pytest.raises(BackendUnavailable, match="'p2p-back' unavailable for"):
+            backend.predict(x, features)
+        assert time.monotonic() - start < 0.5  # versus 2 × 2 s when every batch waited out its tries
+        deadline = time.monotonic() + 120
+        while not backend.up.is_set():  # the probe: 1 s, then 2, 4, 5 s apart, each deploying the app again
+            assert time.monotonic() < deadline, "the app was never deployed again"
+            time.sleep(0.2)
+        assert len(backend.predict(x, features)) == 2
+    finally:
+        backend.close()
+        serve.delete("p2p-back")
+
+
+def test_a_deploy_asking_for_a_gpu_the_cluster_lacks_fails_within_deploy_timeout_naming_the_cause(local_ray, est):
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="asked for 1 GPU per replica, this Ray cluster has 0") as failed:
+        RayBackend(est, default_model_path(), one_replica(app="p2p-gpu", num_gpus=1.0, deploy_timeout_s=3.0))
+    took = time.monotonic() - start
+    print(f"{took:.1f} s: {failed.value}")
+    assert took < 3.0 + 15.0  # the timeout, plus a status poll and the app's deletion on a busy machine
+    deadline = time.monotonic() + 30  # being deleted, not left DEPLOYING for the next daemon (Serve takes ~20 s to
+    while (app := serve.status().applications.get("p2p-gpu")) and not str(app.status).endswith("DELETING"):  # end it)
+        assert time.monotonic() < deadline, app
+        time.sleep(0.2)

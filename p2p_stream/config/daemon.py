@@ -272,6 +272,10 @@ class Ray:
     retries: int = setting(
         2, "tries after the first; then its windows are published as rejected: backend_unavailable", range=(0, 100)
     )
+    deploy_timeout_s: float = setting(
+        60.0, "a deploy whose replicas are not all running after this long fails, naming the cause (e.g. no GPU)",
+        unit="s", range=(1, 3600),
+    )  # fmt: skip
 
 
 @dataclass

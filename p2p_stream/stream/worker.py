@@ -8,6 +8,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from p2p_stream.stream.smoothing import Smoother
 
 log = logging.getLogger(__name__)
 POLL_IN_FLIGHT_S = 0.002  # with batches in flight, how often the worker looks for their answers
+STOP_GRACE_S = 3.0  # stopping: how long batches in flight may still take; well within the daemon's 10 s join
 INTERVAL_KEYS = ("sbp_lo", "sbp_hi", "dbp_lo", "dbp_hi")  # columns 2-5 of a backend's answer, when it has them
 
 
@@ -43,6 +45,10 @@ class InFlight:
 
     def done(self) -> bool:
         return all(call.done() for _, call in self.calls)
+
+    def wait(self, timeout_s: float) -> None:
+        """Until every call has its answer, or `timeout_s` has passed."""
+        futures.wait([call for _, call in self.calls], timeout=timeout_s)
 
 
 class InferenceWorker(threading.Thread):
@@ -86,23 +92,31 @@ class InferenceWorker(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        """Publish each batch's estimates once the backend has answered, in order, and a heartbeat every
+        `heartbeat_s`: the worker never waits on the backend longer than until the next heartbeat is due, so a
+        backend that is slow or gone never silences the heartbeat (issue 16)."""
         next_beat = time.monotonic()
         in_flight: deque[InFlight] = deque()  # batches sent to the backend, published strictly in this order
         try:
             while not self.stop.is_set():
-                wait = max(0.0, min(0.05, next_beat - time.monotonic()))
-                batch = self.batcher.next_batch(timeout_s=min(wait, POLL_IN_FLIGHT_S) if in_flight else wait)
-                if batch:
-                    while len(in_flight) >= self.backend.max_in_flight:  # at most that many on their way
-                        self.publish(self.finish(in_flight.popleft()))
-                    in_flight.append(self.submit(batch))
                 while in_flight and in_flight[0].done():
                     self.publish(self.finish(in_flight.popleft()))
                 if time.monotonic() >= next_beat:
                     self.pub.send_multipart(encode_status(self.status()))
                     next_beat = time.monotonic() + self.heartbeat_s
-            while in_flight:  # stopping: what was sent still gets its answer (or its reason) published
-                self.publish(self.finish(in_flight.popleft()))
+                wait = max(0.0, min(0.05, next_beat - time.monotonic()))
+                if len(in_flight) >= self.backend.max_in_flight:  # at most that many on their way: wait for the
+                    in_flight[0].wait(wait)  # oldest, the batches meanwhile queue in the batcher (bounded there)
+                    continue
+                batch = self.batcher.next_batch(timeout_s=min(wait, POLL_IN_FLIGHT_S) if in_flight else wait)
+                if batch:
+                    in_flight.append(self.submit(batch))
+            # Stopping: what was sent still gets its answer (or its reason) published, but a backend that does not
+            # answer within STOP_GRACE_S does not hold the daemon's exit: those windows go out as backend_unavailable.
+            deadline = time.monotonic() + STOP_GRACE_S
+            while in_flight:
+                in_flight[0].wait(max(0.0, deadline - time.monotonic()))
+                self.publish(self.finish(in_flight.popleft(), timeout_s=0.0))
         except BaseException as exc:  # surfaced by the daemon, which then stops: a dead worker must not go unnoticed
             log.exception("inference worker failed")
             self.error = exc
@@ -194,8 +208,9 @@ class InferenceWorker(threading.Thread):
         qualities, inputs = self.est.assess_windows([batch[k].x for k in rows], [batch[k].fs for k in rows])
         return dict(zip(rows, zip(qualities, inputs)))
 
-    def finish(self, job: InFlight) -> list[tuple[Window, dict]]:
-        """The backend's answers into the estimates; a call it could not answer marks its windows rejected.
+    def finish(self, job: InFlight, timeout_s: float | None = None) -> list[tuple[Window, dict]]:
+        """The backend's answers into the estimates; a call it could not answer (within `timeout_s`, when given)
+        marks its windows rejected.
 
         Calibration and smoothing then run over the estimates in arrival order, so each device's history sees
         its windows, and its breaks, in the order they happened.
@@ -203,6 +218,8 @@ class InferenceWorker(threading.Thread):
         answers: dict[int, np.ndarray] = {}  # id(estimate) → its row: sbp, dbp[, sbp_lo, sbp_hi, dbp_lo, dbp_hi]
         for group, call in job.calls:
             try:
+                if timeout_s is not None and not call.done() and not futures.wait([call], timeout_s).done:
+                    raise BackendUnavailable(f"no answer from {self.backend.runs_on} before the daemon stopped")
                 pred = np.asarray(call.result(), dtype=np.float64)  # (N, 2) or (N, 6): sbp, dbp[, interval]
             except BackendUnavailable as exc:  # the windows go out as rejected, counted; the daemon carries on
                 self.warn.warning(exc.reason, "published %d windows as rejected: %s", len(group), exc)
