@@ -179,6 +179,7 @@ def test_a_backend_found_down_fails_batches_at_once_then_redeploys_its_app(local
         serve.delete("p2p-back")
 
 
+@pytest.mark.slow  # 3.5 s, and then ~20 s for Serve to remove the replica it never placed (at the module's teardown)
 def test_a_deploy_asking_for_a_gpu_the_cluster_lacks_fails_within_deploy_timeout_naming_the_cause(local_ray, est):
     start = time.monotonic()
     with pytest.raises(ConfigError, match="asked for 1 GPU per replica, this Ray cluster has 0") as failed:
