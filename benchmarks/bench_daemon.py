@@ -2,7 +2,8 @@
 
     python benchmarks/bench_daemon.py [--devices 100,250,500,1000] [--seconds 20] [--modes batched,naive,ray]
 
-For each N the fleet publishes N devices at 125 Hz in chunks of 25 samples (real-time paced) into a daemon
+For each N the fleet publishes N devices at 125 Hz (`--fs`) in chunks of 25 samples (real-time paced; staggered
+like independent wearables, or `--aligned`: all switched on at once, every window due in the same instant) into a daemon
 started as its own process (10 s windows, 2 s hop); a subscriber thread collects every estimate. Reported:
 windows/s, latency p50/p99/max from the window's last sample to the estimate's arrival (sample time stamps are
 the wall-clock times at which the fleet sends them), windows lost, the daemon's CPU (% of one core) and peak
@@ -32,7 +33,7 @@ from p2p_stream.stream.probe import wait_for_subscriber, wait_ready
 from p2p_stream.stream.protocol import decode_estimate, encode_ingest
 from p2p_stream.tools.fleet import Fleet, FleetConfig
 
-WINDOW_S, HOP_S, FS = 10.0, 2.0, 125.0
+WINDOW_S, HOP_S, FS, CHUNK = 10.0, 2.0, 125.0, 25
 P99_LIMIT_MS = 250.0
 
 
@@ -81,17 +82,22 @@ def join_daemon(addresses: dict) -> tuple[zmq.Context, zmq.Socket, zmq.Socket]:
 
 
 class PacedFleet:
-    """N synthetic devices at 125 Hz in 25-sample chunks, published in real time with spread arrivals.
+    """N synthetic devices at `fs` Hz in 25-sample chunks, published in real time with spread arrivals.
 
     Devices switch on at random times over one hop, so their windows do not all fall due in the same instant.
     Each device's clock is offset by a random fraction of a chunk, so chunks arrive spread over time as from
     independent wearables, not in one burst per tick. A device sends a chunk once its last sample is measured.
+    `aligned`: the worst case instead — every device switched on at once, in phase, so all their windows fall due
+    in the same instant (devices powered up together, a network partition healing).
     """
 
-    def __init__(self, n: int, pub: zmq.Socket) -> None:
-        self.fleet = Fleet(FleetConfig(devices=n, rates_hz=(FS,), chunk_s=25 / FS, stagger_s=HOP_S))
+    def __init__(self, n: int, pub: zmq.Socket, fs: float = FS, aligned: bool = False) -> None:
+        self.fs = fs
+        stagger = 0.0 if aligned else HOP_S
+        self.fleet = Fleet(FleetConfig(devices=n, rates_hz=(fs,), chunk_s=CHUNK / fs, stagger_s=stagger))
         self.pub, self.dt = pub, self.fleet.config.chunk_s
-        self.offset = dict(zip(self.fleet.ids, np.random.default_rng(1).uniform(0, self.dt, n)))
+        offsets = np.zeros(n) if aligned else np.random.default_rng(1).uniform(0, self.dt, n)
+        self.offset = dict(zip(self.fleet.ids, offsets))
         self.t_wall0, self.start = time.time(), time.monotonic()
         self.worst_lag = 0.0  # how far behind real time the sender fell, s
 
@@ -108,7 +114,8 @@ class PacedFleet:
     def expected_windows(self, ticks: int) -> int:
         """Windows the daemon owes for `ticks` ticks of this fleet."""
         chunks = np.maximum(0, ticks - np.ceil(self.fleet.joins_at / self.dt)).astype(int)  # chunks each device sent
-        return int(np.maximum(0, (chunks * 25 - int(WINDOW_S * FS)) // int(HOP_S * FS) + 1).sum())
+        window, hop = int(round(WINDOW_S * self.fs)), int(round(HOP_S * self.fs))
+        return int(np.maximum(0, (chunks * CHUNK - window) // hop + 1).sum())
 
 
 def shut_down(daemon: subprocess.Popen, ctx: zmq.Context, folder: str) -> None:
@@ -119,7 +126,15 @@ def shut_down(daemon: subprocess.Popen, ctx: zmq.Context, folder: str) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_point(n: int, seconds: float, max_batch: int, threads: int, extra: tuple[str, ...] = ()) -> dict:
+def run_point(
+    n: int,
+    seconds: float,
+    max_batch: int,
+    threads: int,
+    extra: tuple[str, ...] = (),
+    fs: float = FS,
+    aligned: bool = False,
+) -> dict:
     folder = tempfile.mkdtemp(prefix="p2pb")
     addresses = {k: f"ipc://{folder}/{k}" for k in ("ingest", "publish", "control")}
     daemon = start_daemon(addresses, max_batch, threads, extra)
@@ -135,7 +150,7 @@ def run_point(n: int, seconds: float, max_batch: int, threads: int, extra: tuple
 
     collector = threading.Thread(target=collect)
     collector.start()
-    paced = PacedFleet(n, pub)
+    paced = PacedFleet(n, pub, fs, aligned)
     cpu0, _ = proc_stats(daemon.pid)
     busy0 = machine_busy_s()
     peak_rss = 0
@@ -189,6 +204,8 @@ def main() -> None:
     p.add_argument("--modes", "--only", default="batched,naive", help="comma-separated: batched, naive, ray")
     p.add_argument("--threads", type=int, default=0, help="the daemon's torch threads (0 = its default)")
     p.add_argument("--torch-device", default="cpu", help="where the daemon's network runs: cpu, cuda, cuda:N")
+    p.add_argument("--fs", type=float, default=FS, help=f"the devices' sampling rate, Hz (default {FS:g})")
+    p.add_argument("--aligned", action="store_true", help="every device switched on at once, in phase")
     p.add_argument("--out", help="JSON results here")
     args = p.parse_args()
     device = ("--device", args.torch_device)  # after start_daemon's own --device cpu: the last one given wins
@@ -216,8 +233,8 @@ def main() -> None:
         if mode not in wanted:
             continue
         for n in (int(v) for v in devices.split(",")):
-            r = run_point(n, args.seconds, max_batch, args.threads, extra)
-            r["mode"] = mode
+            r = run_point(n, args.seconds, max_batch, args.threads, extra, args.fs, args.aligned)
+            r["mode"], r["fs"], r["aligned"] = mode, args.fs, args.aligned
             rows.append(r)
             print(
                 f"| {mode} | {n} | {r['windows_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | "

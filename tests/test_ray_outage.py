@@ -193,6 +193,7 @@ def outage(stream: Stream, cluster: RayCluster, watch_s: float) -> float:
     return t_stop
 
 
+@pytest.mark.slow  # ~35 s; in CI, test_ray_backend.py's backend-found-down test covers fail-fast and redeploy
 def test_ray_stopped_then_started_again_under_a_stream_and_sigterm_during_an_outage(cluster):
     """The whole cycle on one daemon: estimates; `ray stop` (heartbeat on, batches rejected at once); `ray start`
     (estimates back, no restart); `ray stop` again and SIGTERM (a clean exit in seconds)."""
