@@ -206,9 +206,12 @@ def main() -> None:
     p.add_argument("--torch-device", default="cpu", help="where the daemon's network runs: cpu, cuda, cuda:N")
     p.add_argument("--fs", type=float, default=FS, help=f"the devices' sampling rate, Hz (default {FS:g})")
     p.add_argument("--aligned", action="store_true", help="every device switched on at once, in phase")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="daemon_set",
+                   help="a daemon setting for every mode, e.g. model.burst_threads=1")  # fmt: skip
     p.add_argument("--out", help="JSON results here")
     args = p.parse_args()
     device = ("--device", args.torch_device)  # after start_daemon's own --device cpu: the last one given wins
+    device += tuple(f for kv in args.daemon_set for f in ("--set", kv))
     wanted = args.modes.split(",")
     ray_flags = (
         "--backend",

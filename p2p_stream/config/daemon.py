@@ -116,6 +116,11 @@ class Model:
         0, "torch intra-op threads; 0 = every core but one (one is left to the ingest loop)", range=(0, 256),
         flag="--threads",
     )  # fmt: skip
+    burst_threads: int = setting(
+        0, "torch threads while more windows wait than one batch holds (a burst: devices switched on together, a "
+        "partition healing), when the ingest loop has little to do; 0 = every core; equal to threads: off",
+        range=(0, 256),
+    )  # fmt: skip
     backend: str = setting(
         "local", "local: the network runs in this process | ray: on a Ray Serve deployment ([ray])",
         choices=("local", "ray"), flag="--backend",

@@ -13,6 +13,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 import zmq
 
 from p2p_stream.backends.base import Backend, BackendUnavailable
@@ -71,11 +72,13 @@ class InferenceWorker(threading.Thread):
         epoch: int | None = None,
         daemon: str | None = None,
         cluster_status: Callable[[], dict] | None = None,
+        threads: tuple[int, int] | None = None,
     ) -> None:
         """Every collaborator by keyword. `pub` may be None for a worker whose `submit`/`finish` a test calls
         directly (nothing is published then); `device_count` gives the number of wearables for the heartbeat.
         `daemon`: this daemon's name, in every heartbeat, and in every estimate when it is one of a cluster
-        (`cluster_status` given: its keys join the heartbeat)."""
+        (`cluster_status` given: its keys join the heartbeat). `threads`: (steady, burst) torch threads for a network
+        running in this thread — the burst number while more windows wait than one batch holds."""
         super().__init__(name="p2p-inference", daemon=True)
         self.est, self.backend, self.batcher, self.pub = estimator, backend, batcher, pub
         self.warn = RateLimitedLog(log, period_s=10.0)
@@ -87,6 +90,7 @@ class InferenceWorker(threading.Thread):
             epoch  # the daemon start (its state store's boot number; None without a store): (device, epoch, seq)
         )
         self.daemon, self.cluster_status = daemon, cluster_status
+        self.threads = threads
         level = getattr(estimator, "interval_level", None)  # the level of the model's interval; None: it has none
         self.interval_level = None if level is None else float(level)
         self.error: BaseException | None = None
@@ -110,6 +114,9 @@ class InferenceWorker(threading.Thread):
                     continue
                 batch = self.batcher.next_batch(timeout_s=min(wait, POLL_IN_FLIGHT_S) if in_flight else wait)
                 if batch:
+                    if self.threads is not None:  # a burst queued behind this batch: every core it is given
+                        steady, burst = self.threads
+                        torch.set_num_threads(burst if self.batcher.qsize() >= self.batcher.max_batch else steady)
                     in_flight.append(self.submit(batch))
             # Stopping: what was sent still gets its answer (or its reason) published, but a backend that does not
             # answer within STOP_GRACE_S does not hold the daemon's exit: those windows go out as backend_unavailable.
