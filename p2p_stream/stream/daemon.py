@@ -108,7 +108,7 @@ def check_windowing(config: DaemonConfig, estimator: Estimator) -> None:
 
 def build(config: DaemonConfig, estimator: Estimator | None = None) -> DaemonParts:
     """The daemon's parts: the model loaded (or `estimator`) and checked against the windowing, then each stage."""
-    torch.set_num_threads(config.model.threads or auto_threads())
+    torch.set_num_threads(torch_threads(config)[0])
     estimator = estimator or Estimator.load(config.model.path or None, device=config.model.device)
     check_windowing(config, estimator)
     checkpoint = Path(config.model.path) if config.model.path else default_model_path()
@@ -400,12 +400,19 @@ class Daemon:
         gone = [d for d in devices.streams if not self.ownership.owns(d)]
         for device in gone:
             devices.forget(device)
-        self.grants.release(gone)
-        self.parts.calibrations.retain(devices.streams.keys())
-        self.parts.smoother.retain(devices.streams.keys())
+        self._left_table(gone)
         log.info("cluster %s: live daemons %s; %d device(s) handed to others, %d taken over",
                  self.config.cluster.name, ", ".join(self.membership.members) or "none", len(gone),
                  len(taken))  # fmt: skip
+
+    def _left_table(self, gone: list[str]) -> None:
+        """Devices out of the device table (evicted, or handed to another daemon): what else is kept per device
+        follows the table. Their stored calibrations stay on disk, for their return."""
+        streams = self.parts.devices.streams.keys()
+        self.grants.release(gone)
+        self.parts.calibrations.retain(streams)
+        self.parts.smoother.retain(streams)
+        self.arrivals.retain(streams)
 
     def _mark_takeover(self, device: str, t: float, arrival: float) -> None:
         """The first message here of a device another daemon estimated until now: a `gap` estimate (seq 0 of its
@@ -479,8 +486,9 @@ class Daemon:
             return None
         rows = self.parts.store.history(device, limit)
         for row in rows:  # the key file's name where this daemon still allows the key (a revoked one: its key only)
-            if row["client"] is not None and self.grants.name(row["client"]) != row["client"]:
-                row["client_name"] = self.grants.name(row["client"])
+            name = self.grants.name(row["client"]) if row["client"] is not None else None
+            if name is not None and name != row["client"]:
+                row["client_name"] = name
         return rows
 
     # ---------------------------------------------------------------- loop
@@ -533,11 +541,8 @@ class Daemon:
                         self._on_monitor_event(recv_monitor_message(m))
                 if time.monotonic() >= next_evict:
                     gone = devices.evict_idle()
-                    self.grants.release(gone)
+                    self._left_table(gone)
                     self._log_evicted(gone)
-                    self.parts.calibrations.retain(devices.streams.keys())
-                    self.parts.smoother.retain(devices.streams.keys())
-                    self.arrivals.retain(devices.streams.keys())
                     next_evict = time.monotonic() + 1.0
         finally:
             self.close()

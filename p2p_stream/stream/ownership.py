@@ -62,7 +62,8 @@ class Ownership:
         if self._version == self.membership.version:
             return None
         self._version = self.membership.version
-        taken = [_device(t) for t, was_mine in self._cache.items() if not was_mine and self.owns(_device(t))]
+        heard_as_others = (_device(t) for t, was_mine in self._cache.items() if not was_mine)
+        taken = [d for d in heard_as_others if self.owns(d)]
         self._cache.clear()
         return taken
 

@@ -164,17 +164,12 @@ class StateStore:
 
     def set_reference(self, device: str, key: int, reference: tuple[float, float]) -> None:
         """Reading `key` formed (or refined) its reference; the device's older readings no longer apply. Called by
-        `Calibrations` under its lock: a failure is logged, never raised into the worker."""
-        try:
-            with self._lock:
-                self.db.execute("BEGIN")
-                self.db.execute(
-                    "UPDATE calibrations SET ref_sbp = ?, ref_dbp = ? WHERE id = ?", (reference[0], reference[1], key)
-                )
-                self.db.execute("DELETE FROM calibrations WHERE device = ? AND id < ?", (device, key))
-                self.db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._failed("reference", exc)
+        `Calibrations` under its lock: a failure is logged (by `_transaction`), never raised into the worker."""
+        with suppress(StoreError), self._transaction("reference", durable=False):
+            self.db.execute(
+                "UPDATE calibrations SET ref_sbp = ?, ref_dbp = ? WHERE id = ?", (reference[0], reference[1], key)
+            )
+            self.db.execute("DELETE FROM calibrations WHERE device = ? AND id < ?", (device, key))
 
     def recall(self, device: str) -> tuple[Saved | None, Saved | None]:
         """The device's stored (active, pending) readings for this model: the latest with a reference, and a newer
@@ -254,12 +249,14 @@ class StateStore:
         ]
 
     @contextmanager
-    def _transaction(self, what: str) -> Iterator[None]:
-        """A write the client waits for: committed with synchronous=FULL (it and every write before it are on
-        disk after), or rolled back and raised as StoreError."""
+    def _transaction(self, what: str, durable: bool = True) -> Iterator[None]:
+        """One write, committed or rolled back whole (a failure raised as StoreError, and logged). `durable`: a
+        write the client waits for, committed with synchronous=FULL (it and every write before it are on disk
+        after); else with NORMAL, which survives a crash of the daemon and costs the worker no fsync."""
         with self._lock:
             try:
-                self.db.execute("PRAGMA synchronous=FULL")
+                if durable:
+                    self.db.execute("PRAGMA synchronous=FULL")
                 self.db.execute("BEGIN IMMEDIATE")
                 try:
                     yield
