@@ -7,6 +7,7 @@ import time
 from concurrent.futures import Future
 
 import numpy as np
+import pytest
 from conftest import simulated_ppg
 from zmq_helpers import ipc_addresses
 
@@ -159,16 +160,25 @@ class CountingBackend(LocalBackend):
         return super().submit(x, features)
 
 
-def test_windows_from_several_devices_reach_the_model_in_one_batch():
+@pytest.mark.parametrize("reuse_crops", [False, True])
+def test_windows_from_several_devices_reach_the_model_in_one_batch(reuse_crops):
     """Five wearables' windows queued together go to the model as one batch of five, in one call: what dynamic
     batching is for. Fails if the batcher, the daemon's wiring of `batching.max_batch` or the worker sends them
-    one at a time."""
+    one at a time. With the crop cache the network sees their ten crops (two per 4 s window) in one pass."""
     est = Estimator.load()
     with ipc_addresses() as addresses:
-        overrides = [{"sockets": addresses, "windowing": {"window_s": 4.0, "hop_s": 1.0}}]
+        overrides = [
+            {"sockets": addresses, "windowing": {"window_s": 4.0, "hop_s": 1.0}},
+            {"model": {"reuse_crops": reuse_crops}},
+        ]
         daemon = Daemon(load_daemon_config(None, overrides), est)
         try:
             backend = daemon.worker.backend = CountingBackend(est)
+            cache = daemon.worker.crop_cache
+            assert (cache is not None) == reuse_crops
+            if cache is not None:  # the cache runs the network itself: count its passes instead
+                passes, embed = backend.calls, cache._embed
+                cache._embed = lambda rows, rates: passes.append(len(rows)) or embed(rows, rates)
             devices = [f"watch-{k}" for k in range(5)]
             t0 = time.time()  # within the daemon's clock skew, as a live wearable's
             for k, device in enumerate(devices):
@@ -182,4 +192,4 @@ def test_windows_from_several_devices_reach_the_model_in_one_batch():
             daemon.close()
     assert [e["device"] for e in estimates] == devices
     assert all(e["ok"] for e in estimates)
-    assert backend.calls == [5]
+    assert backend.calls == ([10] if reuse_crops else [5])

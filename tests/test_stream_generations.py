@@ -95,6 +95,7 @@ def stepped_daemon(est: Estimator, **sections):
         overrides = [fixed, sections]
         daemon = Daemon(load_daemon_config(None, overrides), est)
         daemon.worker.backend = PlannedBackend(est)
+        daemon.worker.crop_cache = None  # every answer from the plan, none from the network run in the worker
         try:
             yield daemon
         finally:

@@ -84,7 +84,7 @@ def test_four_hundred_rates_near_25_hz_make_one_gate_pass_and_one_model_call(est
     worker = make_worker(est, backend)
     out = worker.finish(worker.submit(batch))
     assert gate_passes == [(400, 1000)]  # not one per rate
-    assert [x.shape for x in backend.calls] == [(400, 1000)]
+    assert [x.shape for x in backend.calls] == [(400, 4, 250)]  # one call: each window's 4 crops, prepared alone
     assert all(e["ok"] for _, e in out)
 
 
@@ -106,8 +106,9 @@ def test_submit_gives_each_window_what_it_would_get_alone(est, gate_passes):
 
     assert [w for w, _ in job.out] == batch  # arrival order
     assert sorted(gate_passes) == [(1, 500), (10, 1000)]  # one pass per model-input length, whatever the rates
-    assert sorted(x.shape for x in backend.calls) == [(1, 500), (8, 1000)]  # one call per length, 2 rejected
-    passed: dict[int, list[np.ndarray]] = {500: [], 1000: []}
+    # One call per model-input shape (a window's crops, each prepared alone), whatever the rates; 2 rejected.
+    assert sorted(x.shape for x in backend.calls) == [(1, 2, 250), (8, 4, 250)]
+    passed: list[np.ndarray] = []
     for w, e in job.out:
         if w.reason:
             assert (e["ok"], e["reason"]) == (False, "gap")
@@ -116,8 +117,8 @@ def test_submit_gives_each_window_what_it_would_get_alone(est, gate_passes):
         assert (e["ok"], e.get("reason"), e["sqi"]) == (alone.ok, alone.reason, round(alone.sqi, 4))
         assert e["hr"] == (None if alone.hr_bpm is None else round(alone.hr_bpm, 2))
         if alone.ok:
-            passed[x.shape[1]].append(x[0])
+            passed.append(est.crop_inputs([w.x], [w.fs])[0])
     assert [e.get("reason") for _, e in job.out].count(None) == 9
     assert worker.counters.rejected == {"nan": 1, "no_pulse": 1}
-    for sent in backend.calls:  # each passing window's own input, in arrival order within its length
-        np.testing.assert_array_equal(sent, np.stack(passed[sent.shape[1]]))
+    for sent in backend.calls:  # each passing window's own crops, in arrival order within their shape
+        np.testing.assert_array_equal(sent, np.stack([x for x in passed if x.shape == sent.shape[1:]]))

@@ -26,7 +26,8 @@ class Backend(Protocol):
     max_in_flight: int  # batches the daemon may have sent and not yet published
 
     def predict(self, x: np.ndarray, features: np.ndarray) -> np.ndarray:
-        """Prepared windows (N, T) of one length and (N, 4) meta features → (N, 6) mmHg: `estimator.OUTPUTS`, the
+        """Prepared windows (N, T) of one length, or a crop model's crops prepared alone (N, k, width: one shape),
+        and (N, 4) meta features → (N, 6) mmHg: `estimator.OUTPUTS`, the
         estimate and its interval."""
         ...
 

@@ -69,11 +69,12 @@ class PressureModel:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # replaced in __init__ by the configured knobs
     async def predict(self, xs: list[np.ndarray], features: list[np.ndarray]) -> list[np.ndarray]:
-        """Requests from any daemon, merged: one forward pass per window length across all of them."""
+        """Requests from any daemon, merged: one forward pass per model-input shape (a window's length, or its
+        crops' count and width) across all of them."""
         out: list[np.ndarray] = [np.empty((0, len(OUTPUTS)), np.float32)] * len(xs)
         self.requests += len(xs)
-        for length in {x.shape[1] for x in xs}:
-            idx = [i for i, x in enumerate(xs) if x.shape[1] == length]
+        for shape in {x.shape[1:] for x in xs}:
+            idx = [i for i, x in enumerate(xs) if x.shape[1:] == shape]
             merged = np.concatenate([xs[i] for i in idx])
             meta = np.concatenate([features[i] for i in idx])
             # Off the replica's event loop, which must keep answering Serve's queue-length probes meanwhile (blocked

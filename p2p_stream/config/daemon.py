@@ -121,6 +121,11 @@ class Model:
         "partition healing), when the ingest loop has little to do; 0 = every core; equal to threads: off",
         range=(0, 256),
     )  # fmt: skip
+    reuse_crops: bool = setting(
+        True, "a crop-averaging model's crop features are computed once and reused by every window that holds "
+        "them (10 s windows every 2 s: one crop of five is new); the same numbers either way, false only to "
+        "measure what it saves (local backend)",
+    )  # fmt: skip
     backend: str = setting(
         "local", "local: the network runs in this process | ray: on a Ray Serve deployment ([ray])",
         choices=("local", "ray"), flag="--backend",

@@ -16,6 +16,7 @@ from p2p_stream.model.checkpoint import load_checkpoint
 from p2p_stream.model.demographics import AGE_CENTER_Y, AGE_SCALE_Y, parse_meta
 from p2p_stream.model.generalisation import Head
 from p2p_stream.model.prior import TARGETS
+from p2p_stream.ppg.crops import crop_length, crop_starts, cut_crops, prepare_rows, window_crops
 from p2p_stream.ppg.preprocess import PreprocessConfig, ppg_prepare, window_samples
 from p2p_stream.ppg.quality import Quality, QualityConfig, ppg_assess, ppg_assess_windows, ppg_quality
 
@@ -34,58 +35,77 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def crop_starts(length: int, crop: int) -> np.ndarray:
-    """Starts of the crops that tile a window of `length` samples: every `crop` samples, the last one flush with
-    the end. A window shorter than `crop` is one crop of itself."""
-    if crop <= 0 or length <= crop:
-        return np.zeros(1, dtype=int)
-    return np.unique(np.r_[np.arange(0, length - crop + 1, crop), length - crop])
-
-
 def run_network(
     model: nn.Module, x: np.ndarray, meta: np.ndarray, label_stats: dict, crop: int = 0, batch_size: int = 256
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Prepared windows (N, T) and meta features (N, 4) → ((N, 2) mmHg, (N, D) features or None).
+    """Prepared windows (N, T), or crops prepared each on their own (N, k, width), and meta features (N, 4) →
+    ((N, 2) mmHg, (N, D) features or None).
 
-    With `crop` > 0 each window is cut into crops of that many samples (`crop_starts`) and the outputs and
-    features are averaged over them: the answer does not depend on the window's length beyond which beats it
-    holds. An output the model lacks is NaN.
+    With `crop` > 0 a 2-D window is cut into crops of that many samples (`crops.crop_starts`); a 3-D input is its
+    crops already. Outputs and features are averaged over a window's crops: the answer does not depend on the
+    window's length beyond which beats it holds. An output the model lacks is NaN.
     """
-    device = next(model.parameters()).device
-    cuda = device.type == "cuda"
-    mean = np.array([label_stats[f"{t}_mean"] for t in TARGETS], dtype=np.float32)
-    std = np.array([label_stats[f"{t}_std"] for t in TARGETS], dtype=np.float32)
-    starts = crop_starts(x.shape[1], crop) if len(x) else np.zeros(1, dtype=int)
-    width = min(crop, x.shape[1]) if crop > 0 else x.shape[1]
-    k = len(starts)
+    if len(x) == 0:
+        return np.full((0, 2), np.nan, dtype=np.float32), None
+    if x.ndim == 3:
+        k, width = x.shape[1], x.shape[2]
+        crops = x.reshape(-1, width)
+    else:
+        starts = crop_starts(x.shape[1], crop) if len(x) else np.zeros(1, dtype=int)
+        k, width = len(starts), (min(crop, x.shape[1]) if crop > 0 else x.shape[1])
+        crops = x[:, starts[:, None] + np.arange(width)].reshape(-1, width)  # (N·k, width)
     embed = getattr(model, "embed", None)
     out = np.full((len(x), 2), np.nan, dtype=np.float32)
     features: np.ndarray | None = None
+    meta_k = np.repeat(meta, k, axis=0)
+    if embed is not None:
+        h = embed_crops(model, crops, batch_size)
+        y = crop_outputs(model, h, meta_k, label_stats)
+        features = h.reshape(len(x), k, -1).mean(axis=1)
+    else:
+        y = _forward(model, crops, meta_k, batch_size, lambda m, xb, mt: m(xb, mt))
+        y = destandardise(y, label_stats)
+    y = y.reshape(len(x), k, -1).mean(axis=1)
+    out[:, : y.shape[1]] = y
+    return out, features
+
+
+def _forward(model: nn.Module, x: np.ndarray, meta: np.ndarray, batch_size: int, step) -> np.ndarray:
+    """`step(model, x, meta)` over (M, width) crops in passes of `batch_size`, eval mode, no autograd → (M, ·)."""
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    parts = []
     was_training = model.training
     model.eval()
-    step = max(1, batch_size // k)  # windows per forward pass, so a pass holds about batch_size crops
     with torch.inference_mode():
-        for start in range(0, len(x), step):
-            xs = x[start : start + step]
-            cut = xs[:, starts[:, None] + np.arange(width)].reshape(-1, width)  # (B·k, width)
-            mb = np.repeat(meta[start : start + step], k, axis=0)
-            xb, mt = torch.from_numpy(np.ascontiguousarray(cut)), torch.from_numpy(np.ascontiguousarray(mb))
+        for start in range(0, max(len(x), 1), batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32))
+            mt = torch.from_numpy(np.ascontiguousarray(meta[start : start + batch_size], dtype=np.float32))
             if cuda:  # pinned host memory lets the copy overlap with the previous batch's kernels
                 xb, mt = xb.pin_memory().to(device, non_blocking=True), mt.pin_memory().to(device, non_blocking=True)
-            if embed is not None:
-                h = embed(xb)  # (B·k, D)
-                y = model.head_from(h, mt).float().cpu().numpy()
-                h = h.float().cpu().numpy().reshape(len(xs), k, -1).mean(axis=1)
-                if features is None:
-                    features = np.empty((len(x), h.shape[1]), dtype=np.float32)
-                features[start : start + len(xs)] = h
-            else:
-                y = model(xb, mt).float().cpu().numpy()  # (B·k, outputs), standardised
-            y = y.reshape(len(xs), k, -1).mean(axis=1)
-            n_out = y.shape[1]
-            out[start : start + len(y), :n_out] = y * std[:n_out] + mean[:n_out]
+            parts.append(step(model, xb, mt).float().cpu().numpy())
     model.train(was_training)
-    return out, features
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def embed_crops(model: nn.Module, crops: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Prepared crops (M, width) → the network's features of each (M, D): what a crop gives every window it is in."""
+    return _forward(model, crops, np.zeros((len(crops), 0), np.float32), batch_size, lambda m, xb, _: m.embed(xb))
+
+
+def crop_outputs(model: nn.Module, h: np.ndarray, meta: np.ndarray, label_stats: dict) -> np.ndarray:
+    """Crop features (M, D) and each crop's window's meta features (M, 4) → the network's answer per crop (M, out)
+    in mmHg: the head on top of `embed_crops` (cheap next to it)."""
+    y = _forward(model, h, meta, max(len(h), 1), lambda m, hb, mt: m.head_from(hb, mt))
+    return destandardise(y, label_stats)
+
+
+def destandardise(y: np.ndarray, label_stats: dict) -> np.ndarray:
+    """The network's standardised outputs (M, out) → mmHg."""
+    n = y.shape[1]
+    mean = np.array([label_stats[f"{t}_mean"] for t in TARGETS], dtype=np.float32)[:n]
+    std = np.array([label_stats[f"{t}_std"] for t in TARGETS], dtype=np.float32)[:n]
+    return (y * std + mean).astype(np.float32)
 
 
 def run_model(
@@ -133,8 +153,8 @@ class Estimator:
         self.quality_config = QualityConfig(**metadata.get("quality", {}))
         self.label_stats = metadata["label_stats"]
         self.head = Head.from_dict(metadata["head"]) if "head" in metadata else None
-        crop_s = float(metadata.get("crop_s", 0.0))
-        self.crop = window_samples(crop_s, self.preprocess.fs) if crop_s > 0 else 0
+        self.crop_s = float(metadata.get("crop_s", 0.0))  # > 0: a crop-averaging model, windows prepared per crop
+        self.crop = window_samples(self.crop_s, self.preprocess.fs) if self.crop_s > 0 else 0
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu") -> Estimator:
@@ -202,17 +222,60 @@ class Estimator:
         `ppg_assess_windows` with this model's settings — one gate pass per model-input length, whatever the rates."""
         return ppg_assess_windows(windows, fs, self.quality_config, self.preprocess)
 
+    @property
+    def caches_crops(self) -> bool:
+        """Whether a crop's features can be computed once and reused by every window that holds it (`embed_crops`,
+        `infer_embedded`): a crop-averaging model whose network exposes its features."""
+        return self.crop > 0 and getattr(self.model, "embed", None) is not None
+
+    def crops(self, window: np.ndarray, fs: float) -> np.ndarray:
+        """One raw window (T,) at `fs` Hz → its raw crops (k, c) (`crops.cut_crops`); a model without crops: (1, T)."""
+        return cut_crops(window, crop_length(self.crop_s, fs) if self.crop_s > 0 else 0)
+
+    def prepare_crops(self, rows: Sequence[np.ndarray], fs: Sequence[float]) -> list[np.ndarray]:
+        """Raw crops, each at its own rate → each one's model input, prepared alone (`crops.prepare_rows`)."""
+        return prepare_rows(rows, fs, self.preprocess)
+
+    def crop_inputs(self, windows: Sequence[np.ndarray], fs: Sequence[float]) -> list[np.ndarray]:
+        """Raw windows, each at its own rate → each one's crops prepared alone (k, width): what `infer_prepared`
+        takes for a crop-averaging model, stacked over windows of one shape (`crops.window_crops`)."""
+        return window_crops(windows, fs, self.crop_s, self.preprocess)
+
+    def embed_crops(self, crops: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Prepared crops (M, width) → their features (M, D), each crop's own whatever window holds it."""
+        return embed_crops(self.model, crops, batch_size)
+
+    def infer_embedded(self, h: np.ndarray, counts: Sequence[int], meta_features: np.ndarray) -> np.ndarray:
+        """Crop features (sum(counts), D), window after window (`counts[i]` crops for window i), and the windows'
+        (N, 4) meta features → (N, 6) mmHg, columns `OUTPUTS`: the network's head per crop, averaged per window,
+        then the generalisation head — what `infer_prepared` gives on the same crops."""
+        counts = np.asarray(counts, dtype=int)
+        y = crop_outputs(self.model, h, np.repeat(meta_features, counts, axis=0), self.label_stats)
+        starts = np.r_[0, np.cumsum(counts)[:-1]]
+        deviation = np.add.reduceat(y, starts, axis=0) / counts[:, None]
+        features = np.add.reduceat(h, starts, axis=0) / counts[:, None]
+        out = np.full((len(counts), len(OUTPUTS)), np.nan, dtype=np.float32)
+        out[:, : deviation.shape[1]] = deviation
+        return self._with_head(out, features, meta_features)
+
     def infer_prepared(self, x: np.ndarray, meta_features: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Prepared windows (N, T) of one length and (N, 4) meta features → (N, 6) mmHg, columns `OUTPUTS`.
+        """Prepared windows (N, T) of one length, or crops prepared alone (N, k, width: `crop_inputs`), and (N, 4)
+        meta features → (N, 6) mmHg, columns `OUTPUTS`.
 
         With a head: the network's deviation, shrunk toward the prior, and the interval. Without one (an older
         or a research checkpoint): the network's answer, and NaN for the interval.
         """
         out = np.full((len(x), len(OUTPUTS)), np.nan, dtype=np.float32)
         deviation, features = run_network(self.model, x, meta_features, self.label_stats, self.crop, batch_size)
-        if self.head is None or features is None:
-            out[:, :2] = deviation
+        out[:, :2] = deviation
+        return self._with_head(out, features, meta_features)
+
+    def _with_head(self, out: np.ndarray, features: np.ndarray | None, meta_features: np.ndarray) -> np.ndarray:
+        """`out` (N, 6) holding the network's answer in its first two columns → the published estimate and its
+        interval, when the checkpoint has a head (else `out` as it is)."""
+        if self.head is None or features is None or len(out) == 0:
             return out
+        deviation = out[:, :2].copy()
         age, sex = meta_from_features(meta_features)
         bp, half, _ = self.head.estimate(deviation, features, age, sex)
         out[:, :2] = bp
@@ -256,7 +319,11 @@ class Estimator:
                 quality[i] = checks[k]
             if passed:
                 rows = [idx[k] for k in passed]
-                out[rows] = self.infer_prepared(x[passed], features[rows], batch_size)
+                if self.crop_s > 0:  # each crop prepared alone: what the daemon computes once per crop
+                    inputs = np.stack(self.crop_inputs([items[i] for i in rows], [fs] * len(rows)))
+                else:
+                    inputs = x[passed]
+                out[rows] = self.infer_prepared(inputs, features[rows], batch_size)
         return Estimates(
             bp=out[:, :2],
             lo=out[:, [2, 4]],

@@ -22,6 +22,7 @@ from p2p_stream.offline.datasets import load_dataset
 from p2p_stream.offline.datasets.pool import POOL, load_pool
 from p2p_stream.offline.lodo import Fold, OutOfDataset, crop_samples, fit_head, leave_one_dataset_out, train_member
 from p2p_stream.offline.training import prepare
+from p2p_stream.ppg.crops import window_crops
 from p2p_stream.ppg.preprocess import PreprocessConfig
 from p2p_stream.ppg.quality import QualityConfig
 
@@ -30,13 +31,18 @@ MAX_WINDOW_S = 120.0  # the longest window a crop-averaging model is offered for
 
 
 def track_on_aist(config: TrainConfig, fold: Fold) -> dict:
-    """Calibrated tracking on AIST with the fold that never saw AIST: its network and head, 8 s windows."""
+    """Calibrated tracking on AIST with the fold that never saw AIST: its network and head, 8 s windows, each crop
+    prepared alone as the daemon and `Estimator` prepare them (ppg/crops.py)."""
     pre = PreprocessConfig(fs=config.data.fs)
     ws = load_dataset("aist_wrist", config.data.path, fs=config.data.fs, window_s=8.0)
     data = prepare(ws, pre)
     keep = np.flatnonzero(data.ok)
     m, head = fold.member, fold.head
-    deviation, features = run_network(m.model, data.x[keep], data.meta[keep], m.stats, crop_samples(config))
+    if config.optim.crop_s > 0:
+        x = np.stack(window_crops(ws.x[keep], [ws.fs] * len(keep), config.optim.crop_s, pre))
+    else:
+        x = data.x[keep]
+    deviation, features = run_network(m.model, x, data.meta[keep], m.stats, crop_samples(config))
     hr = data.hr[keep]
     published, _, _ = head.estimate(deviation, features, ws.age[keep], ws.sex[keep])
     # Within a person the prior is a constant: a change can only come from the network's own answer, unshrunk.

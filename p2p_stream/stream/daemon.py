@@ -32,6 +32,7 @@ from p2p_stream.stream.batcher import DynamicBatcher
 from p2p_stream.stream.bounds import CONTROL_HWM, CONTROL_MAX_BYTES, MB, SUBSCRIPTION_MAX_BYTES, ingest_hwm
 from p2p_stream.stream.calibration import Calibrations, params_from_metadata
 from p2p_stream.stream.counters import Counters
+from p2p_stream.stream.crop_cache import CropCache
 from p2p_stream.stream.devices import DeviceLimitError, DeviceTable
 from p2p_stream.stream.identity import DeviceGrants, recv_keyed
 from p2p_stream.stream.membership import membership_for
@@ -55,6 +56,14 @@ def torch_threads(config: DaemonConfig) -> tuple[int, int]:
     core then; steadily one core stays with ingest (`auto_threads`)."""
     steady = config.model.threads or auto_threads()
     return steady, config.model.burst_threads or os.cpu_count() or 1
+
+
+def crop_cache_for(config: DaemonConfig, estimator: Estimator) -> CropCache | None:
+    """The crop cache of a local network on a crop-averaging model (`model.reuse_crops`), one device per wearable
+    the daemon may track; None where the network runs elsewhere or the model has no crops to share."""
+    if config.model.backend != "local" or not config.model.reuse_crops or not estimator.caches_crops:
+        return None
+    return CropCache(estimator, capacity=config.limits.max_devices)
 
 
 def auto_threads() -> int:
@@ -312,6 +321,7 @@ class Daemon:
             daemon=config.cluster.id or socket.gethostname(),
             cluster_status=self._cluster_status if self.ownership is not None else None,
             threads=torch_threads(config) if config.model.backend == "local" else None,
+            crop_cache=crop_cache_for(config, p.estimator),
         )
         self.client: str | None = None  # the client key of the control request being answered (with CURVE)
 

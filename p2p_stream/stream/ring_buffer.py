@@ -54,6 +54,10 @@ class Window:
     # The DeviceStream that cut it (`DeviceStream.generation`): a forgotten or evicted device that comes back gets a
     # new, higher one, so its calibration and smoothing never take windows of the stream before (0: built elsewhere).
     generation: int = 0
+    # Samples the DeviceStream had taken when this window's last one came (its position in the stream, which never
+    # repeats within a generation): the key under which the worker keeps the features of this window's crops.
+    # -1: not from a DeviceStream, nothing to share.
+    end: int = -1
 
 
 # Reasons a device's run restarts that are events of its stream, not faults of a message or a window: counted in the
@@ -95,6 +99,7 @@ class DeviceStream:
         self.device = device
         self.generation = generation  # given by DeviceTable, process-wide increasing; every window carries it
         self.window_s, self.hop_s, self.max_chunk, self.gap_tolerance_s = window_s, hop_s, max_chunk, gap_tolerance_s
+        self.taken = 0  # samples appended ever, through every run and rate: where each window ends (`Window.end`)
         self._configure(fs)
         self.last_seq: int | None = None
         # The run of refused messages that continue each other: (seq, t0 where the last ended, fs, how many).
@@ -157,8 +162,9 @@ class DeviceStream:
             k = cap - self.pos
             self.buf[self.pos :] = x[:k]
             self.buf[: n - k] = x[k:]
-        run0 = self.run
+        run0, taken0 = self.run, self.taken
         self.run += n
+        self.taken += n
         self.pos = end % cap
         windows = []
         if self.run >= self.length:
@@ -180,6 +186,7 @@ class DeviceStream:
                         self.meta,
                         seq=self.take_seq(),
                         generation=self.generation,
+                        end=taken0 + end_run - run0,
                     )
                 )
         return windows

@@ -22,6 +22,7 @@ from p2p_stream.model.estimator import Estimator
 from p2p_stream.stream.batcher import DynamicBatcher
 from p2p_stream.stream.calibration import Calibrations
 from p2p_stream.stream.counters import Counters
+from p2p_stream.stream.crop_cache import CropCache
 from p2p_stream.stream.protocol import VERSION, encode_estimate, encode_status
 from p2p_stream.stream.ratelimit import RateLimitedLog
 from p2p_stream.stream.ring_buffer import Window
@@ -73,12 +74,14 @@ class InferenceWorker(threading.Thread):
         daemon: str | None = None,
         cluster_status: Callable[[], dict] | None = None,
         threads: tuple[int, int] | None = None,
+        crop_cache: CropCache | None = None,
     ) -> None:
         """Every collaborator by keyword. `pub` may be None for a worker whose `submit`/`finish` a test calls
         directly (nothing is published then); `device_count` gives the number of wearables for the heartbeat.
         `daemon`: this daemon's name, in every heartbeat, and in every estimate when it is one of a cluster
         (`cluster_status` given: its keys join the heartbeat). `threads`: (steady, burst) torch threads for a network
-        running in this thread — the burst number while more windows wait than one batch holds."""
+        running in this thread — the burst number while more windows wait than one batch holds. `crop_cache`: the
+        network runs here, one crop at a time (stream/crop_cache.py), not through `backend`."""
         super().__init__(name="p2p-inference", daemon=True)
         self.est, self.backend, self.batcher, self.pub = estimator, backend, batcher, pub
         self.warn = RateLimitedLog(log, period_s=10.0)
@@ -91,6 +94,7 @@ class InferenceWorker(threading.Thread):
         )
         self.daemon, self.cluster_status = daemon, cluster_status
         self.threads = threads
+        self.crop_cache = crop_cache
         level = getattr(estimator, "interval_level", None)  # the level of the model's interval; None: it has none
         self.interval_level = None if level is None else float(level)
         self.error: BaseException | None = None
@@ -189,18 +193,35 @@ class InferenceWorker(threading.Thread):
                 else:
                     self.counters.reject(q.reason)
             out.append((w, e))  # in arrival order, so each device's seq goes out in order
+        return InFlight(out, self._calls([(w, e) for w, e, _ in passed], [x for _, _, x in passed]))
+
+    def _calls(self, passed: list[tuple[Window, dict]], inputs: list[np.ndarray]) -> list[tuple[list, Future]]:
+        """The windows that passed the gate → the calls that answer them, one per model-input shape.
+
+        A crop-averaging model takes each window's crops, prepared alone: from the crop cache (only the crops no
+        earlier window had, through the network here), or prepared here and sent to the backend.
+        """
+        if not passed:
+            return []
+        if self.crop_cache is not None:
+            done: Future = Future()
+            done.set_result(self.crop_cache.infer([w for w, _ in passed], self._meta([w for w, _ in passed])))
+            return [(passed, done)]
+        if self.est.crop_s > 0:  # the window-level inputs of the gate are not what the model takes
+            inputs = self.est.crop_inputs([w.x for w, _ in passed], [w.fs for w, _ in passed])
         calls = []
-        for length in {len(x) for _, _, x in passed}:
-            group = [(w, e) for w, e, x in passed if len(x) == length]
-            features = (
-                parse_meta([w.meta for w, _ in group], len(group))
-                if self.est.uses_demographics
-                else np.zeros((len(group), 4), dtype=np.float32)
-            )
-            calls.append(
-                (group, self.backend.submit(np.stack([x for _, _, x in passed if len(x) == length]), features))
-            )
-        return InFlight(out, calls)
+        for shape in {x.shape for x in inputs}:
+            picked = [k for k, x in enumerate(inputs) if x.shape == shape]
+            group = [passed[k] for k in picked]
+            x = np.stack([inputs[k] for k in picked])
+            calls.append((group, self.backend.submit(x, self._meta([w for w, _ in group]))))
+        return calls
+
+    def _meta(self, windows: list[Window]) -> np.ndarray:
+        """The windows' age and sex features (N, 4), or zeros for a model that does not read them."""
+        if self.est.uses_demographics:
+            return parse_meta([w.meta for w in windows], len(windows))
+        return np.zeros((len(windows), 4), dtype=np.float32)
 
     def _assess(self, batch: list[Window]) -> dict[int, tuple]:
         """Position in `batch` → (quality, model input) for each window with samples.

@@ -1,0 +1,124 @@
+"""Crops prepared alone and computed once (issue 17): the daemon's windows share crops, each crop goes through the
+network once, and what it publishes equals offline `Estimator.estimate` on the same samples."""
+
+import copy
+
+import numpy as np
+import pytest
+from conftest import simulated_ppg
+from zmq_helpers import client, running_daemon
+
+from p2p_stream import Estimator
+from p2p_stream.ppg.crops import crop_starts, cut_crops, prepare_rows
+from p2p_stream.ppg.preprocess import cut_windows, ppg_prepare
+from p2p_stream.stream.crop_cache import CropCache
+from p2p_stream.stream.protocol import Ingest
+from p2p_stream.stream.ring_buffer import DeviceStream, Window
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture(scope="module")
+def est() -> Estimator:
+    """The shipped network with its deviation kept whole (head gain 1): the shipped head keeps none of it, so its
+    estimates would equal the prior whatever the network said, and a wrong crop could not show."""
+    base = Estimator.load()
+    metadata = copy.deepcopy(base.metadata)
+    metadata["head"]["gain"] = [1.0, 1.0]
+    return Estimator(base.model, metadata)
+
+
+def pulse_changing(fs: float, seconds: float) -> np.ndarray:
+    """A pulse whose rate and shape drift (70 ± 4 bpm, the dicrotic wave 0.2–0.6 of the systolic), so that crops
+    differ and so do the network's answers."""
+    t = np.arange(int(round(seconds * fs))) / fs
+    phase = np.cumsum((70.0 + 4.0 * np.sin(2 * np.pi * t / 29.0)) / 60.0 / fs) % 1.0
+    dicrotic = 0.4 + 0.2 * np.sin(2 * np.pi * t / 11.0)
+    beat = np.exp(-((phase - 0.15) ** 2) / 0.005) + dicrotic * np.exp(-((phase - 0.45) ** 2) / 0.01)
+    noise = np.random.default_rng(0).normal(0.0, 0.02, t.size)
+    return (2000.0 + 300.0 * (beat + noise)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("length", "crop", "starts"),
+    [(1000, 200, [0, 200, 400, 600, 800]), (1050, 200, [0, 50, 250, 450, 650, 850]), (150, 200, [0]), (200, 200, [0])],
+)
+def test_crops_tile_the_window_from_its_end(length, crop, starts):
+    assert crop_starts(length, crop).tolist() == starts
+
+
+def test_a_crop_is_prepared_alone_whatever_window_and_batch_it_is_in():
+    x = pulse_changing(100.0, 20.0)
+    a, b = x[:1000], x[200:1200]  # two 10 s windows one 2 s hop apart: four crops in common
+    ca, cb = cut_crops(a, 200), cut_crops(b, 200)
+    np.testing.assert_array_equal(ca[1:], cb[:-1])
+    rows = [*ca, *cb, simulated_ppg(70, 2.0, 64.0)]  # two rates in one call
+    prepared = prepare_rows(rows, [100.0] * 10 + [64.0])
+    for row, fs, got in zip(rows, [100.0] * 10 + [64.0], prepared):
+        np.testing.assert_allclose(got, ppg_prepare(row[None], fs)[0], atol=1e-5)
+
+
+def test_streamed_10_s_windows_every_2_s_equal_offline_and_each_crop_runs_once(est):
+    fs = 100.0
+    x = pulse_changing(fs, 40.0)
+    windows = cut_windows(x, 1000, 200)
+    expected = est.estimate(windows, fs)
+    assert all(r is None for r in expected.reason)
+    assert np.ptp(expected.bp[:, 0]) > 0.3  # the network's answer moves: a wrong crop would show
+    # The path this replaced (each window band-passed and normalised whole) answers differently: the test can fail.
+    whole = est.infer_prepared(ppg_prepare(windows, fs), np.zeros((len(windows), 4), np.float32))
+    assert np.abs(whole[:, :2] - expected.bp).max() > 0.1
+    windowing, unsmoothed = {"window_s": 10.0, "hop_s": 2.0}, {"windows": 1}  # each interval its window's own
+    with running_daemon(est, windowing=windowing, smoothing=unsmoothed) as (daemon, addresses):
+        with client(addresses) as c:
+            c.stream("wrist", x, fs, chunk=25)
+            got = c.estimates(lambda g: len(g) >= len(windows))
+        cache = daemon.worker.crop_cache
+    assert [e["seq"] for e in got] == list(range(len(windows))) and all(e["ok"] for e in got)
+    np.testing.assert_allclose([[e["sbp_window"], e["dbp_window"]] for e in got], expected.bp, atol=0.02)
+    np.testing.assert_allclose([[e["sbp_lo"], e["dbp_lo"]] for e in got], expected.lo, atol=0.02)
+    np.testing.assert_allclose([[e["sbp_hi"], e["dbp_hi"]] for e in got], expected.hi, atol=0.02)
+    # 40 s hold 20 crops of 2 s; 16 windows of 5 crops each: every crop computed once, the rest reused.
+    assert (cache.computed, cache.reused) == (20, 5 * len(windows) - 20)
+
+
+def device_windows(device: str, x: np.ndarray, fs: float, generation: int = 0) -> list[Window]:
+    """The windows a DeviceStream cuts from `x` sent in 25-sample messages (10 s windows, 2 s hop)."""
+    s = DeviceStream(device, fs, 10.0, 2.0, max_chunk=64, gap_tolerance_s=0.05, generation=generation)
+    out = []
+    for seq, start in enumerate(range(0, len(x), 25)):
+        out += s.push(Ingest(device, seq, T0 + start / fs, fs, x[start : start + 25], None, None), 0.0).windows
+    return out
+
+
+def answers(cache: CropCache, windows: list[Window]) -> np.ndarray:
+    return cache.infer(windows, np.zeros((len(windows), 4), np.float32))
+
+
+def test_the_cache_answers_as_the_estimator_and_holds_one_window_per_device(est):
+    x = pulse_changing(100.0, 30.0)
+    ws = device_windows("a", x, 100.0)
+    cache = CropCache(est, capacity=10)
+    one_by_one = np.concatenate([answers(cache, [w]) for w in ws])
+    crops = np.stack(est.crop_inputs([w.x for w in ws], [100.0] * len(ws)))
+    offline = est.infer_prepared(crops, np.zeros((len(ws), 4), np.float32))
+    np.testing.assert_allclose(one_by_one, offline, atol=1e-3)
+    assert (cache.computed, cache.kept()) == (15, 5)  # 30 s: 15 crops, each once; the latest window's 5 kept
+    in_one_batch = CropCache(est, capacity=10)  # windows of one device in one batch share crops too
+    np.testing.assert_allclose(answers(in_one_batch, ws), offline, atol=1e-3)
+    assert in_one_batch.computed == 15
+
+
+def test_a_new_stream_or_an_evicted_device_computes_afresh(est):
+    x = pulse_changing(100.0, 14.0)
+    first, again = device_windows("a", x, 100.0, generation=1), device_windows("a", x, 100.0, generation=2)
+    cache = CropCache(est, capacity=1)
+    answers(cache, first[:1])
+    answers(cache, again[1:2])  # the same positions, but another stream of the device: nothing shared
+    assert cache.computed == 10
+    answers(cache, device_windows("b", x, 100.0)[:1])  # capacity 1: "a" is dropped for "b"
+    answers(cache, again[2:3])
+    assert (cache.computed, len(cache.devices)) == (20, 1)
+    built_elsewhere = Window("c", x[:1000], 100.0, T0, 0.0)  # no stream position: computed, nothing kept
+    answers(cache, [built_elsewhere, built_elsewhere])
+    assert cache.computed == 30 and "c" not in cache.devices
