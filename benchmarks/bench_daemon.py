@@ -10,7 +10,8 @@ the wall-clock times at which the fleet sends them), windows lost, the daemon's 
 RSS, and the whole machine's CPU (which counts Ray's processes too). "Sustained" means p99 ≤ 250 ms, nothing
 lost and a fleet that kept up. Modes, run one after the other in one invocation: `batched` (the local backend),
 `naive` (the same with `--max-batch 1`: one window per inference call), `recompute` (batched, but every crop of
-every window through the network: `model.reuse_crops=false`, what the crop cache saves), `ray` (`--backend ray`:
+every window through the network: `model.reuse_crops=false`, what the crop cache saves), `process` (batched, the
+gate and the network in a child process: `model.inference_process=true`), `ray` (`--backend ray`:
 the daemon starts a local Ray and one Serve replica of 1 CPU; needs the [cluster] extra).
 """
 
@@ -189,6 +190,13 @@ def run_point(
         "machine_cpu_pct": round(100 * (busy1 - busy0) / elapsed / (os.cpu_count() or 1), 1),
         "fleet_lag_s": round(worst_lag, 3),
     }
+    if received:  # when in the run the slow ones came: a steady tail, or stalls
+        second = np.array([int(recv - received[0][2]) for _, _, recv, _ in received])
+        result["p99_ms_by_second"] = [
+            round(float(np.percentile(latencies[second == k], 99)), 1)
+            for k in range(second.max() + 1)
+            if (second == k).any()
+        ]
     result["sustained"] = bool(result["lost"] == 0 and result["p99_ms"] <= P99_LIMIT_MS and worst_lag < dt)
     return result
 
@@ -202,7 +210,8 @@ def main() -> None:
     p.add_argument("--ray-set", action="append", default=[], metavar="KEY=VALUE",
                    help="a [ray] setting for the ray mode's daemon, e.g. max_in_flight=1")  # fmt: skip
     p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--modes", "--only", default="batched,naive", help="comma-separated: batched, naive, recompute, ray")
+    p.add_argument("--modes", "--only", default="batched,naive",
+                   help="comma-separated: batched, naive, recompute, process, ray")  # fmt: skip
     p.add_argument("--threads", type=int, default=0, help="the daemon's torch threads (0 = its default)")
     p.add_argument("--torch-device", default="cpu", help="where the daemon's network runs: cpu, cuda, cuda:N")
     p.add_argument("--fs", type=float, default=FS, help=f"the devices' sampling rate, Hz (default {FS:g})")
@@ -225,11 +234,12 @@ def main() -> None:
         ("batched", args.max_batch, args.devices, device),
         ("naive", 1, args.naive_devices, device),
         ("recompute", args.max_batch, args.devices, (*device, "--set", "model.reuse_crops=false")),
+        ("process", args.max_batch, args.devices, (*device, "--set", "model.inference_process=true")),
         ("ray", args.max_batch, args.ray_devices, ray_flags),
     ]
     unknown = set(wanted) - {m[0] for m in modes}
     if unknown:
-        p.error(f"--modes: unknown {sorted(unknown)}; choose from batched, naive, recompute, ray")
+        p.error(f"--modes: unknown {sorted(unknown)}; choose from batched, naive, recompute, process, ray")
     rows, best = [], {}
     print("| mode | devices | windows/s | p50 ms | p99 ms | max ms | lost | daemon CPU % | machine CPU % | RSS MB "
           "| sustained |")  # fmt: skip
@@ -256,6 +266,8 @@ def main() -> None:
         print(f"dynamic batching sustains {best['batched'] / best['naive']:.1f}x the naive path's devices")
     if "batched" in best and "recompute" in best:
         print(f"reusing crops sustains {best['batched'] / best['recompute']:.2f}x the devices of recomputing them")
+    if "batched" in best and "process" in best:
+        print(f"the inference process sustains {best['process'] / best['batched']:.2f}x the devices in one process")
     if "batched" in best and "ray" in best:
         print(f"the Ray backend sustains {best['ray'] / best['batched']:.2f}x the local backend's devices")
     if args.out:

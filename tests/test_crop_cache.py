@@ -2,6 +2,7 @@
 network once, and what it publishes equals offline `Estimator.estimate` on the same samples."""
 
 import copy
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from p2p_stream import Estimator
 from p2p_stream.ppg.crops import crop_starts, cut_crops, prepare_rows
 from p2p_stream.ppg.preprocess import cut_windows, ppg_prepare
 from p2p_stream.stream.crop_cache import CropCache
+from p2p_stream.stream.inference_process import RESTART_S
 from p2p_stream.stream.protocol import Ingest
 from p2p_stream.stream.ring_buffer import DeviceStream, Window
 
@@ -122,3 +124,36 @@ def test_a_new_stream_or_an_evicted_device_computes_afresh(est):
     built_elsewhere = Window("c", x[:1000], 100.0, T0, 0.0)  # no stream position: computed, nothing kept
     answers(cache, [built_elsewhere, built_elsewhere])
     assert cache.computed == 30 and "c" not in cache.devices
+
+
+def test_an_inference_process_answers_as_the_estimator_and_survives_its_own_death(est):
+    """`model.inference_process`: the gate and the network in a child process give the offline numbers; killed,
+    its batches go out rejected (`backend_unavailable`, counted) and a new child answers the windows after."""
+    fs = 100.0
+    x = pulse_changing(fs, 40.0)
+    windows = cut_windows(x, 1000, 200)
+    expected = est.estimate(windows, fs)
+    windowing, unsmoothed = {"window_s": 10.0, "hop_s": 2.0}, {"windows": 1}
+    with running_daemon(est, windowing=windowing, smoothing=unsmoothed, model={"inference_process": True}) as (
+        daemon,
+        addresses,
+    ):
+        with client(addresses) as c:
+            c.stream("wrist", x, fs, chunk=25)
+            got = c.estimates(lambda g: len(g) >= len(windows))
+            child = daemon.inference_process
+            assert child is not None and daemon.worker.crop_cache is None
+            child.proc.kill()
+            child.proc.join(timeout=10)
+            c.stream("wrist-2", x[:1200], fs, chunk=25)  # its windows meet the dead child
+            later = c.estimates(lambda g: any(e["device"] == "wrist-2" for e in g))
+            time.sleep(RESTART_S + 0.5)
+            c.stream("wrist-3", x, fs, chunk=25)  # a new child answers
+            after = c.estimates(lambda g: sum(e["device"] == "wrist-3" for e in g) >= len(windows))
+    assert [e["seq"] for e in got] == list(range(len(windows))) and all(e["ok"] for e in got)
+    np.testing.assert_allclose([[e["sbp_window"], e["dbp_window"]] for e in got], expected.bp, atol=0.02)
+    np.testing.assert_allclose([[e["sbp_lo"], e["dbp_lo"]] for e in got], expected.lo, atol=0.02)
+    assert any(e.get("reason") == "backend_unavailable" for e in later if e["device"] == "wrist-2")
+    third = [e for e in after if e["device"] == "wrist-3"]
+    assert all(e["ok"] for e in third) and child.starts == 2
+    np.testing.assert_allclose([[e["sbp_window"], e["dbp_window"]] for e in third], expected.bp, atol=0.02)

@@ -126,6 +126,10 @@ class Model:
         "them (10 s windows every 2 s: one crop of five is new); the same numbers either way, false only to "
         "measure what it saves (local backend)",
     )  # fmt: skip
+    inference_process: bool = setting(
+        False, "the quality gate and the network run in a child process, so ingest and inference do not share "
+        "one interpreter lock (local backend; the daemon starts it, and a new one if it dies)",
+    )  # fmt: skip
     backend: str = setting(
         "local", "local: the network runs in this process | ray: on a Ray Serve deployment ([ray])",
         choices=("local", "ray"), flag="--backend",

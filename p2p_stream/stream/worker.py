@@ -23,6 +23,7 @@ from p2p_stream.stream.batcher import DynamicBatcher
 from p2p_stream.stream.calibration import Calibrations
 from p2p_stream.stream.counters import Counters
 from p2p_stream.stream.crop_cache import CropCache
+from p2p_stream.stream.inference_process import InferenceProcess
 from p2p_stream.stream.protocol import VERSION, encode_estimate, encode_status
 from p2p_stream.stream.ratelimit import RateLimitedLog
 from p2p_stream.stream.ring_buffer import Window
@@ -40,17 +41,23 @@ def mmhg(value: float) -> float:
 
 @dataclass
 class InFlight:
-    """A batch whose estimates wait for the backend: the estimates in arrival order and one call per length."""
+    """A batch whose estimates wait for the backend: the estimates in arrival order and one call per length; or,
+    with an inference process, the batch and one future of its gate's and model's answers (`analysed`)."""
 
     out: list[tuple[Window, dict]]
     calls: list[tuple[list[tuple[Window, dict]], Future]]
+    batch: list[Window] | None = None
+    analysed: Future | None = None
+
+    def futures(self) -> list[Future]:
+        return [call for _, call in self.calls] + ([self.analysed] if self.analysed is not None else [])
 
     def done(self) -> bool:
-        return all(call.done() for _, call in self.calls)
+        return all(f.done() for f in self.futures())
 
     def wait(self, timeout_s: float) -> None:
         """Until every call has its answer, or `timeout_s` has passed."""
-        futures.wait([call for _, call in self.calls], timeout=timeout_s)
+        futures.wait(self.futures(), timeout=timeout_s)
 
 
 class InferenceWorker(threading.Thread):
@@ -75,13 +82,15 @@ class InferenceWorker(threading.Thread):
         cluster_status: Callable[[], dict] | None = None,
         threads: tuple[int, int] | None = None,
         crop_cache: CropCache | None = None,
+        process: InferenceProcess | None = None,
     ) -> None:
         """Every collaborator by keyword. `pub` may be None for a worker whose `submit`/`finish` a test calls
         directly (nothing is published then); `device_count` gives the number of wearables for the heartbeat.
         `daemon`: this daemon's name, in every heartbeat, and in every estimate when it is one of a cluster
         (`cluster_status` given: its keys join the heartbeat). `threads`: (steady, burst) torch threads for a network
         running in this thread — the burst number while more windows wait than one batch holds. `crop_cache`: the
-        network runs here, one crop at a time (stream/crop_cache.py), not through `backend`."""
+        network runs here, one crop at a time (stream/crop_cache.py), not through `backend`. `process`: the gate and the
+        network run in a child process (stream/inference_process.py), neither here nor through `backend`."""
         super().__init__(name="p2p-inference", daemon=True)
         self.est, self.backend, self.batcher, self.pub = estimator, backend, batcher, pub
         self.warn = RateLimitedLog(log, period_s=10.0)
@@ -95,6 +104,7 @@ class InferenceWorker(threading.Thread):
         self.daemon, self.cluster_status = daemon, cluster_status
         self.threads = threads
         self.crop_cache = crop_cache
+        self.process = process
         level = getattr(estimator, "interval_level", None)  # the level of the model's interval; None: it has none
         self.interval_level = None if level is None else float(level)
         self.error: BaseException | None = None
@@ -113,7 +123,7 @@ class InferenceWorker(threading.Thread):
                     self.pub.send_multipart(encode_status(self.status()))
                     next_beat = time.monotonic() + self.heartbeat_s
                 wait = max(0.0, min(0.05, next_beat - time.monotonic()))
-                if len(in_flight) >= self.backend.max_in_flight:  # at most that many on their way: wait for the
+                if len(in_flight) >= self.max_in_flight:  # at most that many on their way: wait for the
                     in_flight[0].wait(wait)  # oldest, the batches meanwhile queue in the batcher (bounded there)
                     continue
                 batch = self.batcher.next_batch(timeout_s=min(wait, POLL_IN_FLIGHT_S) if in_flight else wait)
@@ -177,11 +187,24 @@ class InferenceWorker(threading.Thread):
             e["ref_sbp"], e["ref_dbp"] = float(w.ref[0]), float(w.ref[1])
         return e
 
+    @property
+    def max_in_flight(self) -> int:
+        return self.process.max_in_flight if self.process is not None else self.backend.max_in_flight
+
     def submit(self, batch: list[Window]) -> InFlight:
-        """Quality-gate each window; send those that pass to the backend, one call per model-input length."""
+        """Quality-gate each window; send those that pass to the backend, one call per model-input length. With an
+        inference process, the whole batch goes there, gate and all."""
+        if self.process is not None:
+            live = [w for w in batch if not w.reason]
+            return InFlight([], [], batch, self.process.submit(live, self._meta(live)) if live else None)
+        out, passed = self._gate(batch, self._assess(batch))
+        return InFlight(out, self._calls([(w, e) for w, e, _ in passed], [x for _, _, x in passed]))
+
+    def _gate(self, batch: list[Window], checked: dict[int, tuple]) -> tuple[list[tuple[Window, dict]], list[tuple]]:
+        """Each window's estimate from its quality (`checked`: position → (quality, model input or row)) →
+        (every estimate in arrival order, (window, estimate, input) of those that passed)."""
         out: list[tuple[Window, dict]] = []
         passed: list[tuple[Window, dict, np.ndarray]] = []
-        checked = self._assess(batch)
         for k, w in enumerate(batch):
             if w.reason:
                 e = self._estimate(w, False, w.reason, 0.0, None)
@@ -193,7 +216,7 @@ class InferenceWorker(threading.Thread):
                 else:
                     self.counters.reject(q.reason)
             out.append((w, e))  # in arrival order, so each device's seq goes out in order
-        return InFlight(out, self._calls([(w, e) for w, e, _ in passed], [x for _, _, x in passed]))
+        return out, passed
 
     def _calls(self, passed: list[tuple[Window, dict]], inputs: list[np.ndarray]) -> list[tuple[list, Future]]:
         """The windows that passed the gate → the calls that answer them, one per model-input shape.
@@ -244,29 +267,59 @@ class InferenceWorker(threading.Thread):
         its windows, and its breaks, in the order they happened.
         """
         answers: dict[int, np.ndarray] = {}  # id(estimate) → its row: sbp, dbp[, sbp_lo, sbp_hi, dbp_lo, dbp_hi]
+        if job.batch is not None:  # gate and model answered by the inference process
+            job.out = self._from_process(job, answers, timeout_s)
         for group, call in job.calls:
             try:
-                if timeout_s is not None and not call.done() and not futures.wait([call], timeout_s).done:
-                    raise BackendUnavailable(f"no answer from {self.backend.runs_on} before the daemon stopped")
-                pred = np.asarray(call.result(), dtype=np.float64)  # (N, 2) or (N, 6): sbp, dbp[, interval]
+                pred = np.asarray(self._result(call, timeout_s), dtype=np.float64)  # (N, 2) or (N, 6)
             except BackendUnavailable as exc:  # the windows go out as rejected, counted; the daemon carries on
-                self.warn.warning(exc.reason, "published %d windows as rejected: %s", len(group), exc)
-                for _, e in group:
-                    e["ok"], e["reason"] = False, exc.reason
-                self.counters.reject(exc.reason, len(group))
+                self._unanswered(exc, [e for _, e in group])
                 continue
             for (_, e), row in zip(group, pred):
-                if not np.isfinite(row[:2]).all():  # e.g. samples near float32's limit
-                    e["ok"], e["reason"] = False, "nan"
-                    self.counters.reject("nan")
-                    continue
-                answers[id(e)] = row if np.isfinite(row).all() else row[:2]  # NaN interval: a model without one
+                self._answer(e, row, answers)
         for w, e in job.out:
             if w.reason:  # the device's stream broke: the smoothing starts again after it
                 self.smoother.reset(w.device, w.generation)
             elif id(e) in answers:  # rejected windows neither enter the smoothing nor restart it
                 self._fill(w, e, answers[id(e)])
         return job.out
+
+    def _result(self, call: Future, timeout_s: float | None):
+        if timeout_s is not None and not call.done() and not futures.wait([call], timeout_s).done:
+            runs_on = self.process.runs_on if self.process is not None else self.backend.runs_on
+            raise BackendUnavailable(f"no answer from {runs_on} before the daemon stopped")
+        return call.result()
+
+    def _unanswered(self, exc: BackendUnavailable, estimates: list[dict]) -> None:
+        self.warn.warning(exc.reason, "published %d windows as rejected: %s", len(estimates), exc)
+        for e in estimates:
+            e["ok"], e["reason"] = False, exc.reason
+        self.counters.reject(exc.reason, len(estimates))
+
+    def _answer(self, e: dict, row: np.ndarray, answers: dict[int, np.ndarray]) -> None:
+        """One window's model answer `row` for estimate `e`, into `answers`; a non-finite one rejects it ("nan")."""
+        if not np.isfinite(row[:2]).all():  # e.g. samples near float32's limit
+            e["ok"], e["reason"] = False, "nan"
+            self.counters.reject("nan")
+            return
+        answers[id(e)] = row if np.isfinite(row).all() else row[:2]  # NaN interval: a model without one
+
+    def _from_process(self, job: InFlight, answers: dict[int, np.ndarray], timeout_s: float | None) -> list:
+        """The inference process's qualities and rows for `job.batch` → its estimates in arrival order, the model's
+        answers put in `answers`. A batch it could not answer goes out rejected, as a backend's would."""
+        live = [k for k, w in enumerate(job.batch) if not w.reason]
+        try:
+            qualities, rows = self._result(job.analysed, timeout_s) if job.analysed is not None else ([], None)
+        except BackendUnavailable as exc:
+            out = [(w, self._estimate(w, False, w.reason, 0.0, None)) for w in job.batch]
+            self._unanswered(exc, [e for w, e in out if not w.reason])
+            return out
+        rows_at = dict(zip(live, range(len(live))))  # position in the batch → row of the answer
+        out, passed = self._gate(job.batch, {k: (q, None) for k, q in zip(live, qualities)})
+        positions = {id(w): k for k, w in enumerate(job.batch)}
+        for w, e, _ in passed:
+            self._answer(e, np.asarray(rows[rows_at[positions[id(w)]]], dtype=np.float64), answers)
+        return out
 
     def _fill(self, w: Window, e: dict, row: np.ndarray) -> None:
         """Calibrate one window's answer, smooth it with the device's last ones, and put both on the estimate.

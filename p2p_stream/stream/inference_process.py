@@ -1,0 +1,179 @@
+"""Inference process: the quality gate, the crop cache and the network in a child process (`model.inference_process`).
+
+Why (issue 17, deliverable 2): under 3,000 staggered devices on 2 cores a py-spy profile had the inference thread
+busy 91 % of the time and the ingest thread 33 %, while the daemon used 0.9 of the machine's 2 cores — the two
+threads share one interpreter lock, so the second core sat idle while windows queued. The child has its own
+interpreter: the daemon's process keeps ingest, buffering, calibration, smoothing and publishing (everything with
+state a client changes), the child does the numbers. What crosses is small: a window's raw samples one way, its
+quality and six numbers back, over a pipe.
+
+The child is started with "spawn" (a fork of a process holding torch's threads can deadlock), from the estimator
+itself, so a checkpoint loaded or built in memory is what the child runs. Batches are pipelined (`max_in_flight`)
+so the child never waits for the daemon between them. If the child dies, the batches it held and every batch until
+a new child answers are rejected `backend_unavailable` (counted; the daemon goes on), and a new child is started
+after `RESTART_S`.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import multiprocessing as mp
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+
+import numpy as np
+
+from p2p_stream.backends.base import BackendUnavailable
+from p2p_stream.model.estimator import OUTPUTS, Estimator
+from p2p_stream.ppg.quality import Quality
+from p2p_stream.stream.ring_buffer import Window
+
+log = logging.getLogger(__name__)
+RESTART_S = 1.0  # a dead child is replaced this long after it died (at the next batch)
+Request = tuple[list[tuple[str, np.ndarray, float, int, int]], np.ndarray]  # (device, x, fs, end, generation), meta
+Answer = tuple[list[Quality], np.ndarray]  # each window's quality, (N, 6) rows (NaN where it did not pass)
+
+
+def analyse(est: Estimator, cache, windows: list[Window], meta: np.ndarray) -> Answer:
+    """Windows with samples and their (N, 4) meta features → (quality of each, (N, 6) mmHg, NaN where not ok):
+    the gate, then the model on those that passed — through the crop cache when there is one."""
+    qualities, inputs = est.assess_windows([w.x for w in windows], [w.fs for w in windows])
+    rows = np.full((len(windows), len(OUTPUTS)), np.nan, dtype=np.float32)
+    passed = [k for k, q in enumerate(qualities) if q.ok]
+    if not passed:
+        return qualities, rows
+    if cache is not None:
+        rows[passed] = cache.infer([windows[k] for k in passed], meta[passed])
+        return qualities, rows
+    if est.crop_s > 0:
+        inputs = est.crop_inputs([windows[k].x for k in passed], [windows[k].fs for k in passed])
+    else:
+        inputs = [inputs[k] for k in passed]
+    for shape in {x.shape for x in inputs}:
+        picked = [i for i, x in enumerate(inputs) if x.shape == shape]
+        rows[[passed[i] for i in picked]] = est.infer_prepared(np.stack([inputs[i] for i in picked]), meta[picked])
+    return qualities, rows
+
+
+def _serve(conn, estimator: Estimator, capacity: int, reuse_crops: bool, threads: int) -> None:
+    """The child: answer each request in order until the pipe closes or a None arrives."""
+    import torch
+
+    from p2p_stream.stream.crop_cache import CropCache
+
+    torch.set_num_threads(threads)
+    cache = CropCache(estimator, capacity) if reuse_crops and estimator.caches_crops else None
+    gc.collect()  # torch and the model stay for good: keep full collections from walking them (as the daemon does)
+    gc.freeze()
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return
+        if request is None:
+            return
+        items, meta = request
+        windows = [Window(d, x, fs, 0.0, 0.0, generation=g, end=e) for d, x, fs, e, g in items]
+        try:
+            answer: Answer | str = analyse(estimator, cache, windows, meta)
+        except Exception as exc:  # noqa: BLE001 — told to the daemon, which rejects the batch and goes on
+            answer = f"{type(exc).__name__}: {exc}"
+        conn.send(answer)
+
+
+class InferenceProcess:
+    """The daemon's side: `submit(windows, meta)` → a future of (qualities, rows); never blocks the caller."""
+
+    max_in_flight = 4  # batches sent and unanswered: enough that the child never waits between two
+
+    def __init__(self, estimator: Estimator, capacity: int, reuse_crops: bool = True, threads: int = 1) -> None:
+        self.est, self.capacity, self.reuse_crops, self.threads = estimator, capacity, reuse_crops, threads
+        self.runs_on = f"{estimator.torch_device} (child process)"
+        self.lock = threading.Lock()
+        self.pending: deque[Future] = deque()  # sent or queued to send, answered strictly in this order
+        self.outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.proc = None
+        self.conn = None
+        self.died_at: float | None = None
+        self.closing = False
+        self.starts = 0
+        self._start()
+
+    def _start(self) -> None:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        args = (child, self.est, self.capacity, self.reuse_crops, self.threads)
+        proc = ctx.Process(target=_serve, args=args, name="p2p-inference", daemon=True)
+        proc.start()
+        child.close()
+        self.proc, self.conn, self.died_at = proc, parent, None
+        self.starts += 1
+        outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.outbox = outbox
+        threading.Thread(target=self._send, args=(parent, outbox), name="p2p-inference-send", daemon=True).start()
+        threading.Thread(target=self._read, args=(parent, proc), name="p2p-inference-read", daemon=True).start()
+
+    def submit(self, windows: list[Window], meta: np.ndarray) -> Future:
+        future: Future = Future()
+        with self.lock:
+            if self.died_at is not None:
+                if time.monotonic() - self.died_at < RESTART_S or self.closing:
+                    future.set_exception(BackendUnavailable("the inference process died; a new one is starting"))
+                    return future
+                log.warning("starting a new inference process (the last one died)")
+                self._start()
+            self.pending.append(future)
+            request: Request = ([(w.device, w.x, w.fs, w.end, w.generation) for w in windows], meta)
+            self.outbox.put(request)
+        return future
+
+    def _send(self, conn, outbox: queue.SimpleQueue) -> None:
+        """Off the worker thread: a full pipe (the child busy) must never hold the heartbeat."""
+        while True:
+            request = outbox.get()
+            try:
+                conn.send(request)
+            except (OSError, ValueError):
+                return
+            if request is None:
+                return
+
+    def _read(self, conn, proc) -> None:
+        while True:
+            try:
+                answer = conn.recv()
+            except (EOFError, OSError):
+                break
+            with self.lock:
+                if not self.pending:
+                    continue
+                future = self.pending.popleft()
+            if isinstance(answer, str):
+                future.set_exception(BackendUnavailable(f"the inference process failed on a batch: {answer}"))
+            else:
+                future.set_result(answer)
+        with self.lock:  # the child is gone: what it held gets no answer
+            if self.proc is not proc:
+                return
+            self.died_at = time.monotonic()
+            lost, self.pending = list(self.pending), deque()
+            self.outbox.put(None)
+        if not self.closing:
+            log.error("the inference process exited (code %s); %d batches rejected", proc.exitcode, len(lost))
+        for future in lost:
+            future.set_exception(BackendUnavailable("the inference process exited"))
+
+    def close(self) -> None:
+        self.closing = True
+        with self.lock:
+            proc = self.proc
+            self.outbox.put(None)
+        if proc is not None:
+            proc.join(timeout=3.0)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=2.0)
