@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup cluster redis demo test test-all lint format bench soak results clean
+.PHONY: setup cluster redis demo test test-all lint format bench perf soak results clean
 
 CLUSTER := $(VENV)/.installed-cluster
 
@@ -48,6 +48,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_inference.py
+
+perf: $(STAMP)  ## every current figure of docs/performance.md, in one run (about 25 min on 2 cores)
+	BIN=$(BIN) bash benchmarks/perf.sh
 
 soak: $(STAMP)  ## 500 devices for 10 minutes: memory and latency over time (docs/reliability.md)
 	$(BIN)/python benchmarks/soak.py --devices 500 --minutes 10
