@@ -80,13 +80,14 @@ def test_streamed_10_s_windows_every_2_s_equal_offline_and_each_crop_runs_once(e
     np.testing.assert_allclose([[e["sbp_window"], e["dbp_window"]] for e in got], expected.bp, atol=0.02)
     np.testing.assert_allclose([[e["sbp_lo"], e["dbp_lo"]] for e in got], expected.lo, atol=0.02)
     np.testing.assert_allclose([[e["sbp_hi"], e["dbp_hi"]] for e in got], expected.hi, atol=0.02)
-    # 40 s hold 20 crops of 2 s; 16 windows of 5 crops each: every crop computed once, the rest reused.
-    assert (cache.computed, cache.reused) == (20, 5 * len(windows) - 20)
+    # 40 s hold 20 crops of 2 s; 16 windows of 5 crops each: every crop computed once, the rest reused; the first
+    # window's first four computed ahead, as their samples came in, so that window computed only its last.
+    assert (cache.computed, cache.warmed, cache.reused) == (20, 4, 5 * len(windows) - 16)
 
 
-def device_windows(device: str, x: np.ndarray, fs: float, generation: int = 0) -> list[Window]:
+def device_windows(device: str, x: np.ndarray, fs: float, generation: int = 0, hop_s: float = 2.0) -> list[Window]:
     """The windows a DeviceStream cuts from `x` sent in 25-sample messages (10 s windows, 2 s hop)."""
-    s = DeviceStream(device, fs, 10.0, 2.0, max_chunk=64, gap_tolerance_s=0.05, generation=generation)
+    s = DeviceStream(device, fs, 10.0, hop_s, max_chunk=64, gap_tolerance_s=0.05, generation=generation)
     out = []
     for seq, start in enumerate(range(0, len(x), 25)):
         out += s.push(Ingest(device, seq, T0 + start / fs, fs, x[start : start + 25], None, None), 0.0).windows
@@ -157,3 +158,45 @@ def test_an_inference_process_answers_as_the_estimator_and_survives_its_own_deat
     third = [e for e in after if e["device"] == "wrist-3"]
     assert all(e["ok"] for e in third) and child.starts == 2
     np.testing.assert_allclose([[e["sbp_window"], e["dbp_window"]] for e in third], expected.bp, atol=0.02)
+
+
+def test_a_hop_of_part_of_a_crop_keeps_at_most_twice_a_window_of_crops(est):
+    """Every 0.4 s a window whose crops are a new phase: crops of five phases lie inside one window, the device
+    keeps at most ten (PER_WINDOW × 5), and the answers stay the estimator's."""
+    x = pulse_changing(100.0, 20.0)
+    ws = device_windows("a", x, 100.0, hop_s=0.4)
+    cache = CropCache(est, capacity=10)
+    kept = []
+    got = []
+    for w in ws:
+        got.append(answers(cache, [w]))
+        kept.append(cache.kept())
+    crops = np.stack(est.crop_inputs([w.x for w in ws], [100.0] * len(ws)))
+    np.testing.assert_allclose(
+        np.concatenate(got), est.infer_prepared(crops, np.zeros((len(ws), 4), np.float32)), atol=1e-3
+    )
+    assert max(kept) == 10 and cache.reused > 0
+
+
+def test_a_run_s_first_window_has_its_crops_cut_ahead_and_only_its_first():
+    x = pulse_changing(100.0, 12.0)
+    s = DeviceStream("a", 100.0, 10.0, 2.0, max_chunk=64, gap_tolerance_s=0.05, warm_crop_s=2.0)
+    out = []
+    for seq, start in enumerate(range(0, 1200, 25)):
+        out += s.push(Ingest("a", seq, T0 + start / 100.0, 100.0, x[start : start + 25], None, None), 0.0).windows
+    ahead = [w for w in out if w.warm]
+    assert [w.end for w in ahead] == [200, 400, 600, 800]  # then windows end at 1000 and 1200: nothing ahead
+    assert [w.end for w in out if not w.warm] == [1000, 1200]
+    for w in ahead:
+        np.testing.assert_array_equal(w.x, x[w.end - 200 : w.end])
+    # A time gap restarts the run: its first window's crops are cut ahead again, at positions of the new run.
+    later = s.push(Ingest("a", 48, T0 + 60.0, 100.0, x[:250], None, None), 0.0).windows
+    assert [(w.warm, w.end) for w in later if w.x is not None] == [(True, 1400)]
+
+
+def test_crops_cut_ahead_of_windows_that_never_come_are_bounded(est):
+    cache = CropCache(est, capacity=10, window_s=10.0)
+    x = pulse_changing(100.0, 2.0)
+    for k in range(30):  # a device whose runs break before any window: a crop ahead each time
+        cache.warm([Window("a", x, 100.0, T0, 0.0, end=1000 * k + 200, warm=True)])
+    assert cache.computed == 30 and cache.kept() == cache.max_ahead == 12

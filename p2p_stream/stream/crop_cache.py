@@ -6,9 +6,12 @@ its device's stream (`Window.end`) never repeats within one DeviceStream, so (ge
 ends) names one crop's samples: the features kept under it are the features the crop would get again, and a
 window answered from them equals `Estimator.predict` on its samples. Used from the inference thread only.
 
-Bounded: a device keeps only the crops of its latest window (a later window starts later, so nothing older can
-be wanted again), and at most `capacity` devices are kept, the one heard least recently dropped first; a device
-that leaves and comes back is a new generation, so nothing of its old stream is taken for the new one.
+Bounded: a device keeps only crops that lie inside its latest window (a later window starts later, so nothing
+older can be wanted again), and at most `PER_WINDOW` times as many as that window has (a hop that is not a whole
+number of crops leaves crops of several phases inside one window: the newest are kept); at most `capacity`
+devices are kept, the one heard least recently dropped first. A device that leaves and comes back is a new
+generation, so nothing of its old stream is taken for the new one. At the defaults that is 10,000 devices × 10
+crops × 128 float32 features (~0.65 kB each with their keys): about 65 MB at most (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from p2p_stream.model.estimator import Estimator
 from p2p_stream.ppg.crops import crop_length, crop_starts
 from p2p_stream.stream.ring_buffer import Window
 
+PER_WINDOW = 2  # crops a device keeps, at most, per crop of its latest window
+
 
 @dataclass
 class _Device:
@@ -34,13 +39,30 @@ class _Device:
 class CropCache:
     """`infer(windows, meta)`: the estimator's answer for windows that passed the gate, each crop computed once."""
 
-    def __init__(self, estimator: Estimator, capacity: int) -> None:
+    def __init__(self, estimator: Estimator, capacity: int, window_s: float = 10.0) -> None:
+        """At most `capacity` devices; `window_s`, the daemon's windows, bounds what crops cut ahead may keep."""
         if not estimator.caches_crops:
             raise ValueError(f"{estimator.name} does not average crops with features to keep; nothing to cache")
         self.est, self.capacity = estimator, capacity
+        self.max_ahead = PER_WINDOW * (int(np.ceil(window_s / estimator.crop_s)) + 1)  # crops kept from `warm`
         self.devices: OrderedDict[str, _Device] = OrderedDict()
         self.computed = 0  # crops that went through the network
-        self.reused = 0  # crops answered from what an earlier window (or one before it in the batch) computed
+        self.warmed = 0  # of them, crops cut ahead of their window (`warm`)
+        self.reused = 0  # crops a window took from what was computed before it (ahead, or for an earlier window)
+
+    def warm(self, crops: Sequence[Window]) -> None:
+        """Crops cut ahead of their first window (`Window.warm`): their features computed and kept, nothing answered."""
+        todo = []
+        for w in crops:
+            entry = self._device(w, len(w.x))
+            if w.end not in entry.features:
+                todo.append((entry, w))
+        for (entry, w), h in zip(todo, self._embed([w.x for _, w in todo], [w.fs for _, w in todo])):
+            entry.features[w.end] = h
+            for end in sorted(entry.features)[: max(0, len(entry.features) - self.max_ahead)]:
+                del entry.features[end]  # a device whose runs never reach a window keeps no more than this
+        self.computed += len(todo)
+        self.warmed += len(todo)
 
     def _device(self, w: Window, width: int) -> _Device:
         entry = self.devices.get(w.device)
@@ -84,14 +106,19 @@ class CropCache:
             if entry is not None:
                 entry.features[end] = h
         self.computed += len(rows)
-        self.reused += sum(len(r) for r in refs) - len(rows)
+        self.reused += sum(len(r) for r in refs) - len(rows)  # features found, kept or computed for another window
         h = np.stack([fresh[r] if isinstance(r, int) else r for mine in refs for r in mine])
         out = self.est.infer_embedded(h, [len(r) for r in refs], meta_features)
-        for w in windows:  # keep only what the device's latest window holds: nothing older can come back
+        for w, mine in zip(windows, refs):  # keep only what the device's latest window holds: nothing older comes back
             entry = self.devices.get(w.device)
             if entry is not None and w.end >= 0 and entry.tag == (w.generation, w.fs):
                 first = w.end - len(w.x)
-                for end in [e for e in entry.features if e - entry.width < first]:
+                ends = sorted(entry.features)
+                stale = [e for e in ends if e - entry.width < first]
+                stale += [e for e in ends if e - entry.width >= first][
+                    : max(0, len(ends) - len(stale) - PER_WINDOW * len(mine))
+                ]
+                for end in stale:
                     del entry.features[end]
         return out
 

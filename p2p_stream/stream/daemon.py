@@ -60,12 +60,18 @@ def torch_threads(config: DaemonConfig) -> tuple[int, int]:
     return steady, config.model.burst_threads or os.cpu_count() or 1
 
 
+def reuses_crops(config: DaemonConfig, estimator: Estimator) -> bool:
+    """Whether crop features are computed once and kept (`model.reuse_crops`): a local network (in this process or
+    the inference process) on a crop-averaging model."""
+    return config.model.backend == "local" and config.model.reuse_crops and estimator.caches_crops
+
+
 def crop_cache_for(config: DaemonConfig, estimator: Estimator) -> CropCache | None:
     """The crop cache of a local network on a crop-averaging model (`model.reuse_crops`), one device per wearable
     the daemon may track; None where the network runs elsewhere or the model has no crops to share."""
-    if config.model.backend != "local" or not config.model.reuse_crops or not estimator.caches_crops:
+    if not reuses_crops(config, estimator):
         return None
-    return CropCache(estimator, capacity=config.limits.max_devices)
+    return CropCache(estimator, capacity=config.limits.max_devices, window_s=config.windowing.window_s)
 
 
 def auto_threads() -> int:
@@ -152,6 +158,7 @@ def _parts(config: DaemonConfig, estimator: Estimator, checkpoint: Path, store: 
             ring_memory_bytes=int(lim.ring_memory_mb * MB),
             rate_factor=lim.rate_factor,
             burst_s=lim.burst_s,
+            warm_crop_s=estimator.crop_s if reuses_crops(config, estimator) else 0.0,
         ),
         batcher=DynamicBatcher(
             b.max_batch,
@@ -313,6 +320,7 @@ class Daemon:
             InferenceProcess(
                 p.estimator,
                 capacity=config.limits.max_devices,
+                window_s=config.windowing.window_s,
                 reuse_crops=config.model.reuse_crops,
                 threads=torch_threads(config)[0],
             )

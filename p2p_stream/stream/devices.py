@@ -45,6 +45,7 @@ class DeviceTable:
         ring_memory_bytes: int | None = None,
         rate_factor: float = 4.0,
         burst_s: float = 30.0,
+        warm_crop_s: float = 0.0,
     ) -> None:
         """Windows of `window_s` every `hop_s` seconds; chunks of at most `max_chunk` samples; a time gap above
         `gap_tolerance_s` seconds breaks a stream; at most `max_devices` devices whose rings hold at most
@@ -53,6 +54,7 @@ class DeviceTable:
         self.window_s, self.hop_s, self.max_chunk, self.gap_tolerance_s = window_s, hop_s, max_chunk, gap_tolerance_s
         self.max_devices, self.idle_s, self.ring_memory_bytes = max_devices, idle_s, ring_memory_bytes
         self.rate_factor, self.burst_s = rate_factor, burst_s
+        self.warm_crop_s = warm_crop_s  # each stream cuts its first window's crops ahead (`DeviceStream`): 0 = not
         self.streams: dict[str, DeviceStream] = {}
         self.last_seen: dict[str, float] = {}  # arrival of the last accepted message (or of the creating one)
         # When each device last cut a window (or was created), on `clock`, oldest first: the front is the least
@@ -101,6 +103,7 @@ class DeviceTable:
             generation=next(_GENERATIONS),
             rate_factor=self.rate_factor,
             burst_s=self.burst_s,
+            warm_crop_s=self.warm_crop_s,
         )
         self.streams[msg.device] = stream
         self.ring_bytes += stream.nbytes

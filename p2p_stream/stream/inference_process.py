@@ -34,7 +34,8 @@ from p2p_stream.stream.ring_buffer import Window
 
 log = logging.getLogger(__name__)
 RESTART_S = 1.0  # a dead child is replaced this long after it died (at the next batch)
-Request = tuple[list[tuple[str, np.ndarray, float, int, int]], np.ndarray]  # (device, x, fs, end, generation), meta
+Item = tuple[str, np.ndarray, float, int, int]  # a window's device, samples, fs, end, generation
+Request = tuple[list[Item], np.ndarray, list[Item]]  # windows, their meta features, crops cut ahead (`Window.warm`)
 Answer = tuple[list[Quality], np.ndarray]  # each window's quality, (N, 6) rows (NaN where it did not pass)
 
 
@@ -59,14 +60,14 @@ def analyse(est: Estimator, cache, windows: list[Window], meta: np.ndarray) -> A
     return qualities, rows
 
 
-def _serve(conn, estimator: Estimator, capacity: int, reuse_crops: bool, threads: int) -> None:
+def _serve(conn, estimator: Estimator, capacity: int, window_s: float, reuse_crops: bool, threads: int) -> None:
     """The child: answer each request in order until the pipe closes or a None arrives."""
     import torch
 
     from p2p_stream.stream.crop_cache import CropCache
 
     torch.set_num_threads(threads)
-    cache = CropCache(estimator, capacity) if reuse_crops and estimator.caches_crops else None
+    cache = CropCache(estimator, capacity, window_s) if reuse_crops and estimator.caches_crops else None
     gc.collect()  # torch and the model stay for good: keep full collections from walking them (as the daemon does)
     gc.freeze()
     while True:
@@ -76,13 +77,19 @@ def _serve(conn, estimator: Estimator, capacity: int, reuse_crops: bool, threads
             return
         if request is None:
             return
-        items, meta = request
+        items, meta, ahead = request
         windows = [Window(d, x, fs, 0.0, 0.0, generation=g, end=e) for d, x, fs, e, g in items]
         try:
-            answer: Answer | str = analyse(estimator, cache, windows, meta)
+            if ahead and cache is not None:
+                cache.warm([Window(d, x, fs, 0.0, 0.0, generation=g, end=e, warm=True) for d, x, fs, e, g in ahead])
+            answer: Answer | str = analyse(estimator, cache, windows, meta) if windows else ([], np.empty((0, 6)))
         except Exception as exc:  # noqa: BLE001 — told to the daemon, which rejects the batch and goes on
             answer = f"{type(exc).__name__}: {exc}"
         conn.send(answer)
+
+
+def _items(windows: list[Window]) -> list[Item]:
+    return [(w.device, w.x, w.fs, w.end, w.generation) for w in windows]
 
 
 class InferenceProcess:
@@ -90,8 +97,11 @@ class InferenceProcess:
 
     max_in_flight = 4  # batches sent and unanswered: enough that the child never waits between two
 
-    def __init__(self, estimator: Estimator, capacity: int, reuse_crops: bool = True, threads: int = 1) -> None:
-        self.est, self.capacity, self.reuse_crops, self.threads = estimator, capacity, reuse_crops, threads
+    def __init__(
+        self, estimator: Estimator, capacity: int, window_s: float = 10.0, reuse_crops: bool = True, threads: int = 1
+    ) -> None:
+        self.est, self.capacity, self.window_s = estimator, capacity, window_s
+        self.reuse_crops, self.threads = reuse_crops, threads
         self.runs_on = f"{estimator.torch_device} (child process)"
         self.lock = threading.Lock()
         self.pending: deque[Future] = deque()  # sent or queued to send, answered strictly in this order
@@ -106,7 +116,7 @@ class InferenceProcess:
     def _start(self) -> None:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        args = (child, self.est, self.capacity, self.reuse_crops, self.threads)
+        args = (child, self.est, self.capacity, self.window_s, self.reuse_crops, self.threads)
         proc = ctx.Process(target=_serve, args=args, name="p2p-inference", daemon=True)
         proc.start()
         child.close()
@@ -117,7 +127,9 @@ class InferenceProcess:
         threading.Thread(target=self._send, args=(parent, outbox), name="p2p-inference-send", daemon=True).start()
         threading.Thread(target=self._read, args=(parent, proc), name="p2p-inference-read", daemon=True).start()
 
-    def submit(self, windows: list[Window], meta: np.ndarray) -> Future:
+    def submit(self, windows: list[Window], meta: np.ndarray, ahead: list[Window] = ()) -> Future:
+        """Windows with samples and their (N, 4) meta features, and crops cut ahead (`Window.warm`, answered by
+        nothing) → a future of (quality of each window, (N, 6) rows)."""
         future: Future = Future()
         with self.lock:
             if self.died_at is not None:
@@ -127,7 +139,7 @@ class InferenceProcess:
                 log.warning("starting a new inference process (the last one died)")
                 self._start()
             self.pending.append(future)
-            request: Request = ([(w.device, w.x, w.fs, w.end, w.generation) for w in windows], meta)
+            request: Request = (_items(windows), meta, _items(ahead))
             self.outbox.put(request)
         return future
 

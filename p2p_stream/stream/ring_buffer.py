@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from p2p_stream.ppg.crops import crop_length, crop_starts
 from p2p_stream.stream.budget import TokenBucket
 from p2p_stream.stream.protocol import Ingest
 
@@ -58,6 +59,9 @@ class Window:
     # repeats within a generation): the key under which the worker keeps the features of this window's crops.
     # -1: not from a DeviceStream, nothing to share.
     end: int = -1
+    # A crop of the run's first window, cut as soon as its samples are in (`DeviceStream` with `warm_crop_s`): no
+    # estimate, only its features computed ahead, so that the first window costs one crop like every later one.
+    warm: bool = False
 
 
 # Reasons a device's run restarts that are events of its stream, not faults of a message or a window: counted in the
@@ -92,14 +96,17 @@ class DeviceStream:
         generation: int = 0,
         rate_factor: float = 4.0,
         burst_s: float = 30.0,
+        warm_crop_s: float = 0.0,
     ):
         """Windows of `window_s` every `hop_s` seconds, chunks of at most `max_chunk` samples, a time gap above
         `gap_tolerance_s` breaks the run; samples at most `rate_factor` times `fs`, sustained, plus `burst_s` seconds of
-        them at once (on `push`'s arrival clock)."""
+        them at once (on `push`'s arrival clock). `warm_crop_s` > 0: the crops of `warm_crop_s` seconds that the first
+        window of each run holds before its last are cut as `warm` windows as soon as their samples are in."""
         self.device = device
         self.generation = generation  # given by DeviceTable, process-wide increasing; every window carries it
         self.window_s, self.hop_s, self.max_chunk, self.gap_tolerance_s = window_s, hop_s, max_chunk, gap_tolerance_s
         self.taken = 0  # samples appended ever, through every run and rate: where each window ends (`Window.end`)
+        self.warm_crop_s = warm_crop_s
         self._configure(fs)
         self.last_seq: int | None = None
         # The run of refused messages that continue each other: (seq, t0 where the last ended, fs, how many).
@@ -115,6 +122,10 @@ class DeviceStream:
         self.fs = fs
         self.length = max(1, int(round(self.window_s * fs)))
         self.hop = max(1, int(round(self.hop_s * fs)))
+        # The run positions where a crop of the first window ends, but for its last (the window's own end).
+        self.warm_crop = min(crop_length(self.warm_crop_s, fs), self.length) if self.warm_crop_s > 0 else 0
+        ends = crop_starts(self.length, self.warm_crop) + self.warm_crop if self.warm_crop else []
+        self.warm_at: tuple[int, ...] = tuple(sorted(int(e) for e in ends if e < self.length))
         self.buf = np.zeros(self.length + self.max_chunk, dtype=np.float32)
         self.run = 0  # contiguous samples since the last break
         self.pos = 0  # ring index of the next sample
@@ -166,7 +177,7 @@ class DeviceStream:
         self.run += n
         self.taken += n
         self.pos = end % cap
-        windows = []
+        windows = [self._warm(e, run0, taken0, t0, arrival) for e in self.warm_at if run0 < e <= self.run]
         if self.run >= self.length:
             # Window ends are the run lengths L with L >= length and (L - length) % hop == 0.
             lo = max(self.length, run0 + 1)
@@ -191,9 +202,18 @@ class DeviceStream:
                 )
         return windows
 
-    def _copy_out(self, stop: int) -> np.ndarray:
-        """The `length` samples that end just before ring index `stop`, as a new array (slices, not fancy indexing)."""
-        start = stop - self.length
+    def _warm(self, end_run: int, run0: int, taken0: int, t0: float, arrival: float) -> Window:
+        """The crop of the run's first window that ends at run position `end_run`, as a `warm` window."""
+        back = self.run - end_run
+        x = self._copy_out((self.pos - back) % len(self.buf), self.warm_crop)
+        t_last = t0 + (end_run - 1 - run0) / self.fs
+        end = taken0 + end_run - run0
+        return Window(self.device, x, self.fs, t_last, arrival, generation=self.generation, end=end, warm=True)
+
+    def _copy_out(self, stop: int, length: int | None = None) -> np.ndarray:
+        """The `length` samples (a window's, unless told) that end just before ring index `stop`, as a new array
+        (slices, not fancy indexing)."""
+        start = stop - (self.length if length is None else length)
         if start >= 0:
             return self.buf[start:stop].copy()
         return np.concatenate((self.buf[start:], self.buf[:stop]))

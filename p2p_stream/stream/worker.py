@@ -194,9 +194,14 @@ class InferenceWorker(threading.Thread):
     def submit(self, batch: list[Window]) -> InFlight:
         """Quality-gate each window; send those that pass to the backend, one call per model-input length. With an
         inference process, the whole batch goes there, gate and all."""
+        ahead = [w for w in batch if w.warm]  # crops cut ahead of their window: features to keep, no estimate
+        batch = [w for w in batch if not w.warm]
         if self.process is not None:
             live = [w for w in batch if not w.reason]
-            return InFlight([], [], batch, self.process.submit(live, self._meta(live)) if live else None)
+            work = live or ahead
+            return InFlight([], [], batch, self.process.submit(live, self._meta(live), ahead) if work else None)
+        if ahead and self.crop_cache is not None:
+            self.crop_cache.warm(ahead)
         out, passed = self._gate(batch, self._assess(batch))
         return InFlight(out, self._calls([(w, e) for w, e, _ in passed], [x for _, _, x in passed]))
 
@@ -291,6 +296,8 @@ class InferenceWorker(threading.Thread):
         return call.result()
 
     def _unanswered(self, exc: BackendUnavailable, estimates: list[dict]) -> None:
+        if not estimates:  # crops cut ahead only: nothing to answer, their window computes them again
+            return
         self.warn.warning(exc.reason, "published %d windows as rejected: %s", len(estimates), exc)
         for e in estimates:
             e["ok"], e["reason"] = False, exc.reason
@@ -343,4 +350,5 @@ class InferenceWorker(threading.Thread):
             e["latency_ms"] = round(1000.0 * (time.monotonic() - w.arrival), 3)
             self.pub.send_multipart(encode_estimate(e))
             latencies.append(e["latency_ms"])
-        self.counters.batch(sum(1 for w, _ in results if not w.reason), latencies)
+        if results:  # a batch of crops cut ahead only has nothing to publish, and is no batch of windows
+            self.counters.batch(sum(1 for w, _ in results if not w.reason), latencies)
