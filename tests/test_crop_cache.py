@@ -2,6 +2,8 @@
 network once, and what it publishes equals offline `Estimator.estimate` on the same samples."""
 
 import copy
+import os
+import signal
 import time
 
 import numpy as np
@@ -10,10 +12,12 @@ from conftest import simulated_ppg
 from zmq_helpers import client, running_daemon
 
 from p2p_stream import Estimator
+from p2p_stream.model.demographics import parse_meta
 from p2p_stream.ppg.crops import crop_starts, cut_crops, prepare_rows
 from p2p_stream.ppg.preprocess import cut_windows, ppg_prepare
+from p2p_stream.stream import inference_process
 from p2p_stream.stream.crop_cache import CropCache
-from p2p_stream.stream.inference_process import RESTART_S
+from p2p_stream.stream.inference_process import RESTART_S, analyse
 from p2p_stream.stream.protocol import Ingest
 from p2p_stream.stream.ring_buffer import DeviceStream, Window
 
@@ -85,6 +89,49 @@ def test_streamed_10_s_windows_every_2_s_equal_offline_and_each_crop_runs_once(e
     assert (cache.computed, cache.warmed, cache.reused) == (20, 4, 5 * len(windows) - 16)
 
 
+def wait_until(done, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_child_that_hangs_is_stopped_and_replaced(est, monkeypatch):
+    """A child that holds a batch past HANG_S (here SIGSTOP) is killed: its batch goes out `backend_unavailable`,
+    and a new child answers what comes after."""
+    monkeypatch.setattr(inference_process, "HANG_S", 1.0)
+    x = pulse_changing(100.0, 12.0)
+    windowing = {"window_s": 10.0, "hop_s": 2.0}
+    with running_daemon(est, windowing=windowing, model={"inference_process": True}) as (daemon, addresses):
+        with client(addresses) as c:
+            child = daemon.inference_process
+            c.stream("warm-up", x, 100.0, chunk=25)
+            c.estimates(lambda g: any(e["device"] == "warm-up" for e in g))  # the child is up and answering
+            os.kill(child.proc.pid, signal.SIGSTOP)
+            c.stream("held", x, 100.0, chunk=25)
+            held = c.estimates(lambda g: any(e["device"] == "held" for e in g), timeout_s=30.0)
+            wait_until(lambda: child.starts == 2, 30.0)
+            c.stream("after", x, 100.0, chunk=25)
+            after = c.estimates(lambda g: sum(e["device"] == "after" for e in g) >= 2, timeout_s=60.0)
+    assert all(e.get("reason") == "backend_unavailable" for e in held if e["device"] == "held")
+    assert all(e["ok"] for e in after if e["device"] == "after")
+
+
+def test_the_child_s_work_gives_each_window_its_own_age_and_sex(est):
+    """Without a crop cache the child batches what passed the gate: each keeps its own demographics (the prior's)
+    even when a rejected window comes first."""
+    fs = 100.0
+    good = pulse_changing(fs, 10.0)
+    noise = np.random.default_rng(0).normal(size=good.size).astype(np.float32)  # rejected: no pulse
+    windows = [Window(d, w, fs, T0, 0.0) for d, w in (("n", noise), ("old", good), ("young", good))]
+    meta = [None, {"age": 80, "sex": "M"}, {"age": 25, "sex": "F"}]
+    qualities, rows = analyse(est, None, windows, parse_meta(meta, 3))
+    expected = est.estimate(np.stack([noise, good, good]), fs, meta)
+    assert [q.ok for q in qualities] == [False, True, True]
+    np.testing.assert_allclose(rows[1:, :2], expected.bp[1:], atol=1e-3)
+    assert rows[1, 0] - rows[2, 0] > 5  # 80-year-old man vs 25-year-old woman: the prior differs
+
+
 def device_windows(device: str, x: np.ndarray, fs: float, generation: int = 0, hop_s: float = 2.0) -> list[Window]:
     """The windows a DeviceStream cuts from `x` sent in 25-sample messages (10 s windows, 2 s hop)."""
     s = DeviceStream(device, fs, 10.0, hop_s, max_chunk=64, gap_tolerance_s=0.05, generation=generation)
@@ -148,8 +195,8 @@ def test_an_inference_process_answers_as_the_estimator_and_survives_its_own_deat
             child.proc.join(timeout=10)
             c.stream("wrist-2", x[:1200], fs, chunk=25)  # its windows meet the dead child
             later = c.estimates(lambda g: any(e["device"] == "wrist-2" for e in g))
-            time.sleep(RESTART_S + 0.5)
-            c.stream("wrist-3", x, fs, chunk=25)  # a new child answers
+            wait_until(lambda: child.starts == 2, RESTART_S + 30.0)  # started off the worker thread
+            c.stream("wrist-3", x, fs, chunk=25)  # the new child answers
             after = c.estimates(lambda g: sum(e["device"] == "wrist-3" for e in g) >= len(windows))
     assert [e["seq"] for e in got] == list(range(len(windows))) and all(e["ok"] for e in got)
     np.testing.assert_allclose([[e["sbp_window"], e["dbp_window"]] for e in got], expected.bp, atol=0.02)

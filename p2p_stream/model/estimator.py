@@ -49,24 +49,26 @@ def run_network(
         return np.full((0, 2), np.nan, dtype=np.float32), None
     if x.ndim == 3:
         k, width = x.shape[1], x.shape[2]
-        crops = x.reshape(-1, width)
     else:
-        starts = crop_starts(x.shape[1], crop) if len(x) else np.zeros(1, dtype=int)
+        starts = crop_starts(x.shape[1], crop)
         k, width = len(starts), (min(crop, x.shape[1]) if crop > 0 else x.shape[1])
-        crops = x[:, starts[:, None] + np.arange(width)].reshape(-1, width)  # (N·k, width)
     embed = getattr(model, "embed", None)
     out = np.full((len(x), 2), np.nan, dtype=np.float32)
     features: np.ndarray | None = None
-    meta_k = np.repeat(meta, k, axis=0)
-    if embed is not None:
-        h = embed_crops(model, crops, batch_size)
-        y = crop_outputs(model, h, meta_k, label_stats)
-        features = h.reshape(len(x), k, -1).mean(axis=1)
-    else:
-        y = _forward(model, crops, meta_k, batch_size, lambda m, xb, mt: m(xb, mt))
-        y = destandardise(y, label_stats)
-    y = y.reshape(len(x), k, -1).mean(axis=1)
-    out[:, : y.shape[1]] = y
+    step = max(1, batch_size // k)  # windows at a time, so a pass holds about batch_size crops and memory stays flat
+    for first in range(0, len(x), step):
+        xs, meta_k = x[first : first + step], np.repeat(meta[first : first + step], k, axis=0)
+        crops = xs.reshape(-1, width) if x.ndim == 3 else xs[:, starts[:, None] + np.arange(width)].reshape(-1, width)
+        if embed is not None:
+            h = embed_crops(model, crops, batch_size)
+            y = crop_outputs(model, h, meta_k, label_stats)
+            if features is None:
+                features = np.empty((len(x), h.shape[1]), dtype=np.float32)
+            features[first : first + len(xs)] = h.reshape(len(xs), k, -1).mean(axis=1)
+        else:
+            y = destandardise(_forward(model, crops, meta_k, batch_size, lambda m, xb, mt: m(xb, mt)), label_stats)
+        y = y.reshape(len(xs), k, -1).mean(axis=1)
+        out[first : first + len(xs), : y.shape[1]] = y
     return out, features
 
 

@@ -4,7 +4,8 @@ computes only the crops that are new (issue 17: 10 s windows every 2 s share fou
 A crop's model input depends on its own raw samples and nothing else (ppg/crops.py), and a window's position in
 its device's stream (`Window.end`) never repeats within one DeviceStream, so (generation, rate, where the crop
 ends) names one crop's samples: the features kept under it are the features the crop would get again, and a
-window answered from them equals `Estimator.predict` on its samples. Used from the inference thread only.
+window answered from them equals `Estimator.predict` on its samples (to float rounding: batches differ). Used from
+the inference thread only.
 
 Bounded: a device keeps only crops that lie inside its latest window (a later window starts later, so nothing
 older can be wanted again), and at most `PER_WINDOW` times as many as that window has (a hop that is not a whole

@@ -648,5 +648,6 @@ class Daemon:
             return
         self.sockets.close()
         self._release_parts()
+        gc.unfreeze()  # what run() froze is collectable again (a process that builds daemons one after another)
         if self.worker.error is not None:
             raise P2PError(f"inference worker failed: {self.worker.error}")

@@ -87,7 +87,7 @@ class DeviceTable:
         result.replaced = replaced
         if result.dropped is None:  # only accepted messages keep a device alive: garbage cannot hold its slot
             self.last_seen[msg.device] = arrival
-            if any(w.x is not None for w in result.windows):
+            if any(w.x is not None and not w.warm for w in result.windows):  # a crop cut ahead is no window yet
                 self.last_window[msg.device] = self.clock
                 self.last_window.move_to_end(msg.device)
         return result

@@ -9,9 +9,9 @@ quality and six numbers back, over a pipe.
 
 The child is started with "spawn" (a fork of a process holding torch's threads can deadlock), from the estimator
 itself, so a checkpoint loaded or built in memory is what the child runs. Batches are pipelined (`max_in_flight`)
-so the child never waits for the daemon between them. If the child dies, the batches it held and every batch until
-a new child answers are rejected `backend_unavailable` (counted; the daemon goes on), and a new child is started
-after `RESTART_S`.
+so the child never waits for the daemon between them. If the child dies (or holds a batch for `HANG_S`: it is
+stopped), the batches it held and every batch until a new child is in place are rejected `backend_unavailable`
+(counted; the daemon goes on), and a new child is started `RESTART_S` later, off the worker thread.
 """
 
 from __future__ import annotations
@@ -33,7 +33,10 @@ from p2p_stream.ppg.quality import Quality
 from p2p_stream.stream.ring_buffer import Window
 
 log = logging.getLogger(__name__)
-RESTART_S = 1.0  # a dead child is replaced this long after it died (at the next batch)
+RESTART_S = 1.0  # a dead child is replaced this long after it died
+HANG_S = 20.0  # a child that holds one batch this long is stopped (and replaced) as if it had died
+POLL_S = 0.5  # how often the reader looks at the oldest batch's age while no answer comes
+READY = "ready"  # the child's first message: loaded, answering (a batch's age counts from here at the earliest)
 Item = tuple[str, np.ndarray, float, int, int]  # a window's device, samples, fs, end, generation
 Request = tuple[list[Item], np.ndarray, list[Item]]  # windows, their meta features, crops cut ahead (`Window.warm`)
 Answer = tuple[list[Quality], np.ndarray]  # each window's quality, (N, 6) rows (NaN where it did not pass)
@@ -56,7 +59,8 @@ def analyse(est: Estimator, cache, windows: list[Window], meta: np.ndarray) -> A
         inputs = [inputs[k] for k in passed]
     for shape in {x.shape for x in inputs}:
         picked = [i for i, x in enumerate(inputs) if x.shape == shape]
-        rows[[passed[i] for i in picked]] = est.infer_prepared(np.stack([inputs[i] for i in picked]), meta[picked])
+        at = [passed[i] for i in picked]  # positions in `windows`, which `meta` follows
+        rows[at] = est.infer_prepared(np.stack([inputs[i] for i in picked]), meta[at])
     return qualities, rows
 
 
@@ -70,6 +74,7 @@ def _serve(conn, estimator: Estimator, capacity: int, window_s: float, reuse_cro
     cache = CropCache(estimator, capacity, window_s) if reuse_crops and estimator.caches_crops else None
     gc.collect()  # torch and the model stay for good: keep full collections from walking them (as the daemon does)
     gc.freeze()
+    conn.send(READY)
     while True:
         try:
             request = conn.recv()
@@ -88,6 +93,12 @@ def _serve(conn, estimator: Estimator, capacity: int, window_s: float, reuse_cro
         conn.send(answer)
 
 
+def _later(delay_s: float, fn) -> None:
+    timer = threading.Timer(delay_s, fn)
+    timer.daemon = True  # a restart pending at exit must not hold the process
+    timer.start()
+
+
 def _items(windows: list[Window]) -> list[Item]:
     return [(w.device, w.x, w.fs, w.end, w.generation) for w in windows]
 
@@ -104,41 +115,58 @@ class InferenceProcess:
         self.reuse_crops, self.threads = reuse_crops, threads
         self.runs_on = f"{estimator.torch_device} (child process)"
         self.lock = threading.Lock()
-        self.pending: deque[Future] = deque()  # sent or queued to send, answered strictly in this order
+        # Sent or queued to send, with when: answered strictly in this order.
+        self.pending: deque[tuple[Future, float]] = deque()
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.proc = None
-        self.conn = None
         self.died_at: float | None = None
         self.closing = False
         self.starts = 0
-        self._start()
+        self._install(*self._spawn())
 
-    def _start(self) -> None:
+    def _spawn(self):
+        """A new child and the daemon's end of its pipe (blocks while Python starts it: never on the worker)."""
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         args = (child, self.est, self.capacity, self.window_s, self.reuse_crops, self.threads)
         proc = ctx.Process(target=_serve, args=args, name="p2p-inference", daemon=True)
         proc.start()
         child.close()
-        self.proc, self.conn, self.died_at = proc, parent, None
-        self.starts += 1
+        return proc, parent
+
+    def _install(self, proc, conn) -> None:
         outbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.outbox = outbox
-        threading.Thread(target=self._send, args=(parent, outbox), name="p2p-inference-send", daemon=True).start()
-        threading.Thread(target=self._read, args=(parent, proc), name="p2p-inference-read", daemon=True).start()
+        with self.lock:
+            self.proc, self.outbox, self.died_at = proc, outbox, None
+            self.starts += 1
+        threading.Thread(target=self._send, args=(conn, outbox), name="p2p-inference-send", daemon=True).start()
+        threading.Thread(target=self._read, args=(conn, proc), name="p2p-inference-read", daemon=True).start()
+
+    def _restart(self) -> None:
+        """After a death: a new child, started off the worker thread; if that fails, another try later."""
+        if self.closing:
+            return
+        try:
+            proc, conn = self._spawn()
+        except Exception:  # noqa: BLE001 — no child for now: batches stay rejected, and it is tried again
+            log.exception("could not start a new inference process; trying again in %.0f s", RESTART_S)
+            _later(RESTART_S, self._restart)
+            return
+        if self.closing:
+            proc.kill()
+            return
+        log.warning("started a new inference process (the last one died)")
+        self._install(proc, conn)
 
     def submit(self, windows: list[Window], meta: np.ndarray, ahead: list[Window] = ()) -> Future:
         """Windows with samples and their (N, 4) meta features, and crops cut ahead (`Window.warm`, answered by
         nothing) → a future of (quality of each window, (N, 6) rows)."""
         future: Future = Future()
         with self.lock:
-            if self.died_at is not None:
-                if time.monotonic() - self.died_at < RESTART_S or self.closing:
-                    future.set_exception(BackendUnavailable("the inference process died; a new one is starting"))
-                    return future
-                log.warning("starting a new inference process (the last one died)")
-                self._start()
-            self.pending.append(future)
+            if self.died_at is not None or self.closing:
+                future.set_exception(BackendUnavailable("the inference process died; a new one is starting"))
+                return future
+            self.pending.append((future, time.monotonic()))
             request: Request = (_items(windows), meta, _items(ahead))
             self.outbox.put(request)
         return future
@@ -149,21 +177,35 @@ class InferenceProcess:
             request = outbox.get()
             try:
                 conn.send(request)
-            except (OSError, ValueError):
+            except Exception:  # noqa: BLE001 — the reader sees the child go (or hang) and fails what waits
                 return
             if request is None:
                 return
 
     def _read(self, conn, proc) -> None:
+        """Answers in order; a child that dies, or holds a batch longer than HANG_S once it is up, is done with:
+        what it held is rejected and a new child starts RESTART_S later."""
+        ready_at: float | None = None  # while it loads, a batch waits in the pipe: not a hang
         while True:
             try:
+                if not conn.poll(POLL_S):
+                    with self.lock:
+                        oldest = self.pending[0][1] if self.pending and self.proc is proc else None
+                    if ready_at is not None and oldest is not None:
+                        if time.monotonic() - max(oldest, ready_at) > HANG_S:
+                            log.error("the inference process held a batch %.0f s: stopping it", HANG_S)
+                            proc.kill()
+                    continue
                 answer = conn.recv()
             except (EOFError, OSError):
                 break
+            if isinstance(answer, str) and answer == READY:
+                ready_at = time.monotonic()
+                continue
             with self.lock:
                 if not self.pending:
                     continue
-                future = self.pending.popleft()
+                future, _ = self.pending.popleft()
             if isinstance(answer, str):
                 future.set_exception(BackendUnavailable(f"the inference process failed on a batch: {answer}"))
             else:
@@ -172,12 +214,13 @@ class InferenceProcess:
             if self.proc is not proc:
                 return
             self.died_at = time.monotonic()
-            lost, self.pending = list(self.pending), deque()
+            lost, self.pending = [f for f, _ in self.pending], deque()
             self.outbox.put(None)
-        if not self.closing:
-            log.error("the inference process exited (code %s); %d batches rejected", proc.exitcode, len(lost))
         for future in lost:
             future.set_exception(BackendUnavailable("the inference process exited"))
+        if not self.closing:
+            log.error("the inference process exited (code %s); %d batches rejected", proc.exitcode, len(lost))
+            _later(RESTART_S, self._restart)
 
     def close(self) -> None:
         self.closing = True
