@@ -9,16 +9,18 @@ import time
 import numpy as np
 import pytest
 from conftest import simulated_ppg
-from zmq_helpers import client, running_daemon
+from zmq_helpers import client, ipc_addresses, running_daemon
 
 from p2p_stream import Estimator
+from p2p_stream.config.daemon import load_daemon_config
 from p2p_stream.model.demographics import parse_meta
 from p2p_stream.ppg.crops import crop_starts, cut_crops, prepare_rows
 from p2p_stream.ppg.preprocess import cut_windows, ppg_prepare
 from p2p_stream.stream import inference_process
 from p2p_stream.stream.crop_cache import CropCache
+from p2p_stream.stream.daemon import Daemon
 from p2p_stream.stream.inference_process import RESTART_S, analyse
-from p2p_stream.stream.protocol import Ingest
+from p2p_stream.stream.protocol import Ingest, encode_ingest
 from p2p_stream.stream.ring_buffer import DeviceStream, Window
 
 T0 = 1_700_000_000.0
@@ -247,3 +249,24 @@ def test_crops_cut_ahead_of_windows_that_never_come_are_bounded(est):
     for k in range(30):  # a device whose runs break before any window: a crop ahead each time
         cache.warm([Window("a", x, 100.0, T0, 0.0, end=1000 * k + 200, warm=True)])
     assert cache.computed == 30 and cache.kept() == cache.max_ahead == 12
+
+
+def test_a_crop_cut_ahead_that_finds_the_queue_full_is_no_shed_window(est):
+    """Queue of one: the first crop cut ahead takes it, the other three go unsaid, and the window itself is the
+    one shed window counted."""
+    x = pulse_changing(100.0, 10.0)
+    with ipc_addresses() as addresses:
+        overrides = [
+            {"sockets": addresses, "windowing": {"window_s": 10.0, "hop_s": 2.0}},
+            {"batching": {"max_queue": 1}, "limits": {"max_clock_skew_s": 1e9}},
+        ]
+        daemon = Daemon(load_daemon_config(None, overrides), est)
+        try:
+            for seq, start in enumerate(range(0, 1000, 25)):
+                frames = encode_ingest("a", seq, T0 + start / 100.0, 100.0, x[start : start + 25])
+                daemon.on_ingest(frames, time.monotonic())
+            queued = daemon.parts.batcher.next_batch(timeout_s=0.5)
+        finally:
+            daemon.close()
+    assert [(w.warm, w.end) for w in queued] == [(True, 200)]
+    assert daemon.parts.counters.rejected == {"overloaded": 1}

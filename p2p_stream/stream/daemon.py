@@ -405,6 +405,8 @@ class Daemon:
 
     def _enqueue(self, window: Window) -> None:
         shed = self.parts.batcher.put(window)
+        if shed and window.warm:  # a crop cut ahead is no window: its window computes it, nothing is lost or told
+            return
         if shed == "overloaded":
             self.parts.counters.reject(shed)
             self.warn.warning(shed, "the model is behind: window queue full, shedding windows")
