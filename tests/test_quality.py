@@ -9,7 +9,7 @@ import pytest
 from conftest import SAMPLE, read_segment
 from conftest import simulated_ppg as simulated
 
-from p2p_stream.ppg import quality
+from p2p_stream.ppg import preprocess, quality
 from p2p_stream.ppg.preprocess import resample
 from p2p_stream.ppg.quality import REASONS, ppg_assess, ppg_assess_windows, ppg_quality
 
@@ -140,9 +140,12 @@ def test_many_rates_near_one_rate_make_one_gate_pass(monkeypatch):
     rates = 25.0 + np.linspace(-0.01, 0.01, 400)
     windows = [simulated(72, 8.0, 25.0, seed=k).astype(np.float32) for k in range(400)]
     passes, resamples = [], []
-    real_assess, real_resample = quality._assess_resampled, quality.resample
+    real_assess, real_resample = quality._assess_resampled, preprocess.resample
     monkeypatch.setattr(quality, "_assess_resampled", lambda x, *a: passes.append(x.shape) or real_assess(x, *a))
-    monkeypatch.setattr(quality, "resample", lambda x, *a, **k: resamples.append(x.shape) or real_resample(x, *a, **k))
+    # resample_rows (preprocess.py) does the grouping by ratio: its calls to resample are the passes counted
+    monkeypatch.setattr(
+        preprocess, "resample", lambda x, *a, **k: resamples.append(x.shape) or real_resample(x, *a, **k)
+    )
     qualities, inputs = ppg_assess_windows(windows, list(rates))
     assert resamples == [(400, 200)]  # all 400 rates resample by 5/1: together
     assert passes == [(400, 1000)]

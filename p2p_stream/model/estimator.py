@@ -16,7 +16,7 @@ from p2p_stream.model.checkpoint import load_checkpoint
 from p2p_stream.model.demographics import AGE_CENTER_Y, AGE_SCALE_Y, parse_meta
 from p2p_stream.model.generalisation import Head
 from p2p_stream.model.prior import TARGETS
-from p2p_stream.ppg.crops import crop_length, crop_starts, cut_crops, prepare_rows, window_crops
+from p2p_stream.ppg.crops import crop_starts, prepare_rows, window_crops
 from p2p_stream.ppg.preprocess import PreprocessConfig, ppg_prepare, window_samples
 from p2p_stream.ppg.quality import Quality, QualityConfig, ppg_assess, ppg_assess_windows, ppg_quality
 
@@ -229,10 +229,6 @@ class Estimator:
         """Whether a crop's features can be computed once and reused by every window that holds it (`embed_crops`,
         `infer_embedded`): a crop-averaging model whose network exposes its features."""
         return self.crop > 0 and getattr(self.model, "embed", None) is not None
-
-    def crops(self, window: np.ndarray, fs: float) -> np.ndarray:
-        """One raw window (T,) at `fs` Hz → its raw crops (k, c) (`crops.cut_crops`); a model without crops: (1, T)."""
-        return cut_crops(window, crop_length(self.crop_s, fs) if self.crop_s > 0 else 0)
 
     def prepare_crops(self, rows: Sequence[np.ndarray], fs: Sequence[float]) -> list[np.ndarray]:
         """Raw crops, each at its own rate → each one's model input, prepared alone (`crops.prepare_rows`)."""

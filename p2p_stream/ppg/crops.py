@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from p2p_stream.ppg.preprocess import PreprocessConfig, ppg_condition, resample, resample_ratio, window_samples
+from p2p_stream.ppg.preprocess import PreprocessConfig, ppg_condition, resample_rows, window_samples
 
 
 def crop_length(crop_s: float, fs: float) -> int:
@@ -50,18 +50,10 @@ def prepare_rows(
     """Raw 1-D rows, each at its own rate `fs[i]` Hz → each one's model input, prepared alone (resample,
     band-pass, normalise: `ppg_prepare` row by row).
 
-    Batched the way `ppg_assess_windows` batches: rows resample together when their rates give the same ratio
-    and they have the same length, and band-pass and normalise run once per model-rate length.
+    Batched the way `ppg_assess_windows` batches: `resample_rows`, then band-pass and normalise once per
+    model-rate length.
     """
-    if len(rows) != len(fs):
-        raise ValueError(f"one rate per row: got {len(rows)} rows and {len(fs)} rates")
-    by_ratio: dict[tuple[int, int, int], list[int]] = {}  # (up, down, raw length) → positions
-    for i, (row, rate) in enumerate(zip(rows, fs)):
-        by_ratio.setdefault((*resample_ratio(rate, preprocess.fs), len(row)), []).append(i)
-    at_rate: dict[int, np.ndarray] = {}
-    for group in by_ratio.values():
-        x = resample(np.stack([np.asarray(rows[i], dtype=np.float32) for i in group]), fs[group[0]], preprocess.fs)
-        at_rate.update(zip(group, x))
+    at_rate = resample_rows(rows, fs, preprocess.fs)
     by_length: dict[int, list[int]] = {}
     for i in range(len(rows)):
         by_length.setdefault(len(at_rate[i]), []).append(i)

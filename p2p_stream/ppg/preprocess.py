@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -76,6 +77,22 @@ def resample(x: np.ndarray, fs_in: float, fs_out: float, axis: int = -1) -> np.n
         np.asarray(x, dtype=np.float64), up, down, axis=axis, window=_resample_filter(up, down), padtype="line"
     )
     return y.astype(np.float32)
+
+
+def resample_rows(rows: Sequence[np.ndarray], fs: Sequence[float], fs_out: float) -> list[np.ndarray]:
+    """1-D rows, each at its own rate `fs[i]` Hz → each at `fs_out`, in their order: what `resample` gives each
+    alone, but one call for all rows whose rates give the same `resample_ratio` and whose lengths match (25.001
+    and 25.002 Hz both resample by 5/1), so rows at many slightly different rates cost one pass, not one each."""
+    if len(rows) != len(fs):
+        raise ValueError(f"one rate per row: got {len(rows)} rows and {len(fs)} rates")
+    by_ratio: dict[tuple[int, int, int], list[int]] = {}  # (up, down, raw length) → positions
+    for i, (row, rate) in enumerate(zip(rows, fs)):
+        by_ratio.setdefault((*resample_ratio(rate, fs_out), len(row)), []).append(i)
+    out: dict[int, np.ndarray] = {}
+    for group in by_ratio.values():  # every rate in a group gives the same ratio, so the same numbers
+        x = resample(np.stack([np.asarray(rows[i], dtype=np.float32) for i in group]), fs[group[0]], fs_out)
+        out.update(zip(group, x))
+    return [out[i] for i in range(len(rows))]
 
 
 def window_samples(window_s: float, fs: float) -> int:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.fft import next_fast_len
 
-from p2p_stream.ppg.preprocess import PreprocessConfig, ppg_bandpass, ppg_normalize, resample, resample_ratio
+from p2p_stream.ppg.preprocess import PreprocessConfig, ppg_bandpass, ppg_normalize, resample, resample_rows
 
 # The reasons a window can be rejected; these strings go on the wire (`reason`).
 REASONS = ("too_short", "nan", "flatline", "clipping", "no_pulse")
@@ -193,13 +193,7 @@ def ppg_assess_windows(
     if len(windows) != len(fs):
         raise ValueError(f"one rate per window: got {len(windows)} windows and {len(fs)} rates")
     rows = [np.asarray(w, dtype=np.float32).ravel() for w in windows]
-    by_ratio: dict[tuple[int, int, int], list[int]] = {}  # (up, down, raw length) → positions
-    for i, (row, rate) in enumerate(zip(rows, fs)):
-        by_ratio.setdefault((*resample_ratio(rate, preprocess.fs), len(row)), []).append(i)
-    resampled: dict[int, np.ndarray] = {}  # position → the window at the model rate
-    for group in by_ratio.values():  # every rate in a group gives the same ratio, so the same numbers
-        x = resample(np.stack([rows[i] for i in group]), fs[group[0]], preprocess.fs, axis=-1)
-        resampled.update(zip(group, x))
+    resampled = resample_rows(rows, fs, preprocess.fs)  # each window at the model rate
     by_length: dict[int, list[int]] = {}  # model-input length → positions
     for i in range(len(rows)):
         by_length.setdefault(len(resampled[i]), []).append(i)
