@@ -36,6 +36,14 @@ class _Device:
     width: int  # raw samples per crop at that rate
     features: dict[int, np.ndarray] = field(default_factory=dict)  # where a crop ends → its features (D,)
 
+    def keep(self, at_most: int, first: int | None = None) -> None:
+        """Drop the crops that start before stream position `first` (nothing older can be wanted again), then all but
+        the newest `at_most`."""
+        ends = sorted(e for e in self.features if first is None or e - self.width >= first)
+        kept = set(ends[-at_most:]) if at_most > 0 else set()
+        for end in [e for e in self.features if e not in kept]:
+            del self.features[end]
+
 
 class CropCache:
     """`infer(windows, meta)`: the estimator's answer for windows that passed the gate, each crop computed once."""
@@ -60,8 +68,7 @@ class CropCache:
                 todo.append((entry, w))
         for (entry, w), h in zip(todo, self._embed([w.x for _, w in todo], [w.fs for _, w in todo])):
             entry.features[w.end] = h
-            for end in sorted(entry.features)[: max(0, len(entry.features) - self.max_ahead)]:
-                del entry.features[end]  # a device whose runs never reach a window keeps no more than this
+            entry.keep(self.max_ahead)  # a device whose runs never reach a window keeps no more than this
         self.computed += len(todo)
         self.warmed += len(todo)
 
@@ -113,14 +120,7 @@ class CropCache:
         for w, mine in zip(windows, refs):  # keep only what the device's latest window holds: nothing older comes back
             entry = self.devices.get(w.device)
             if entry is not None and w.end >= 0 and entry.tag == (w.generation, w.fs):
-                first = w.end - len(w.x)
-                ends = sorted(entry.features)
-                stale = [e for e in ends if e - entry.width < first]
-                stale += [e for e in ends if e - entry.width >= first][
-                    : max(0, len(ends) - len(stale) - PER_WINDOW * len(mine))
-                ]
-                for end in stale:
-                    del entry.features[end]
+                entry.keep(PER_WINDOW * len(mine), first=w.end - len(w.x))
         return out
 
     def _embed(self, rows: list[np.ndarray], rates: list[float]) -> list[np.ndarray]:
