@@ -42,11 +42,17 @@ Request = tuple[list[Item], np.ndarray, list[Item]]  # windows, their meta featu
 Answer = tuple[list[Quality], np.ndarray]  # each window's quality, (N, 6) rows (NaN where it did not pass)
 
 
-def analyse(est: Estimator, cache, windows: list[Window], meta: np.ndarray) -> Answer:
+def analyse(est: Estimator, cache, windows: list[Window], meta: np.ndarray, ahead: list[Window] = ()) -> Answer:
     """Windows with samples and their (N, 4) meta features → (quality of each, (N, 6) mmHg, NaN where not ok):
-    the gate, then the model on those that passed — through the crop cache when there is one."""
-    qualities, inputs = est.assess_windows([w.x for w in windows], [w.fs for w in windows])
+    the gate, then the model on those that passed — through the crop cache when there is one, after the crops cut
+    ahead (`ahead`) are in it. What the inference process does with a batch, and the worker in its own thread when
+    it keeps the crop cache itself."""
+    if ahead and cache is not None:
+        cache.warm(ahead)
     rows = np.full((len(windows), len(OUTPUTS)), np.nan, dtype=np.float32)
+    if not windows:
+        return [], rows
+    qualities, inputs = est.assess_windows([w.x for w in windows], [w.fs for w in windows])
     passed = [k for k, q in enumerate(qualities) if q.ok]
     if not passed:
         return qualities, rows
@@ -84,10 +90,9 @@ def _serve(conn, estimator: Estimator, capacity: int, window_s: float, reuse_cro
             return
         items, meta, ahead = request
         windows = [Window(d, x, fs, 0.0, 0.0, generation=g, end=e) for d, x, fs, e, g in items]
+        cut_ahead = [Window(d, x, fs, 0.0, 0.0, generation=g, end=e, warm=True) for d, x, fs, e, g in ahead]
         try:
-            if ahead and cache is not None:
-                cache.warm([Window(d, x, fs, 0.0, 0.0, generation=g, end=e, warm=True) for d, x, fs, e, g in ahead])
-            answer: Answer | str = analyse(estimator, cache, windows, meta) if windows else ([], np.empty((0, 6)))
+            answer: Answer | str = analyse(estimator, cache, windows, meta, cut_ahead)
         except Exception as exc:  # noqa: BLE001 — told to the daemon, which rejects the batch and goes on
             answer = f"{type(exc).__name__}: {exc}"
         conn.send(answer)

@@ -23,7 +23,7 @@ from p2p_stream.stream.batcher import DynamicBatcher
 from p2p_stream.stream.calibration import Calibrations
 from p2p_stream.stream.counters import Counters
 from p2p_stream.stream.crop_cache import CropCache
-from p2p_stream.stream.inference_process import InferenceProcess
+from p2p_stream.stream.inference_process import InferenceProcess, analyse
 from p2p_stream.stream.protocol import VERSION, encode_estimate, encode_status
 from p2p_stream.stream.ratelimit import RateLimitedLog
 from p2p_stream.stream.ring_buffer import Window
@@ -41,8 +41,9 @@ def mmhg(value: float) -> float:
 
 @dataclass
 class InFlight:
-    """A batch whose estimates wait for the backend: the estimates in arrival order and one call per length; or,
-    with an inference process, the batch and one future of its gate's and model's answers (`analysed`)."""
+    """A batch whose estimates wait for the backend: the estimates in arrival order and one call per length; or the
+    batch and one future of its gate's and model's answers (`analysed`: `inference_process.analyse`, in the
+    inference process or, with the crop cache, in this thread)."""
 
     out: list[tuple[Window, dict]]
     calls: list[tuple[list[tuple[Window, dict]], Future]]
@@ -89,7 +90,8 @@ class InferenceWorker(threading.Thread):
         `daemon`: this daemon's name, in every heartbeat, and in every estimate when it is one of a cluster
         (`cluster_status` given: its keys join the heartbeat). `threads`: (steady, burst) torch threads for a network
         running in this thread — the burst number while more windows wait than one batch holds. `crop_cache`: the
-        network runs here, one crop at a time (stream/crop_cache.py), not through `backend`. `process`: the gate and the
+        gate and the network run here as the inference process would run them (`analyse`: one crop at a time,
+        stream/crop_cache.py), not through `backend`. `process`: the gate and the
         network run in a child process (stream/inference_process.py), neither here nor through `backend`."""
         super().__init__(name="p2p-inference", daemon=True)
         self.est, self.backend, self.batcher, self.pub = estimator, backend, batcher, pub
@@ -196,12 +198,14 @@ class InferenceWorker(threading.Thread):
         inference process, the whole batch goes there, gate and all."""
         ahead = [w for w in batch if w.warm]  # crops cut ahead of their window: features to keep, no estimate
         batch = [w for w in batch if not w.warm]
+        live = [w for w in batch if not w.reason]
         if self.process is not None:
-            live = [w for w in batch if not w.reason]
             work = live or ahead
             return InFlight([], [], batch, self.process.submit(live, self._meta(live), ahead) if work else None)
-        if ahead and self.crop_cache is not None:
-            self.crop_cache.warm(ahead)
+        if self.crop_cache is not None:  # the inference process's work, done here
+            done: Future = Future()
+            done.set_result(analyse(self.est, self.crop_cache, live, self._meta(live), ahead))
+            return InFlight([], [], batch, done)
         out, passed = self._gate(batch, self._assess(batch))
         return InFlight(out, self._calls([(w, e) for w, e, _ in passed], [x for _, _, x in passed]))
 
@@ -224,17 +228,12 @@ class InferenceWorker(threading.Thread):
         return out, passed
 
     def _calls(self, passed: list[tuple[Window, dict]], inputs: list[np.ndarray]) -> list[tuple[list, Future]]:
-        """The windows that passed the gate → the calls that answer them, one per model-input shape.
+        """The windows that passed the gate → the backend's calls that answer them, one per model-input shape.
 
-        A crop-averaging model takes each window's crops, prepared alone: from the crop cache (only the crops no
-        earlier window had, through the network here), or prepared here and sent to the backend.
+        A crop-averaging model takes each window's crops, prepared alone here and sent to the backend.
         """
         if not passed:
             return []
-        if self.crop_cache is not None:
-            done: Future = Future()
-            done.set_result(self.crop_cache.infer([w for w, _ in passed], self._meta([w for w, _ in passed])))
-            return [(passed, done)]
         if self.est.crop_s > 0:  # the window-level inputs of the gate are not what the model takes
             inputs = self.est.crop_inputs([w.x for w, _ in passed], [w.fs for w, _ in passed])
         calls = []
@@ -272,8 +271,8 @@ class InferenceWorker(threading.Thread):
         its windows, and its breaks, in the order they happened.
         """
         answers: dict[int, np.ndarray] = {}  # id(estimate) → its row: sbp, dbp[, sbp_lo, sbp_hi, dbp_lo, dbp_hi]
-        if job.batch is not None:  # gate and model answered by the inference process
-            job.out = self._from_process(job, answers, timeout_s)
+        if job.batch is not None:  # gate and model answered together (`analyse`)
+            job.out = self._from_analysis(job, answers, timeout_s)
         for group, call in job.calls:
             try:
                 pred = np.asarray(self._result(call, timeout_s), dtype=np.float64)  # (N, 2) or (N, 6)
@@ -311,9 +310,9 @@ class InferenceWorker(threading.Thread):
             return
         answers[id(e)] = row if np.isfinite(row).all() else row[:2]  # NaN interval: a model without one
 
-    def _from_process(self, job: InFlight, answers: dict[int, np.ndarray], timeout_s: float | None) -> list:
-        """The inference process's qualities and rows for `job.batch` → its estimates in arrival order, the model's
-        answers put in `answers`. A batch it could not answer goes out rejected, as a backend's would."""
+    def _from_analysis(self, job: InFlight, answers: dict[int, np.ndarray], timeout_s: float | None) -> list:
+        """`analyse`'s qualities and rows for `job.batch` → its estimates in arrival order, the model's answers put in
+        `answers`. A batch the inference process could not answer goes out rejected, as a backend's would."""
         live = [k for k, w in enumerate(job.batch) if not w.reason]
         try:
             qualities, rows = self._result(job.analysed, timeout_s) if job.analysed is not None else ([], None)
@@ -321,11 +320,9 @@ class InferenceWorker(threading.Thread):
             out = [(w, self._estimate(w, False, w.reason, 0.0, None)) for w in job.batch]
             self._unanswered(exc, [e for w, e in out if not w.reason])
             return out
-        rows_at = dict(zip(live, range(len(live))))  # position in the batch → row of the answer
-        out, passed = self._gate(job.batch, {k: (q, None) for k, q in zip(live, qualities)})
-        positions = {id(w): k for k, w in enumerate(job.batch)}
-        for w, e, _ in passed:
-            self._answer(e, np.asarray(rows[rows_at[positions[id(w)]]], dtype=np.float64), answers)
+        out, passed = self._gate(job.batch, {k: (q, rows[i]) for i, (k, q) in enumerate(zip(live, qualities))})
+        for _, e, row in passed:
+            self._answer(e, np.asarray(row, dtype=np.float64), answers)
         return out
 
     def _fill(self, w: Window, e: dict, row: np.ndarray) -> None:
