@@ -4,7 +4,7 @@
 python daemon.py --device cuda        # same as: p2p daemon --device cuda
 """
 
-from p2p_stream.tools.cli_daemon import entry
+from p2p_stream.tools.cli.daemon import entry
 
 if __name__ == "__main__":
     entry()

@@ -31,9 +31,9 @@ import time
 import numpy as np
 import zmq
 
-from p2p_stream.stream.probe import wait_for_subscriber, wait_ready
-from p2p_stream.stream.protocol import decode_estimate, encode_ingest
-from p2p_stream.tools.fleet import Fleet, FleetConfig
+from p2p_stream.tools.bridges.fleet import Fleet, FleetConfig
+from p2p_stream.wire.probe import wait_for_subscriber, wait_ready
+from p2p_stream.wire.protocol import decode_estimate, encode_ingest
 
 WINDOW_S, HOP_S, FS, CHUNK = 10.0, 2.0, 125.0, 25
 P99_LIMIT_MS = 250.0
@@ -60,7 +60,7 @@ def start_daemon(addresses: dict, max_batch: int, threads: int, extra: tuple[str
     flags = {"--device": "cpu", "--threads": threads, "--window-s": WINDOW_S, "--hop-s": HOP_S,
              "--max-batch": max_batch, "--log-level": "WARNING", "--ingest": addresses["ingest"],
              "--publish": addresses["publish"], "--control": addresses["control"]}  # fmt: skip
-    cmd = [sys.executable, "-m", "p2p_stream.tools.cli_daemon", *(str(v) for kv in flags.items() for v in kv), *extra]
+    cmd = [sys.executable, "-m", "p2p_stream.tools.cli.daemon", *(str(v) for kv in flags.items() for v in kv), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if not wait_ready(addresses["control"], timeout_s=120, proc=proc):
         proc.kill()

@@ -13,8 +13,8 @@ import time
 
 import zmq
 
-from p2p_stream.stream.protocol import encode_ingest
-from p2p_stream.tools.fleet import Fleet, FleetConfig
+from p2p_stream.tools.bridges.fleet import Fleet, FleetConfig
+from p2p_stream.wire.protocol import encode_ingest
 
 
 def main() -> None:

@@ -30,10 +30,10 @@ import time
 import numpy as np
 import zmq
 
-from p2p_stream.stream.ownership import owner
-from p2p_stream.stream.probe import wait_for_subscriber, wait_ready
-from p2p_stream.stream.protocol import decode_map, encode_ingest, pack
-from p2p_stream.tools.proxy import Proxy
+from p2p_stream.stream.cluster.ownership import owner
+from p2p_stream.tools.cluster.proxy import Proxy
+from p2p_stream.wire.probe import wait_for_subscriber, wait_ready
+from p2p_stream.wire.protocol import decode_map, encode_ingest, pack
 
 FOREIGN_OWNER = "b"
 
@@ -97,7 +97,7 @@ def daemon_rate(
     """Messages/s a daemon process counts; `foreign`: as a daemon that owns none of them (its `foreign_total`)."""
     folder = tempfile.mkdtemp(prefix="p2pi")
     a = {k: f"ipc://{folder}/{k}" for k in ("ingest", "publish", "control")}
-    cmd = [sys.executable, "-m", "p2p_stream.tools.cli_daemon", "--device", "cpu", "--log-level", "WARNING",
+    cmd = [sys.executable, "-m", "p2p_stream.tools.cli.daemon", "--device", "cpu", "--log-level", "WARNING",
            "--ingest", a["ingest"], "--publish", a["publish"], "--control", a["control"],
            # The messages are stamped from a fixed 2023 t0: without this every one is refused `bad_time` unbuffered.
            "--set", "limits.max_clock_skew_s=1000000000"]  # fmt: skip

@@ -34,11 +34,11 @@ import numpy as np
 from p2p_stream.model.estimator import Estimator
 from p2p_stream.ppg import quality
 from p2p_stream.ppg.preprocess import resample, resample_ratio
-from p2p_stream.stream.batcher import DynamicBatcher
-from p2p_stream.stream.calibration import Calibrations
 from p2p_stream.stream.counters import Counters
-from p2p_stream.stream.ring_buffer import Window
-from p2p_stream.stream.worker import InferenceWorker
+from p2p_stream.stream.inference.batcher import DynamicBatcher
+from p2p_stream.stream.inference.worker import InferenceWorker
+from p2p_stream.stream.ingest.ring_buffer import Window
+from p2p_stream.stream.state.calibration import Calibrations
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from test_preprocess import resample_before_the_bound  # noqa: E402  (the old code, kept once: in its test)

@@ -4,7 +4,7 @@
 
 Per window (µs, best of repeated calls, 100 Hz windows of a noisy pulse): the quality gate over the window, the
 preparation of its one new 2 s crop, that crop's network pass, and the head over its five crops' features — the
-four things the crop cache leaves for a window (stream/crop_cache.py).
+four things the crop cache leaves for a window (backends/crop_cache.py).
 """
 
 from __future__ import annotations

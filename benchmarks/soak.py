@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_daemon import PacedFleet, join_daemon, proc_stats, shut_down, start_daemon  # noqa: E402
 
-from p2p_stream.stream.protocol import decode_estimate  # noqa: E402
+from p2p_stream.wire.protocol import decode_estimate  # noqa: E402
 
 
 def main() -> None:

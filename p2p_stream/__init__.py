@@ -3,7 +3,7 @@
 The streaming path, one module per stage (stream/):
 
     wearable → SUB (daemon.py, protocol.py) → ring buffer (ring_buffer.py) → window → quality gate (ppg/quality.py)
-             → batch (batcher.py) → model (worker.py, backends/, model/) → PUB → dashboard (tools/dashboard.py)
+             → batch (batcher.py) → model (worker.py, backends/, model/) → PUB → dashboard (tools/dashboard/app.py)
 
 Offline (offline/), the same signal path and model serve training and evaluation: datasets/ → ppg/ → model/
 networks/ → training.py → lodo.py → report.py; `Estimator` (model/estimator.py) is the public entry to a trained

@@ -3,7 +3,7 @@
 
 import sys
 
-from p2p_stream.tools.fleet import main
+from p2p_stream.tools.bridges.fleet import main
 
 if __name__ == "__main__":
     sys.exit(main())

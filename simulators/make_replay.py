@@ -3,7 +3,7 @@
 
 import sys
 
-from p2p_stream.tools.convert import main
+from p2p_stream.tools.bridges.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())

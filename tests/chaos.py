@@ -36,8 +36,8 @@ import zmq
 from zmq_helpers import ROOT, Subscriber, request
 
 from p2p_stream.errors import ProtocolError
-from p2p_stream.stream import probe
-from p2p_stream.stream.protocol import decode_estimate
+from p2p_stream.wire import probe
+from p2p_stream.wire.protocol import decode_estimate
 
 ROLES = ("daemon", "proxy", "subscriber", "recorder")  # the order they are killed in, each round
 WITNESSED = ("daemon", "proxy")  # their stream's return is seen by the witness; the others' by themselves
@@ -231,7 +231,7 @@ class Chaos:
         for stale in (self.db, self.state):  # a fresh run: the recording and the store start empty
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{stale}{suffix}").unlink(missing_ok=True)
-        p2p = [sys.executable, "-m", "p2p_stream.tools.cli"]
+        p2p = [sys.executable, "-m", "p2p_stream.tools.cli.main"]
         logs = folder / "logs"
         self.roles = {
             "proxy": Role("proxy", [*p2p, "proxy", "--wearables", a["wearables"], "--shards", a["shards"],

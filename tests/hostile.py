@@ -16,7 +16,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from p2p_stream.stream.protocol import MAX_SAMPLES, encode_ingest, pack
+from p2p_stream.wire.protocol import MAX_SAMPLES, encode_ingest, pack
 
 
 def _pub(ctx: zmq.Context, address: str) -> zmq.Socket:

@@ -14,13 +14,13 @@ from zmq_helpers import ipc_addresses
 from p2p_stream.backends import LocalBackend
 from p2p_stream.config.daemon import load_daemon_config
 from p2p_stream.model.estimator import Estimator
-from p2p_stream.stream.batcher import DynamicBatcher
-from p2p_stream.stream.calibration import Calibrations
+from p2p_stream.ratelimit import RateLimitedLog
 from p2p_stream.stream.counters import Counters
 from p2p_stream.stream.daemon import Daemon
-from p2p_stream.stream.protocol import encode_ingest
-from p2p_stream.stream.ratelimit import RateLimitedLog
-from p2p_stream.stream.ring_buffer import Window
+from p2p_stream.stream.inference.batcher import DynamicBatcher
+from p2p_stream.stream.ingest.ring_buffer import Window
+from p2p_stream.stream.state.calibration import Calibrations
+from p2p_stream.wire.protocol import encode_ingest
 
 
 def window(i=0):

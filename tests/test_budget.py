@@ -4,10 +4,10 @@ squatters cannot hold against a real wearable."""
 import numpy as np
 import pytest
 
-from p2p_stream.stream.budget import TokenBucket
-from p2p_stream.stream.devices import DeviceLimitError, DeviceTable
-from p2p_stream.stream.protocol import Ingest
-from p2p_stream.stream.ring_buffer import MARKER_BURST, DeviceStream, ring_nbytes
+from p2p_stream.stream.ingest.budget import TokenBucket
+from p2p_stream.stream.ingest.devices import DeviceLimitError, DeviceTable
+from p2p_stream.stream.ingest.ring_buffer import MARKER_BURST, DeviceStream, ring_nbytes
+from p2p_stream.wire.protocol import Ingest
 
 FS = 100.0
 RING = ring_nbytes(2.0, FS, 64)  # bytes of one ring at FS in `table()`

@@ -16,12 +16,12 @@ from conftest import simulated_ppg
 from p2p_stream.backends.local import LocalBackend
 from p2p_stream.config.daemon import load_daemon_config
 from p2p_stream.model.estimator import Estimator
-from p2p_stream.stream.batcher import DynamicBatcher
-from p2p_stream.stream.calibration import Calibrations
 from p2p_stream.stream.counters import Counters
 from p2p_stream.stream.daemon import auto_threads, torch_threads
-from p2p_stream.stream.ring_buffer import Window
-from p2p_stream.stream.worker import InferenceWorker
+from p2p_stream.stream.inference.batcher import DynamicBatcher
+from p2p_stream.stream.inference.worker import InferenceWorker
+from p2p_stream.stream.ingest.ring_buffer import Window
+from p2p_stream.stream.state.calibration import Calibrations
 
 T0 = 1_700_000_000.0
 

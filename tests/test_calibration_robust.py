@@ -11,8 +11,11 @@ from conftest import simulated_ppg
 from p2p_stream import Estimator
 from p2p_stream.backends import LocalBackend
 from p2p_stream.errors import CheckpointError
-from p2p_stream.stream.batcher import DynamicBatcher
-from p2p_stream.stream.calibration import (
+from p2p_stream.stream.counters import Counters
+from p2p_stream.stream.inference.batcher import DynamicBatcher
+from p2p_stream.stream.inference.worker import InferenceWorker
+from p2p_stream.stream.ingest.ring_buffer import Window
+from p2p_stream.stream.state.calibration import (
     Calibrations,
     calibrate_row,
     calibrated_value,
@@ -20,10 +23,7 @@ from p2p_stream.stream.calibration import (
     params_from_metadata,
     robust_reference,
 )
-from p2p_stream.stream.counters import Counters
-from p2p_stream.stream.ring_buffer import Window
-from p2p_stream.stream.smoothing import Smoother
-from p2p_stream.stream.worker import InferenceWorker
+from p2p_stream.stream.state.smoothing import Smoother
 
 T0 = 1_700_000_000.0
 

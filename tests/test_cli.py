@@ -19,7 +19,7 @@ import zmq
 
 from p2p_stream.config.addresses import check_address
 from p2p_stream.errors import ConfigError
-from p2p_stream.tools.cli import VERBS
+from p2p_stream.tools.cli.main import VERBS
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -183,7 +183,7 @@ class Squatter:
     """Another daemon's sockets on the demo's addresses: ingest and estimates bound, control answering pings."""
 
     def __init__(self) -> None:
-        from p2p_stream.stream.protocol import pack
+        from p2p_stream.wire.protocol import pack
 
         self.ctx = zmq.Context()
         self.stop = threading.Event()
@@ -272,7 +272,7 @@ def test_keys_stay_out_of_git():
 
 def test_a_deprecated_name_sets_the_same_setting():
     """The aliases are the new flags under another name, not a second setting."""
-    from p2p_stream.tools.replay import add_publisher_args
+    from p2p_stream.tools.bridges.replay import add_publisher_args
 
     p = argparse.ArgumentParser()
     add_publisher_args(p)

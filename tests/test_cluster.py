@@ -1,7 +1,7 @@
 """A cluster of daemons behind a p2p-proxy: every device owned by exactly one daemon, by rendezvous hashing over the
-live daemons (stream/ownership.py) — whatever its id looks like; with Redis leases (stream/membership.py), a daemon
-killed with -9 has its devices taken over by the others, and gets them back when it returns. Real processes: a
-proxy, daemons, the fleet simulator, redis-server on a unix socket; one subscriber on the proxy sees it all."""
+live daemons (stream/cluster/ownership.py) — whatever its id looks like; with Redis leases
+(stream/cluster/membership.py), a daemon killed with -9 has its devices taken over by the others, and gets them back
+when it returns. Real processes: a proxy, daemons, the fleet simulator, redis-server on a unix socket; one subscriber on the proxy sees it all."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from contextlib import ExitStack, contextmanager
 import pytest
 from zmq_helpers import ROOT, Subscriber, daemon_process, request, wait_ready
 
-from p2p_stream.stream.ownership import owner, weight
-from p2p_stream.tools.proxy import Proxy
+from p2p_stream.stream.cluster.ownership import owner, weight
+from p2p_stream.tools.cluster.proxy import Proxy
 
 # Ids as wards name them: prefixes that overlap (ward3 / ward30), ones no prefix scheme foresaw, UUIDs.
 IDS = (

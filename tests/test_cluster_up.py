@@ -1,4 +1,4 @@
-"""`p2p cluster`: one file runs N daemons + p2p-proxy + Redis (tools/cluster.py, configs/cluster.toml).
+"""`p2p cluster`: one file runs N daemons + p2p-proxy + Redis (tools/cluster/up.py, configs/cluster.toml).
 
 `check` prints the plan of a good file and starts nothing; a broken one is refused in one line, exit 2, naming the
 key. `up` starts redis-server, the proxy and two daemons that estimate a fleet between them; a daemon killed with -9
@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from zmq_helpers import Subscriber, logged_process, wait_ready
 
-from p2p_stream.tools.cli import main as p2p
-from p2p_stream.tools.cluster_plan import Child, Supervisor
-from p2p_stream.tools.supervisor import Process
+from p2p_stream.tools.cli.main import main as p2p
+from p2p_stream.tools.cluster.plan import Child, Supervisor
+from p2p_stream.tools.cluster.supervisor import Process
 
 ROOT = Path(__file__).resolve().parents[1]
 P2P = str(Path(sys.executable).parent / "p2p")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from p2p_stream.stream.control import COMMANDS, handle
-from p2p_stream.stream.protocol import pack
-from p2p_stream.stream.state_store import StoreError
+from p2p_stream.stream.state.control import COMMANDS, handle
+from p2p_stream.stream.state.store import StoreError
+from p2p_stream.wire.protocol import pack
 
 
 class FakeState:
@@ -166,8 +166,8 @@ def test_a_mass_eviction_is_one_log_line(caplog):
     import logging
     from types import SimpleNamespace
 
+    from p2p_stream.ratelimit import RateLimitedLog
     from p2p_stream.stream.daemon import Daemon, log
-    from p2p_stream.stream.ratelimit import RateLimitedLog
 
     daemon = SimpleNamespace(warn=RateLimitedLog(log, period_s=10.0))
     with caplog.at_level(logging.INFO, logger="p2p_stream.stream.daemon"):

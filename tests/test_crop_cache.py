@@ -12,16 +12,16 @@ from conftest import simulated_ppg
 from zmq_helpers import client, ipc_addresses, running_daemon
 
 from p2p_stream import Estimator
+from p2p_stream.backends import process as inference_process
+from p2p_stream.backends.crop_cache import CropCache
+from p2p_stream.backends.process import RESTART_S, analyse
 from p2p_stream.config.daemon import load_daemon_config
 from p2p_stream.model.demographics import parse_meta
 from p2p_stream.ppg.crops import crop_starts, cut_crops, prepare_rows
 from p2p_stream.ppg.preprocess import cut_windows, ppg_prepare
-from p2p_stream.stream import inference_process
-from p2p_stream.stream.crop_cache import CropCache
 from p2p_stream.stream.daemon import Daemon
-from p2p_stream.stream.inference_process import RESTART_S, analyse
-from p2p_stream.stream.protocol import Ingest, encode_ingest
-from p2p_stream.stream.ring_buffer import DeviceStream, Window
+from p2p_stream.stream.ingest.ring_buffer import DeviceStream, Window
+from p2p_stream.wire.protocol import Ingest, encode_ingest
 
 T0 = 1_700_000_000.0
 

@@ -12,10 +12,10 @@ import pytest
 from conftest import simulated_ppg
 from zmq_helpers import client, daemon_process, ipc_addresses, wait_ready
 
-from p2p_stream.stream.protocol import encode_ingest
-from p2p_stream.tools.cli_keys import main as keys_main
-from p2p_stream.tools.ctl import DEFAULT_CONTROL, render_stats
-from p2p_stream.tools.ctl import main as ctl_main
+from p2p_stream.tools.cli.ctl import DEFAULT_CONTROL, render_stats
+from p2p_stream.tools.cli.ctl import main as ctl_main
+from p2p_stream.tools.cli.keys import main as keys_main
+from p2p_stream.wire.protocol import encode_ingest
 
 FS = 125.0
 T0 = 1_700_000_000.0

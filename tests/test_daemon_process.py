@@ -13,8 +13,8 @@ from zmq_helpers import client, daemon_process, ipc_addresses
 
 from p2p_stream import Estimator
 from p2p_stream.ppg.preprocess import cut_windows
-from p2p_stream.stream.protocol import MAX_SAMPLES, encode_ingest
-from p2p_stream.tools.cli_daemon import main as daemon_main
+from p2p_stream.tools.cli.daemon import main as daemon_main
+from p2p_stream.wire.protocol import MAX_SAMPLES, encode_ingest
 
 FS = 125.0
 T0 = 1_700_000_000.0

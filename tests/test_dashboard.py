@@ -16,10 +16,10 @@ from rich.console import Console
 from zmq_helpers import client, running_daemon
 
 from p2p_stream import Estimator
-from p2p_stream.stream.protocol import encode_estimate, encode_status
-from p2p_stream.tools.bp_category import bp_category
-from p2p_stream.tools.dashboard import DashboardState, View, render
-from p2p_stream.tools.dashboard_columns import sparkline
+from p2p_stream.tools.dashboard.app import DashboardState, View, render
+from p2p_stream.tools.dashboard.category import bp_category
+from p2p_stream.tools.dashboard.columns import sparkline
+from p2p_stream.wire.protocol import encode_estimate, encode_status
 
 NOW = 1000.0
 
@@ -249,7 +249,7 @@ def test_monitor_once_against_a_live_daemon():
     x = simulated_ppg(70, 300, 125.0, seed=8)
     with running_daemon(est, operation={"heartbeat_s": 0.2}) as (daemon, addresses), client(addresses) as c:
         monitor = subprocess.Popen(
-            [sys.executable, "-m", "p2p_stream.tools.dashboard"]
+            [sys.executable, "-m", "p2p_stream.tools.dashboard.app"]
             + ["--estimates", addresses["publish"], "--once", "--wait-s", "4"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -271,7 +271,7 @@ def test_monitor_once_against_a_live_daemon():
 
 def test_monitor_once_without_a_daemon():
     out = subprocess.run(
-        [sys.executable, "-m", "p2p_stream.tools.dashboard"]
+        [sys.executable, "-m", "p2p_stream.tools.dashboard.app"]
         + ["--estimates", "ipc:///tmp/p2p-nobody", "--once", "--wait-s", "0.3"],
         capture_output=True,
         text=True,

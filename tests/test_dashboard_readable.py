@@ -9,8 +9,8 @@ from rich.console import Console
 from test_dashboard import HEARTBEAT, NOW, cell, device_line, text_of
 
 from p2p_stream import Estimator
-from p2p_stream.stream.protocol import encode_estimate, encode_status
-from p2p_stream.tools.dashboard import DashboardState, View, main, render, rows_that_fit
+from p2p_stream.tools.dashboard.app import DashboardState, View, main, render, rows_that_fit
+from p2p_stream.wire.protocol import encode_estimate, encode_status
 
 WIDTHS = (80, 160)
 RESEARCH_USE = "research use — not a medical device"

@@ -6,9 +6,9 @@ import sys
 import pytest
 from zmq_helpers import ipc_addresses
 
-from p2p_stream.stream.protocol import encode_estimate
-from p2p_stream.tools.dashboard import DashboardState
+from p2p_stream.tools.dashboard.app import DashboardState
 from p2p_stream.tools.demo import population_mean, score_estimates, summary
+from p2p_stream.wire.protocol import encode_estimate
 
 
 def run_demo(*args: str) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ import zmq
 from conftest import simulated_ppg
 from zmq_helpers import Client, Subscriber, daemon_process, fleet, ipc_addresses, wait_ready
 
-from p2p_stream.stream.protocol import encode_ingest
+from p2p_stream.wire.protocol import encode_ingest
 
 WINDOW_S, HOP_S, FS = 4.0, 1.0, 125.0
 

@@ -6,7 +6,7 @@ from scipy import signal
 from zmq_helpers import client, running_daemon
 
 from p2p_stream.ppg.quality import ppg_quality
-from p2p_stream.tools.fleet import Fleet, FleetConfig
+from p2p_stream.tools.bridges.fleet import Fleet, FleetConfig
 
 
 def record(fleet: Fleet, seconds: float) -> dict[str, list]:
@@ -78,7 +78,7 @@ def test_same_seed_same_fleet():
 
 def test_fleet_through_the_daemon():
     from p2p_stream import Estimator
-    from p2p_stream.stream.protocol import encode_ingest
+    from p2p_stream.wire.protocol import encode_ingest
 
     fleet = Fleet(FleetConfig(devices=30, seed=6))
     with running_daemon(Estimator.load()) as (daemon, addresses), client(addresses) as c:

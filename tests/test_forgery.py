@@ -16,8 +16,8 @@ from zmq_helpers import client, daemon_process, ipc_addresses, running_daemon
 
 from p2p_stream import Estimator
 from p2p_stream.errors import ProtocolError
-from p2p_stream.stream import control
-from p2p_stream.stream.protocol import DEVICE_RE, decode_ingest, encode_ingest
+from p2p_stream.stream.state import control
+from p2p_stream.wire.protocol import DEVICE_RE, decode_ingest, encode_ingest
 
 FS = 125.0
 DAY_S = 86_400.0

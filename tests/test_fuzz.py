@@ -19,7 +19,7 @@ from zmq_helpers import FIXED_T0_SKEW_S, client, daemon_process, ipc_addresses, 
 
 from p2p_stream.config.daemon import Limits
 from p2p_stream.errors import ProtocolError
-from p2p_stream.stream.protocol import (
+from p2p_stream.wire.protocol import (
     MAX_MESSAGE_BYTES,
     MAX_SAMPLES,
     decode_ingest,

@@ -19,8 +19,8 @@ from hostile import Attack, lost_windows, peak_rss_mb
 from zmq_helpers import Subscriber, daemon_process, fleet, ipc_addresses, request, wait_ready
 
 from p2p_stream.config.daemon import load_daemon_config
-from p2p_stream.stream.bounds import CONTROL_MAX_BYTES, memory_bounds
-from p2p_stream.stream.protocol import decode_map, pack
+from p2p_stream.stream.ingest.bounds import CONTROL_MAX_BYTES, memory_bounds
+from p2p_stream.wire.protocol import decode_map, pack
 
 GOOD_DEVICES = 50
 CHUNK_S = 0.2  # seconds of samples in each of fleet.py's messages

@@ -19,8 +19,8 @@ import pytest
 import zmq
 from zmq_helpers import ROOT, Subscriber, daemon_process, fleet, ipc_addresses, request, wait_ready
 
-from p2p_stream.stream.protocol import MAX_MESSAGE_BYTES, MAX_SAMPLES, encode_ingest
-from p2p_stream.tools.proxy import Proxy
+from p2p_stream.tools.cluster.proxy import Proxy
+from p2p_stream.wire.protocol import MAX_MESSAGE_BYTES, MAX_SAMPLES, encode_ingest
 
 HUGE = 17 << 20  # over the daemon's MAXMSGSIZE (16 MiB): ZeroMQ drops the connection that carries it
 OVER = MAX_MESSAGE_BYTES + 4096  # over the daemon's message limit, under MAXMSGSIZE: the proxy drops and counts it
@@ -115,7 +115,7 @@ def test_a_shard_whose_link_is_cut_connects_again_within_seconds():
 FLOOD = """
 import sys, time
 import numpy as np, zmq
-from p2p_stream.stream.protocol import encode_ingest
+from p2p_stream.wire.protocol import encode_ingest
 ctx = zmq.Context(); pub = ctx.socket(zmq.PUB); pub.setsockopt(zmq.SNDHWM, 0); pub.connect(sys.argv[1])
 n = int(sys.argv[2])
 x = np.ones(n, np.float32); x[1::2] = np.nan  # alternating finite/NaN: n / 2 breaks in each message

@@ -14,11 +14,11 @@ from conftest import simulated_ppg
 from zmq_helpers import daemon_process, ipc_addresses
 
 from p2p_stream.errors import ConfigError
-from p2p_stream.stream.control import handle
-from p2p_stream.stream.identity import DeviceGrants, KeyGrant, read_authorized, read_key_file
-from p2p_stream.stream.protocol import decode_estimate, decode_map, encode_ingest, pack
-from p2p_stream.stream.security import curve_client
-from p2p_stream.tools.cli_keys import main as keys_main
+from p2p_stream.stream.security.curve import curve_client
+from p2p_stream.stream.security.grants import DeviceGrants, KeyGrant, read_authorized, read_key_file
+from p2p_stream.stream.state.control import handle
+from p2p_stream.tools.cli.keys import main as keys_main
+from p2p_stream.wire.protocol import decode_estimate, decode_map, encode_ingest, pack
 
 FS = 125.0
 T0 = 1_700_000_000.0

@@ -22,8 +22,7 @@ from conftest import simulated_ppg
 from zmq_helpers import ROOT, Subscriber, daemon_process, ipc_addresses, logged_process, request
 
 from p2p_stream.errors import ConfigError
-from p2p_stream.stream.protocol import decode_ingest
-from p2p_stream.tools.lsl_bridge import (
+from p2p_stream.tools.bridges.lsl import (
     Bridge,
     device_for,
     parse_devices,
@@ -33,6 +32,7 @@ from p2p_stream.tools.lsl_bridge import (
     sanitise,
     unix_minus_lsl,
 )
+from p2p_stream.wire.protocol import decode_ingest
 
 FS = 125.0
 WINDOW = 500  # the daemon process's 4 s windows at 125 Hz
@@ -285,7 +285,7 @@ def push(out, x: np.ndarray, start: float) -> None:
 @contextmanager
 def bridge(*flags: str):
     """`p2p lsl` as a process (python -m), its log in a temporary file: `proc.output()`."""
-    cmd = [sys.executable, "-m", "p2p_stream.tools.lsl_bridge", "--chunk-s", "0.05", "--wait-s", "60", *flags]
+    cmd = [sys.executable, "-m", "p2p_stream.tools.bridges.lsl", "--chunk-s", "0.05", "--wait-s", "60", *flags]
     with logged_process(cmd) as proc:
         yield proc
 

@@ -18,11 +18,11 @@ from test_cluster import IDS, cluster_ends, fleet_of, member
 from test_dashboard import HEARTBEAT, NOW, cell, estimate, text_of
 from zmq_helpers import request, wait_ready
 
-from p2p_stream.stream.ownership import owner
-from p2p_stream.stream.protocol import decode_estimate, encode_estimate, encode_status
-from p2p_stream.tools.ctl import main as ctl_main
-from p2p_stream.tools.dashboard import DashboardState, View, pump, render, rows_that_fit, subscribe
-from p2p_stream.tools.dashboard_daemons import HEARTBEAT_LOST_S, cluster_total
+from p2p_stream.stream.cluster.ownership import owner
+from p2p_stream.tools.cli.ctl import main as ctl_main
+from p2p_stream.tools.dashboard.app import DashboardState, View, pump, render, rows_that_fit, subscribe
+from p2p_stream.tools.dashboard.daemons import HEARTBEAT_LOST_S, cluster_total
+from p2p_stream.wire.protocol import decode_estimate, encode_estimate, encode_status
 
 
 def beat(state: DashboardState, at: float, **fields) -> None:

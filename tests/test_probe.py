@@ -11,8 +11,8 @@ import zmq
 from zmq_helpers import ipc_addresses
 
 from p2p_stream.errors import P2PError
-from p2p_stream.stream import probe
-from p2p_stream.stream.protocol import decode_map, pack
+from p2p_stream.wire import probe
+from p2p_stream.wire.protocol import decode_map, pack
 
 
 def answer_pings(ctx: zmq.Context, address: str, reply: dict, stop: threading.Event) -> threading.Thread:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from p2p_stream.errors import ProtocolError
-from p2p_stream.stream.protocol import decode_estimate, decode_ingest, encode_estimate, encode_ingest
+from p2p_stream.wire.protocol import decode_estimate, decode_ingest, encode_estimate, encode_ingest
 
 
 def good(**changes):

@@ -17,13 +17,13 @@ import zmq
 from conftest import simulated_ppg
 from zmq_helpers import ROOT, Subscriber, daemon_process, logged_process, request, wait_ready
 
-from p2p_stream.stream.protocol import encode_ingest
-from p2p_stream.stream.security import curve_client
-from p2p_stream.tools.cli_keys import main as keys_main
+from p2p_stream.stream.security.curve import curve_client
+from p2p_stream.tools.cli.keys import main as keys_main
+from p2p_stream.wire.protocol import encode_ingest
 
 FS = 125.0
 T0 = 1_700_000_000.0
-PROXY = [sys.executable, "-m", "p2p_stream.tools.proxy"]
+PROXY = [sys.executable, "-m", "p2p_stream.tools.cluster.proxy"]
 
 
 @pytest.fixture()

@@ -26,7 +26,7 @@ from zmq_helpers import ROOT, daemon_process, ipc_addresses, wait_ready
 
 pytest.importorskip("ray.serve", reason="the optional [cluster] extra (Ray Serve) is not installed")
 
-from p2p_stream.stream.protocol import decode_estimate, decode_map, encode_ingest  # noqa: E402
+from p2p_stream.wire.protocol import decode_estimate, decode_map, encode_ingest  # noqa: E402
 
 FS = 125.0
 CHUNK = 25  # samples per message: 0.2 s, sent in real time

@@ -26,11 +26,11 @@ from zmq_helpers import ROOT, client, daemon_process, ipc_addresses, logged_proc
 
 from p2p_stream.offline.datasets.replay_csv import read_replay_csv
 from p2p_stream.offline.metrics import regression_report
-from p2p_stream.stream.protocol import encode_estimate, encode_ingest, encode_status
-from p2p_stream.tools.proxy import Proxy
-from p2p_stream.tools.record import Recorder
-from p2p_stream.tools.record import main as record_main
-from p2p_stream.tools.recording_db import ESTIMATE_COLUMNS, ESTIMATE_KEYS, SCHEMA_VERSION, RecordingDB
+from p2p_stream.tools.cluster.proxy import Proxy
+from p2p_stream.tools.recording.db import ESTIMATE_COLUMNS, ESTIMATE_KEYS, SCHEMA_VERSION, RecordingDB
+from p2p_stream.tools.recording.recorder import Recorder
+from p2p_stream.tools.recording.recorder import main as record_main
+from p2p_stream.wire.protocol import encode_estimate, encode_ingest, encode_status
 
 DEMO_CSV = Path(ROOT) / "p2p_stream" / "assets" / "demo" / "ppg_bp_demo.csv"
 RECORDINGS = read_replay_csv(DEMO_CSV)  # 8 PPG-BP subjects, each three 2.1 s segments at 250 Hz, with cuff references
@@ -83,7 +83,7 @@ def send(pub: zmq.Socket, messages: list, speed: float | None = None, stop: thre
 @contextmanager
 def recorder_process(address: str, db: Path, *flags: str) -> Iterator[subprocess.Popen]:
     """`p2p record` as a real process; `proc.log()` reads its stderr so far. Killed at exit if still running."""
-    cmd = [sys.executable, "-m", "p2p_stream.tools.record", "--estimates", address, "--db", str(db), *flags]
+    cmd = [sys.executable, "-m", "p2p_stream.tools.recording.recorder", "--estimates", address, "--db", str(db), *flags]
     with logged_process(cmd, split=True) as proc:
         yield proc
 

@@ -12,9 +12,9 @@ from zmq_helpers import Client, running_daemon
 
 from p2p_stream import Estimator
 from p2p_stream.offline.datasets import load_ppg_bp, load_replay_csv, read_replay_csv
-from p2p_stream.tools.convert import convert
+from p2p_stream.tools.bridges.convert import convert
+from p2p_stream.tools.bridges.replay import Replayer, fan_out, wait_for_subscriber
 from p2p_stream.tools.demo import demo_recording
-from p2p_stream.tools.replay import Replayer, fan_out, wait_for_subscriber
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,7 +11,7 @@ from conftest import simulated_ppg
 from zmq_helpers import ROOT, Subscriber, daemon_process, ipc_addresses, wait_ready
 
 from p2p_stream.offline.datasets.replay_csv import Recording, load_replay_csv, read_replay_csv, write_replay_csv
-from p2p_stream.tools.replay import window_warning
+from p2p_stream.tools.bridges.replay import window_warning
 
 FS = 125.0
 SEGMENTS_S = (3.0, 6.0, 3.0)  # only the middle one holds a 4 s window
@@ -50,8 +50,8 @@ def test_a_daemon_fed_by_replay_cuts_no_window_across_a_join(tmp_path):
         sub = Subscriber(a["publish"])
         try:
             replay = subprocess.run(
-                [sys.executable, "-m", "p2p_stream.tools.replay", str(path), "--ingest", a["ingest"], "--speed", "4",
-                 "--wait-s", "30"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                [sys.executable, "-m", "p2p_stream.tools.bridges.replay", str(path), "--ingest", a["ingest"],
+                 "--speed", "4", "--wait-s", "30"], cwd=ROOT, capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             assert replay.returncode == 0, replay.stderr
             assert "cuts no window" in replay.stderr  # it cannot know this daemon's windows: it warns of the default

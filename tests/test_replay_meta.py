@@ -15,10 +15,10 @@ from zmq_helpers import ipc_addresses
 from p2p_stream.errors import DatasetError
 from p2p_stream.offline.datasets import load_ppg_bp, load_replay_csv, read_replay_csv, write_replay_csv
 from p2p_stream.offline.datasets.replay_csv import Recording
-from p2p_stream.stream.protocol import decode_ingest
-from p2p_stream.tools.convert import convert
+from p2p_stream.tools.bridges.convert import convert
+from p2p_stream.tools.bridges.replay import Replayer, fan_out, wait_for_subscriber
 from p2p_stream.tools.demo import demo_recording
-from p2p_stream.tools.replay import Replayer, fan_out, wait_for_subscriber
+from p2p_stream.wire.protocol import decode_ingest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from p2p_stream.stream.devices import DeviceLimitError, DeviceTable
-from p2p_stream.stream.protocol import Ingest
-from p2p_stream.stream.ring_buffer import DeviceStream
+from p2p_stream.stream.ingest.devices import DeviceLimitError, DeviceTable
+from p2p_stream.stream.ingest.ring_buffer import DeviceStream
+from p2p_stream.wire.protocol import Ingest
 
 FS = 100.0
 

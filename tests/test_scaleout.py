@@ -14,7 +14,7 @@ def test_p2p_proxy_command_refuses_an_address_in_use():
     squatter = ctx.socket(zmq.PUB)
     port = squatter.bind_to_random_port("tcp://127.0.0.1")
     try:
-        cmd = [sys.executable, "-m", "p2p_stream.tools.proxy", "--wearables", f"tcp://127.0.0.1:{port}"]
+        cmd = [sys.executable, "-m", "p2p_stream.tools.cluster.proxy", "--wearables", f"tcp://127.0.0.1:{port}"]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=30)
     finally:
         squatter.close(0)

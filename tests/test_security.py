@@ -15,9 +15,9 @@ from p2p_stream.config.daemon import load_daemon_config
 from p2p_stream.config.security import exposure_warning, is_local
 from p2p_stream.errors import ConfigError
 from p2p_stream.model.estimator import Estimator
-from p2p_stream.stream.protocol import decode_map, encode_ingest, pack
-from p2p_stream.stream.security import curve_client
-from p2p_stream.tools.cli_keys import main as keys_main
+from p2p_stream.stream.security.curve import curve_client
+from p2p_stream.tools.cli.keys import main as keys_main
+from p2p_stream.wire.protocol import decode_map, encode_ingest, pack
 
 FS = 125.0
 

@@ -13,7 +13,8 @@ from p2p_stream.config.layers import parse_override
 from p2p_stream.config.settings import check_settings, declared, flag_values, setting, value_at
 from p2p_stream.config.train import TrainConfig, load_train_config
 from p2p_stream.errors import ConfigError
-from p2p_stream.tools import cli_daemon, cli_train
+from p2p_stream.tools.cli import daemon as cli_daemon
+from p2p_stream.tools.cli import train as cli_train
 
 ROOT = Path(__file__).parent.parent
 CONFIGS = [(DaemonConfig, load_daemon_config), (TrainConfig, load_train_config)]

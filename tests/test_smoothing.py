@@ -11,12 +11,12 @@ from conftest import simulated_ppg
 
 from p2p_stream import Estimator
 from p2p_stream.backends import BackendUnavailable, LocalBackend
-from p2p_stream.stream.batcher import DynamicBatcher
-from p2p_stream.stream.calibration import Calibrations
 from p2p_stream.stream.counters import Counters
-from p2p_stream.stream.ring_buffer import Window
-from p2p_stream.stream.smoothing import Smoother, smooth_mean
-from p2p_stream.stream.worker import InferenceWorker
+from p2p_stream.stream.inference.batcher import DynamicBatcher
+from p2p_stream.stream.inference.worker import InferenceWorker
+from p2p_stream.stream.ingest.ring_buffer import Window
+from p2p_stream.stream.state.calibration import Calibrations
+from p2p_stream.stream.state.smoothing import Smoother, smooth_mean
 
 FS = 125.0
 T0 = 1_700_000_000.0

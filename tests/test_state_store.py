@@ -21,7 +21,7 @@ from conftest import simulated_ppg
 from zmq_helpers import Client, daemon_process, ipc_addresses
 
 from p2p_stream.errors import ConfigError
-from p2p_stream.stream.state_store import Saved, StateStore, StoreError
+from p2p_stream.stream.state.store import Saved, StateStore, StoreError
 
 FS = 125.0
 T0 = 1_700_000_000.0
@@ -323,8 +323,8 @@ def test_the_store_keeps_the_applied_reading_and_a_newer_pending_one(tmp_path):
 
 
 def test_device_facts_come_back_to_a_stream_that_starts_without_them(tmp_path):
-    from p2p_stream.stream.protocol import Ingest
-    from p2p_stream.stream.state_store import RememberingDeviceTable
+    from p2p_stream.stream.state.store import RememberingDeviceTable
+    from p2p_stream.wire.protocol import Ingest
 
     store = StateStore(tmp_path / "state.db", "m@1")
     try:

@@ -14,11 +14,11 @@ from zmq_helpers import ipc_addresses
 from p2p_stream import Estimator
 from p2p_stream.backends import LocalBackend
 from p2p_stream.config.daemon import load_daemon_config
-from p2p_stream.stream.calibration import Calibrations
 from p2p_stream.stream.daemon import Daemon, build
-from p2p_stream.stream.devices import DeviceTable
-from p2p_stream.stream.protocol import Ingest, encode_ingest, pack
-from p2p_stream.stream.smoothing import Smoother
+from p2p_stream.stream.ingest.devices import DeviceTable
+from p2p_stream.stream.state.calibration import Calibrations
+from p2p_stream.stream.state.smoothing import Smoother
+from p2p_stream.wire.protocol import Ingest, encode_ingest, pack
 
 FS = 125.0
 T0 = 1_700_000_000.0

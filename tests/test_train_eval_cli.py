@@ -8,8 +8,8 @@ import pytest
 from p2p_stream import Estimator
 from p2p_stream.errors import CheckpointError
 from p2p_stream.model.checkpoint import METADATA, WEIGHTS
-from p2p_stream.tools.cli_eval import main as eval_main
-from p2p_stream.tools.cli_train import main as train_main
+from p2p_stream.tools.cli.eval import main as eval_main
+from p2p_stream.tools.cli.train import main as train_main
 
 QUICK = ["--epochs", "2", "--set", "optim.patience=2", "--set", "split.test_fraction=0.3"]
 

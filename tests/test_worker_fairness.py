@@ -13,12 +13,12 @@ from p2p_stream.backends.local import LocalBackend
 from p2p_stream.model.estimator import Estimator
 from p2p_stream.ppg import quality
 from p2p_stream.ppg.quality import ppg_assess
-from p2p_stream.stream.batcher import DynamicBatcher
-from p2p_stream.stream.calibration import Calibrations
 from p2p_stream.stream.counters import Counters
-from p2p_stream.stream.ring_buffer import Window
-from p2p_stream.stream.smoothing import Smoother
-from p2p_stream.stream.worker import InferenceWorker
+from p2p_stream.stream.inference.batcher import DynamicBatcher
+from p2p_stream.stream.inference.worker import InferenceWorker
+from p2p_stream.stream.ingest.ring_buffer import Window
+from p2p_stream.stream.state.calibration import Calibrations
+from p2p_stream.stream.state.smoothing import Smoother
 
 T0 = 1_700_000_000.0
 WINDOW_S = 8.0

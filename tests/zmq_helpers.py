@@ -16,9 +16,9 @@ import zmq
 
 from p2p_stream.config.daemon import load_daemon_config
 from p2p_stream.model.estimator import Estimator
-from p2p_stream.stream import probe
 from p2p_stream.stream.daemon import Daemon
-from p2p_stream.stream.protocol import decode_estimate, decode_map, encode_ingest, pack
+from p2p_stream.wire import probe
+from p2p_stream.wire.protocol import decode_estimate, decode_map, encode_ingest, pack
 
 
 @contextmanager

@@ -31,7 +31,7 @@ from p2p_stream.backends.base import BackendUnavailable
 from p2p_stream.errors import ConfigError
 from p2p_stream.model.checkpoint import METADATA, read_metadata
 from p2p_stream.model.estimator import OUTPUTS, Estimator
-from p2p_stream.stream.ratelimit import RateLimitedLog
+from p2p_stream.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # a daemon's own Ray instance moves batches of ~300 kB, not datasets

@@ -226,7 +226,7 @@ class State:
 @dataclass
 class Cluster:
     """Daemons sharing a fleet behind p2p-proxy: each owns the devices that rendezvous hashing over the live daemons
-    gives it (stream/ownership.py, docs/scaling.md). Standalone when both members and redis are empty."""
+    gives it (stream/cluster/ownership.py, docs/scaling.md). Standalone when both members and redis are empty."""
 
     id: str = setting(
         "", "this daemon's name in the cluster, unique and kept across restarts (its devices follow the name)",

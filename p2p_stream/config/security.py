@@ -1,7 +1,7 @@
 """Security settings and their rules: CURVE keys go together, and plaintext stays on this machine.
 
 The sockets that use them (the CURVE server, the authenticator thread, client key loading) are in
-stream/security.py; this module imports no ZeroMQ unless CURVE is asked for, so checking a config stays cheap.
+stream/security/curve.py; this module imports no ZeroMQ unless CURVE is asked for, so checking a config stays cheap.
 """
 
 from __future__ import annotations

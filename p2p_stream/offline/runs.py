@@ -1,5 +1,5 @@
 """Training runs: a subject-disjoint holdout that writes a checkpoint, K-fold CV, or leave-one-dataset-out and the
-shipped generalist; each writes its predictions and report. `p2p train` (tools/cli_train.py) is their command line.
+shipped generalist; each writes its predictions and report. `p2p train` (tools/cli/train.py) is their command line.
 """
 
 from __future__ import annotations

@@ -23,29 +23,29 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from p2p_stream.backends import Backend, make_backend
+from p2p_stream.backends.crop_cache import CropCache
+from p2p_stream.backends.process import InferenceProcess
 from p2p_stream.config.daemon import DaemonConfig
 from p2p_stream.config.security import exposure_warning
 from p2p_stream.errors import ConfigError, P2PError, ProtocolError
 from p2p_stream.model.estimator import Estimator, default_model_path
-from p2p_stream.stream import control
-from p2p_stream.stream.arrival import ArrivalClock
-from p2p_stream.stream.batcher import DynamicBatcher
-from p2p_stream.stream.bounds import CONTROL_HWM, CONTROL_MAX_BYTES, MB, SUBSCRIPTION_MAX_BYTES, ingest_hwm
-from p2p_stream.stream.calibration import Calibrations, params_from_metadata
+from p2p_stream.ratelimit import RateLimitedLog
+from p2p_stream.stream.cluster.membership import membership_for
+from p2p_stream.stream.cluster.ownership import Ownership
 from p2p_stream.stream.counters import Counters
-from p2p_stream.stream.crop_cache import CropCache
-from p2p_stream.stream.devices import DeviceLimitError, DeviceTable
-from p2p_stream.stream.identity import DeviceGrants, recv_keyed
-from p2p_stream.stream.inference_process import InferenceProcess
-from p2p_stream.stream.membership import membership_for
-from p2p_stream.stream.ownership import Ownership
-from p2p_stream.stream.protocol import INGEST_PREFIX, MAX_FRAME_BYTES, decode_ingest, pack
-from p2p_stream.stream.ratelimit import RateLimitedLog
-from p2p_stream.stream.ring_buffer import Window
-from p2p_stream.stream.security import CurveServer
-from p2p_stream.stream.smoothing import Smoother
-from p2p_stream.stream.state_store import RememberingDeviceTable, StateStore
-from p2p_stream.stream.worker import InferenceWorker
+from p2p_stream.stream.inference.batcher import DynamicBatcher
+from p2p_stream.stream.inference.worker import InferenceWorker
+from p2p_stream.stream.ingest.arrival import ArrivalClock
+from p2p_stream.stream.ingest.bounds import CONTROL_HWM, CONTROL_MAX_BYTES, MB, SUBSCRIPTION_MAX_BYTES, ingest_hwm
+from p2p_stream.stream.ingest.devices import DeviceLimitError, DeviceTable
+from p2p_stream.stream.ingest.ring_buffer import Window
+from p2p_stream.stream.security.curve import CurveServer
+from p2p_stream.stream.security.grants import DeviceGrants, recv_keyed
+from p2p_stream.stream.state import control
+from p2p_stream.stream.state.calibration import Calibrations, params_from_metadata
+from p2p_stream.stream.state.smoothing import Smoother
+from p2p_stream.stream.state.store import RememberingDeviceTable, StateStore
+from p2p_stream.wire.protocol import INGEST_PREFIX, MAX_FRAME_BYTES, decode_ingest, pack
 
 log = logging.getLogger(__name__)
 DRAIN_PER_POLL = 2000  # messages read per wake-up before control, the stop flag and housekeeping get a turn…
@@ -233,14 +233,14 @@ def bind(config: DaemonConfig) -> Sockets:
         if config.security.curve_secret_key:
             curve = CurveServer(ctx, config.security)
         # Options go before bind: ZeroMQ applies them to connections made after they are set. Every queue is bounded
-        # in bytes (stream/bounds.py): a frame over MAX_FRAME_BYTES makes ZeroMQ drop the sender's connection (up to
-        # it, a payload over the protocol's limit reaches us and is counted `oversized`), and the high-water mark
+        # in bytes (stream/ingest/bounds.py): a frame over MAX_FRAME_BYTES makes ZeroMQ drop the sender's connection (up
+        # to it, a payload over the protocol's limit reaches us and is counted `oversized`), and the high-water mark
         # holds at most limits.ingest_queue_mb of such messages per connection.
         sub = open_socket(
             zmq.SUB, s.ingest, "sockets.ingest", secure=True,
             options={zmq.RCVHWM: ingest_hwm(config), zmq.MAXMSGSIZE: MAX_FRAME_BYTES}, connect=s.connect,
         )  # fmt: skip
-        # Every wearable: in a cluster, each daemon hears all and keeps those it owns (stream/ownership.py).
+        # Every wearable: in a cluster, each daemon hears all and keeps those it owns (stream/cluster/ownership.py).
         sub.setsockopt(zmq.SUBSCRIBE, INGEST_PREFIX)
         # Per subscriber: one that stops reading costs at most this many queued estimates, never the others' speed.
         # A subscription is a message to this socket: one longer than any topic (it could match nothing) drops the
@@ -397,7 +397,7 @@ class Daemon:
         for reason in result.breaks:
             self.parts.counters.reject(reason)
         # Latency counts from when the samples reached the socket: set the windows' arrival back by the time this
-        # message waited in ZeroMQ's queue (stream/arrival.py).
+        # message waited in ZeroMQ's queue (stream/ingest/arrival.py).
         queued = self.arrivals.queued_s(msg.device, msg.t0 + len(msg.ppg) / msg.fs, now)
         for window in result.windows:  # finished windows and break markers, in the order they happened
             window.arrival -= queued

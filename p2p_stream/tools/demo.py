@@ -30,10 +30,10 @@ from rich.console import Console
 from p2p_stream.config.addresses import check_address
 from p2p_stream.errors import CheckpointError, ConfigError, P2PError
 from p2p_stream.offline.datasets.replay_csv import read_replay_csv
-from p2p_stream.stream import probe
+from p2p_stream.tools.bridges.replay import Replayer, fan_out, wait_for_subscriber
 from p2p_stream.tools.common import alias, command, parent_parser, setup_logging
-from p2p_stream.tools.dashboard import DashboardState, interval_level, interval_of, pump, run_live, subscribe
-from p2p_stream.tools.replay import Replayer, fan_out, wait_for_subscriber
+from p2p_stream.tools.dashboard.app import DashboardState, interval_level, interval_of, pump, run_live, subscribe
+from p2p_stream.wire import probe
 
 DEMO_WINDOW_S = 2.1  # one PPG-BP segment
 READY_TIMEOUT_S = 120.0  # the daemon's start-up (torch, the model) on a slow machine
@@ -48,7 +48,7 @@ def start_daemon(args: argparse.Namespace, log_path: Path) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
-        "p2p_stream.tools.cli_daemon",
+        "p2p_stream.tools.cli.daemon",
         "--ingest",
         args.ingest,
         "--estimates",

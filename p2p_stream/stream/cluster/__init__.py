@@ -1,0 +1,1 @@
+"""Cluster: which daemons are alive, which of them owns a device, and following the live set."""

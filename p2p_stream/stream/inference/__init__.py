@@ -1,0 +1,1 @@
+"""Inference: finished windows batched, run through a backend, calibrated, smoothed and published."""

@@ -1,0 +1,1 @@
+"""State a client changes: calibrations, smoothing, the control protocol and the durable store."""

@@ -1,0 +1,412 @@
+"""`p2p lsl`: Lab Streaming Layer PPG streams published as wearables on the daemon's ingest contract.
+
+    LSL outlet (a device's app) → inlet here → [b"ppg.<device>", {v, device, seq, t0, fs, ppg}] → daemon ingest
+
+    p2p lsl                                   # every LSL stream of type PPG, each its own device
+    p2p lsl --name Polar --device pulse-1     # one stream chosen by name, with an id of our choosing
+    p2p lsl --list                            # which streams would be bridged, and as which devices
+
+Which streams: those whose LSL type is `--type` (default PPG), and name `--name` and source_id `--source-id` when
+given; new ones are picked up while the bridge runs. Each becomes one device: its id is the `--device` mapping's
+(`SOURCE=ID`, SOURCE a stream's source_id or name; or a bare ID when one stream is bridged), else its source_id,
+else its name, with every character outside the protocol's `[A-Za-z0-9_.:-]` made `_` and cut to 64. A stream
+that vanishes and comes back (an outlet with the same id) resumes as the same device: its `seq` carries on and its
+`t0` jumps, which the daemon reads as a gap, not as a new wearable.
+
+Time: an LSL time stamp is on the sending machine's `local_clock()`; the inlet's `time_correction()` moves it onto
+this machine's, and the offset between `local_clock()` and `time.time()` onto Unix time, the protocol's `t0`. Each
+message's `t0` is the Unix time of its first sample; a jump of more than 0.1 s between two samples starts a new
+message there, so the daemon sees the break where it happened. `fs` is the stream's nominal rate: a stream of
+irregular rate (nominal rate 0) cannot be windowed by sample count and is refused, as are text streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import zmq
+
+from p2p_stream.errors import ConfigError
+from p2p_stream.ids import DEVICE_MAX_BYTES, DEVICE_RE
+from p2p_stream.tools.bridges.replay import add_publisher_args, check_publisher_args, run_publisher
+from p2p_stream.tools.common import command, parent_parser, setup_logging
+from p2p_stream.wire.protocol import MAX_FS_HZ, MAX_SAMPLES, MIN_FS_HZ, encode_ingest
+
+log = logging.getLogger(__name__)
+
+PYLSL = "pylsl>=1.18,<2"  # what to install (it ships liblsl in its wheel)
+GAP_SPLIT_S = 0.1  # two samples further apart than one period plus this start a new message (daemon: 0.2 s)
+PULL_SAMPLES = min(1024, MAX_SAMPLES)  # per pull: a message holds at most this
+BUFFER_S = 60  # an inlet holds this much while the bridge is busy elsewhere
+OPEN_TIMEOUT_S = 5.0  # to open a stream and get its first clock correction
+DISCOVER_EVERY_S = 1.0  # how often the resolver's list is looked at for new or returning streams
+NOTE_EVERY_S = 10.0  # while nothing matches, a note this often
+LIST_WAIT_S = 2.0  # `--list`: how long to look
+LSL_CONFIGS = ("lsl_api.cfg", "~/lsl_api/lsl_api.cfg", "/etc/lsl_api/lsl_api.cfg")  # liblsl reads the first found
+LSL_QUIET, LSL_INFO = -3, 0  # liblsl's log levels: fatal only, and its chatty default
+
+
+# ------------------------------------------------------------------------------------------------------ pure parts
+
+
+def sanitise(text: str) -> str:
+    """A device id by the protocol's rule (1–64 of [A-Za-z0-9_.:-]) from a stream's source_id or name."""
+    return re.sub(r"[^A-Za-z0-9_.:-]", "_", text)[:DEVICE_MAX_BYTES] or "lsl"
+
+
+def parse_devices(items: list[str]) -> dict[str, str]:
+    """`--device` values → {source_id or name: device id}; a bare `ID` maps whatever stream is bridged (key "")."""
+    mapping: dict[str, str] = {}
+    for item in items:
+        key, _, device = item.rpartition("=")
+        if not DEVICE_RE.fullmatch(device):
+            raise ConfigError(
+                f"--device {item!r}: {device!r} is not a device id; give SOURCE=ID (or ID), ID 1–64 characters of "
+                "[A-Za-z0-9_.:-]"
+            )
+        if key in mapping:
+            raise ConfigError(f"--device {item!r}: {key or 'a bare ID'} is mapped twice; give each stream one id")
+        mapping[key] = device
+    if "" in mapping and len(mapping) > 1:
+        raise ConfigError("--device: a bare ID maps the one stream bridged; with several, give SOURCE=ID for each")
+    return mapping
+
+
+def device_for(source_id: str, name: str, mapping: dict[str, str]) -> str:
+    """The device id of a stream: the mapping's (by source_id, then name, then a bare ID), else its own, sanitised."""
+    for key in (source_id, name):
+        if key and key in mapping:
+            return mapping[key]
+    return mapping.get("") or sanitise(source_id or name)
+
+
+def _quoted(value: str, flag: str) -> str:
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ConfigError(f"{flag} {value!r} holds both kinds of quote; LSL's query language cannot say it")
+
+
+def predicate(stream_type: str, name: str | None, source_id: str | None) -> str:
+    """The LSL query (XPath 1.0 over a stream's description) for the streams to bridge; "" for all of them."""
+    parts = [
+        f"{key}={_quoted(value, flag)}"
+        for key, value, flag in (
+            ("type", stream_type, "--type"),
+            ("name", name, "--name"),
+            ("source_id", source_id, "--source-id"),
+        )
+        if value
+    ]
+    return " and ".join(parts)
+
+
+def refusal(rate_hz: float, channels: int, text: bool, channel: int) -> str | None:
+    """Why a stream cannot feed the daemon, or None when it can."""
+    if text:
+        return "it carries text (cf_string), not samples"
+    if rate_hz <= 0:
+        return (
+            "its rate is irregular (nominal_srate 0): the daemon cuts windows by sample count at a fixed fs; give "
+            "the outlet its nominal rate, or resample to one before LSL"
+        )
+    if not MIN_FS_HZ <= rate_hz <= MAX_FS_HZ:
+        return f"its rate {rate_hz:g} Hz is outside the protocol's {MIN_FS_HZ:g}–{MAX_FS_HZ:g} Hz"
+    if channel >= channels:
+        return f"it has {channels} channel(s), so --channel {channel} does not exist; give 0–{channels - 1}"
+    return None
+
+
+def runs(t: np.ndarray, fs: float, tolerance_s: float = GAP_SPLIT_S) -> list[tuple[int, int]]:
+    """[start, stop) pieces of time stamps `t` (s) with no step further than `tolerance_s` from one period."""
+    breaks = np.flatnonzero(np.abs(np.diff(t) - 1.0 / fs) > tolerance_s) + 1
+    edges = [0, *breaks.tolist(), len(t)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def unix_minus_lsl(local_clock: Callable[[], float]) -> float:
+    """`time.time() - local_clock()` now, s: the best of three reads bracketed by the LSL clock."""
+    best = (np.inf, 0.0)
+    for _ in range(3):
+        before = local_clock()
+        unix = time.time()
+        after = local_clock()
+        best = min(best, (after - before, unix - (before + after) / 2))
+    return best[1]
+
+
+# ------------------------------------------------------------------------------------------------------ pylsl
+
+
+def load_pylsl(verbose: bool = False) -> ModuleType:
+    """pylsl, its liblsl log quiet unless `verbose` (when the user has no lsl_api.cfg of their own to say so)."""
+    try:
+        import pylsl
+    except ImportError as exc:
+        raise ConfigError(f"p2p lsl needs pylsl ({exc}); install it: pip install '{PYLSL}'") from exc
+    except RuntimeError as exc:  # pylsl raises this when its liblsl cannot be loaded
+        raise ConfigError(
+            f"pylsl cannot load liblsl ({exc}); reinstall it: pip install --force-reinstall '{PYLSL}'"
+        ) from exc
+    if "LSLAPICFG" not in os.environ and not any(Path(p).expanduser().is_file() for p in LSL_CONFIGS):
+        pylsl.set_config_content(f"[log]\nlevel = {LSL_INFO if verbose else LSL_QUIET}\n")
+    return pylsl
+
+
+@dataclass
+class Feed:
+    """One device: its seq counts on across the streams that feed it (one at a time)."""
+
+    device: str
+    seq: int = 0
+    uid: str | None = None  # the LSL stream feeding it now; None while it is away
+
+
+@dataclass
+class Link:
+    """One open LSL inlet and the device it feeds."""
+
+    uid: str
+    label: str  # for the log: the stream's name and source_id
+    inlet: object  # pylsl.StreamInlet
+    feed: Feed
+    fs: float
+    channel: int
+    correction_s: float  # time_correction(): add to the stream's time stamps for this machine's local_clock()
+
+
+class Bridge:
+    """LSL streams in, ingest messages out on `sock` (an XPUB or PUB connected to the daemon's ingest)."""
+
+    def __init__(
+        self, lsl: ModuleType, sock: zmq.Socket, query: str, devices: dict[str, str] | None = None, channel: int = 0
+    ) -> None:
+        self.lsl, self.sock, self.query = lsl, sock, query
+        self.devices, self.channel = devices or {}, channel
+        self.resolver = lsl.ContinuousResolver(pred=query) if query else lsl.ContinuousResolver()
+        self.feeds: dict[str, Feed] = {}  # device id → its feed, kept while its stream is away
+        self.links: dict[str, Link] = {}  # stream uid → its open inlet
+        self.skip: dict[str, str] = {}  # stream uid → why it is never bridged (said once); lost ones too
+        self.waiting: set[str] = set()  # stream uids whose device another stream feeds now (said once)
+        self.messages = 0
+        self.samples = 0
+
+    # ---------------------------------------------------------------- streams
+
+    def discover(self) -> None:
+        """Open an inlet for each new matching stream; a returning stream finds its device's feed again."""
+        infos = self.resolver.results()
+        seen = {info.uid() for info in infos}
+        self.skip = {uid: why for uid, why in self.skip.items() if uid in seen}  # forgotten by LSL: forget too
+        self.waiting &= seen
+        for info in infos:
+            uid = info.uid()
+            if uid in self.links or uid in self.skip:
+                continue
+            label = f"{info.name()!r} (source_id {info.source_id()!r}, on {info.hostname()})"
+            why = refusal(
+                info.nominal_srate(), info.channel_count(), info.channel_format() == self.lsl.cf_string, self.channel
+            )
+            if why is not None:
+                log.warning("LSL stream %s refused: %s", label, why)
+                self.skip[uid] = why
+                continue
+            device = device_for(info.source_id(), info.name(), self.devices)
+            feed = self.feeds.get(device)
+            if feed is not None and feed.uid is not None:  # another stream feeds that device: this one waits
+                if uid not in self.waiting:
+                    log.warning(
+                        "LSL stream %s waits: it would be device %r, which %s feeds now; give each its own id with "
+                        "--device SOURCE=ID", label, device, self.links[feed.uid].label,
+                    )  # fmt: skip
+                    self.waiting.add(uid)
+                continue
+            self.waiting.discard(uid)
+            self._open(info, uid, label, feed or Feed(device))
+
+    def _open(self, info, uid: str, label: str, feed: Feed) -> None:
+        lsl = self.lsl
+        inlet = lsl.StreamInlet(info, max_buflen=BUFFER_S, recover=False)
+        try:
+            inlet.open_stream(timeout=OPEN_TIMEOUT_S)
+            correction = inlet.time_correction(timeout=OPEN_TIMEOUT_S)
+        except (lsl.util.TimeoutError, lsl.util.LostError) as exc:
+            log.warning("LSL stream %s found but not opened (%s): is its host reachable over TCP?", label, exc)
+            self.skip[uid] = str(exc)
+            inlet.close_stream()
+            return
+        fs = info.nominal_srate()
+        back = feed.device in self.feeds
+        self.feeds[feed.device] = feed
+        feed.uid = uid
+        self.links[uid] = Link(uid, label, inlet, feed, fs, self.channel, correction)
+        if back:
+            log.info(
+                "LSL stream %s is back: device %s continues at seq %d (the daemon sees a gap)",
+                label,
+                feed.device,
+                feed.seq,
+            )
+        else:
+            log.info(
+                "LSL stream %s → device %s: %g Hz, channel %d of %d, clock %+.3f ms from this machine's",
+                label, feed.device, fs, self.channel, info.channel_count(), 1000 * correction,
+            )  # fmt: skip
+
+    def _lose(self, link: Link) -> None:
+        log.warning("LSL stream %s lost; device %s waits for it to come back", link.label, link.feed.device)
+        del self.links[link.uid]
+        link.feed.uid = None
+        self.skip[link.uid] = "lost"  # the resolver lists a dead stream a few seconds more: never reopen it
+        link.inlet.close_stream()
+
+    # ---------------------------------------------------------------- samples
+
+    def pump(self) -> int:
+        """Forward what every inlet holds; the number of messages sent."""
+        sent = self.messages
+        offset_s = unix_minus_lsl(self.lsl.local_clock)
+        for link in list(self.links.values()):
+            try:
+                while self._forward(link, offset_s) == PULL_SAMPLES:
+                    pass
+            except self.lsl.util.LostError:
+                self._lose(link)
+        return self.messages - sent
+
+    def _forward(self, link: Link, offset_s: float) -> int:
+        """One pull from `link` sent as ingest messages; the number of samples pulled."""
+        samples, stamps = link.inlet.pull_chunk(timeout=0.0, max_samples=PULL_SAMPLES)
+        if not stamps:
+            return 0
+        try:  # cheap after the first: liblsl refreshes it in the background
+            link.correction_s = link.inlet.time_correction(timeout=0.5)
+        except self.lsl.util.TimeoutError:
+            pass  # keep the last one
+        x = np.asarray(samples, dtype=np.float64)[:, link.channel].astype(np.float32)  # (n,)
+        t = np.asarray(stamps, dtype=np.float64) + link.correction_s + offset_s  # (n,) Unix time, s
+        feed = link.feed
+        for start, stop in runs(t, link.fs):
+            self.sock.send_multipart(encode_ingest(feed.device, feed.seq, float(t[start]), link.fs, x[start:stop]))
+            feed.seq += 1
+            self.messages += 1
+        self.samples += len(x)
+        return len(x)
+
+    # ---------------------------------------------------------------- loop
+
+    def run(self, duration_s: float | None = None, stop: threading.Event | None = None, chunk_s: float = 0.1) -> int:
+        """Forward every `chunk_s` until `duration_s` passes or `stop` is set; the number of messages sent."""
+        start = time.monotonic()
+        next_discover, next_note = start, start + 2.0  # the resolver's first answers take a moment
+        try:
+            while not (stop is not None and stop.is_set()):
+                now = time.monotonic()
+                if duration_s is not None and now - start >= duration_s:
+                    break
+                if now >= next_discover:
+                    self.discover()
+                    next_discover = now + DISCOVER_EVERY_S
+                if not self.links and now >= next_note:
+                    log.warning("waiting for an LSL stream (%s) ...", self.query or "any")
+                    next_note = now + NOTE_EVERY_S
+                self.pump()
+                delay = chunk_s - (time.monotonic() - now)
+                if delay > 0:
+                    if stop is not None:
+                        stop.wait(delay)
+                    else:
+                        time.sleep(delay)
+        finally:
+            self.close()
+        return self.messages
+
+    def close(self) -> None:
+        for link in self.links.values():
+            link.inlet.close_stream()
+        self.links.clear()
+
+
+def listing(lsl: ModuleType, query: str, devices: dict[str, str], channel: int) -> str:
+    """`--list`: the streams that match now, each with the device id it would feed or why it is refused."""
+    resolver = lsl.ContinuousResolver(pred=query) if query else lsl.ContinuousResolver()
+    time.sleep(LIST_WAIT_S)
+    lines = []
+    for info in sorted(resolver.results(), key=lambda i: (i.name(), i.source_id())):
+        why = refusal(info.nominal_srate(), info.channel_count(), info.channel_format() == lsl.cf_string, channel)
+        fate = f"refused: {why}" if why else f"→ device {device_for(info.source_id(), info.name(), devices)}"
+        lines.append(
+            f"{info.name()!r} type {info.type()!r} source_id {info.source_id()!r} {info.nominal_srate():g} Hz "
+            f"{info.channel_count()} ch on {info.hostname()}  {fate}"
+        )
+    return "\n".join(lines) or f"no LSL stream matches ({query or 'any'}) after {LIST_WAIT_S:g} s"
+
+
+@command
+def main(argv: list[str] | None = None, prog: str = "p2p lsl") -> int:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[parent_parser(log_level="INFO")],
+    )
+    group = p.add_argument_group("which LSL streams")
+    group.add_argument("--type", default="PPG", help="the streams' LSL type (default %(default)s; '' for any)")
+    group.add_argument("--name", help="only the stream(s) of this LSL name")
+    group.add_argument("--source-id", help="only the stream(s) of this LSL source_id")
+    group.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="SOURCE=ID",
+        help="the device id of the stream whose source_id or name is SOURCE (repeat per stream); a bare ID when "
+        "one stream is bridged (default: the stream's source_id, else its name, made to fit the id rule)",
+    )
+    group.add_argument("--channel", type=int, default=0, help="which channel of each stream is the PPG (default 0)")
+    group.add_argument("--list", action="store_true", help="print the matching streams and their device ids; exit")
+    p.add_argument(
+        "--chunk-s",
+        type=float,
+        default=0.1,
+        metavar="SECONDS",
+        help="forward what has arrived this often: each message holds that much (default %(default)s)",
+    )
+    add_publisher_args(p)
+    args = p.parse_args(argv)
+    setup_logging(args.log_level)
+    curve = check_publisher_args(args)
+    if args.channel < 0 or not 0.01 <= args.chunk_s <= 10:
+        raise ConfigError(
+            f"--channel must be ≥ 0 and --chunk-s within 0.01–10 s, got {args.channel} and {args.chunk_s}"
+        )
+    devices = parse_devices(args.device)
+    query = predicate(args.type, args.name, args.source_id)
+    lsl = load_pylsl(verbose=args.log_level == "DEBUG")
+    if args.list:
+        print(listing(lsl, query, devices, args.channel), flush=True)
+        return 0
+
+    def publish(sock: zmq.Socket) -> int:
+        bridge = Bridge(lsl, sock, query, devices, args.channel)
+        log.info("bridging LSL streams (%s) to %s", query or "any", args.ingest)
+        sent = bridge.run(args.duration_s, chunk_s=args.chunk_s)
+        log.info("%d samples of %d device(s)", bridge.samples, len(bridge.feeds))
+        return sent
+
+    return run_publisher(args.ingest, publish, args.wait_s, curve)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

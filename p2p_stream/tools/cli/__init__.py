@@ -1,0 +1,1 @@
+"""The command line: `p2p <verb>` and its verbs (daemon, train, eval, keys, ctl)."""

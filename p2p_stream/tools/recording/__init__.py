@@ -1,0 +1,1 @@
+"""The recorder: estimates into SQLite, and reading them back."""
