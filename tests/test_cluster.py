@@ -1,7 +1,8 @@
 """A cluster of daemons behind a p2p-proxy: every device owned by exactly one daemon, by rendezvous hashing over the
 live daemons (stream/cluster/ownership.py) — whatever its id looks like; with Redis leases
 (stream/cluster/membership.py), a daemon killed with -9 has its devices taken over by the others, and gets them back
-when it returns. Real processes: a proxy, daemons, the fleet simulator, redis-server on a unix socket; one subscriber on the proxy sees it all."""
+when it returns. Real processes: a proxy, daemons, the fleet simulator, redis-server on a unix socket; one subscriber
+on the proxy sees it all."""
 
 from __future__ import annotations
 
