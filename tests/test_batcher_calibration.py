@@ -4,11 +4,10 @@ counters and rate-limited warnings."""
 import logging
 import threading
 import time
-from concurrent.futures import Future
 
 import numpy as np
 import pytest
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 from zmq_helpers import ipc_addresses
 
 from p2p_stream.backends import LocalBackend
@@ -151,13 +150,13 @@ def test_repeated_warnings_are_rate_limited(caplog):
 class CountingBackend(LocalBackend):
     """The local backend, recording how many windows each call to the model carried."""
 
-    def __init__(self, estimator: Estimator) -> None:
-        super().__init__(estimator)
+    def __init__(self, estimator: Estimator, crop_cache) -> None:
+        super().__init__(estimator, crop_cache)
         self.calls: list[int] = []
 
-    def submit(self, x: np.ndarray, features: np.ndarray) -> Future:
+    def predict(self, x: np.ndarray, features: np.ndarray) -> np.ndarray:
         self.calls.append(len(x))
-        return super().submit(x, features)
+        return super().predict(x, features)
 
 
 @pytest.mark.parametrize("reuse_crops", [False, True])
@@ -174,8 +173,8 @@ def test_windows_from_several_devices_reach_the_model_in_one_batch(reuse_crops):
         ]
         daemon = Daemon(load_daemon_config(None, overrides), est)
         try:
-            backend = daemon.worker.backend = CountingBackend(est)
-            cache = daemon.worker.crop_cache
+            cache = daemon.parts.backend.crop_cache
+            backend = daemon.worker.backend = CountingBackend(est, cache)
             assert (cache is not None) == reuse_crops
             if cache is not None:  # the cache runs the network itself: count its passes instead
                 passes, embed = backend.calls, cache._embed

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 
 from p2p_stream import Estimator
 from p2p_stream.backends import LocalBackend
@@ -97,15 +97,15 @@ def test_uncalibrated_until_min_estimates_then_refined_then_frozen():
     feed(c, "d", [T0 - 30, T0 - 2], [(200.0, 100.0), (120.0, 80.0)])  # T0-30 is outside the span
     assert not c.calibrate("d", 130.0, 85.0, T0)  # one estimate in the span: not enough
     a = feed(c, "d", [T0 + 1], [(124.0, 78.0)])[0]
-    assert not a.calibrated and a.row[0] == 124.0 and a.epoch == 0  # still two
+    assert not a.calibrated and a.row[0] == 124.0 and a.version == 0  # still two
     b = feed(c, "d", [T0 + 2], [(110.0, 90.0)])[0]  # three: median (120, 80), this one calibrated by it
-    assert b.calibrated and b.epoch == 1
+    assert b.calibrated and b.version == 1
     np.testing.assert_allclose(b.row, [130.0 + 110.0 - 120.0, 85.0 + 90.0 - 80.0])
     r = feed(c, "d", [T0 + 3, T0 + 4], [(126.0, 82.0), (128.0, 84.0)])  # refining: median of 5 = (124, 82)
     np.testing.assert_allclose(r[1].row, [130.0 + 128.0 - 124.0, 85.0 + 84.0 - 82.0])
     frozen = feed(c, "d", [T0 + 6, T0 + 7], [(300.0, 10.0), (124.0, 82.0)])  # past T0 + 5: frozen
     np.testing.assert_allclose(frozen[1].row, [130.0, 85.0])  # still against (124, 82)
-    assert frozen[1].epoch == 1
+    assert frozen[1].version == 1
     n = 2 * c.capacity
     much_later = feed(c, "d", [T0 + 8 + k for k in range(n)], [(200.0, 50.0)] * n)
     np.testing.assert_allclose(much_later[-1].row, [130.0 + 200.0 - 124.0, 85.0 + 50.0 - 82.0])  # and stays
@@ -125,9 +125,9 @@ def test_a_new_reading_waits_under_the_old_calibration():
     feed(c, "d", [T0 + 10], [(120.0, 80.0)])  # freezes the first
     assert not c.calibrate("d", 110.0, 70.0, T0 + 30)  # nothing in its span yet
     kept = feed(c, "d", [T0 + 31], [(120.0, 80.0)])[0]
-    assert kept.calibrated and kept.epoch == 1 and kept.row[0] == 130.0  # the old one still applies
+    assert kept.calibrated and kept.version == 1 and kept.row[0] == 130.0  # the old one still applies
     new = feed(c, "d", [T0 + 32], [(120.0, 80.0)])[0]
-    assert new.epoch == 2 and new.row[0] == 110.0
+    assert new.version == 2 and new.row[0] == 110.0
 
 
 def test_forget_retain_and_bounded_history():

@@ -8,13 +8,15 @@ import time
 
 import numpy as np
 import pytest
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 from zmq_helpers import client, ipc_addresses, running_daemon
 
 from p2p_stream import Estimator
 from p2p_stream.backends import process as inference_process
+from p2p_stream.backends.analysis import analyse
+from p2p_stream.backends.base import Item, Request
 from p2p_stream.backends.crop_cache import CropCache
-from p2p_stream.backends.process import RESTART_S, analyse
+from p2p_stream.backends.process import RESTART_S, ProcessBackend
 from p2p_stream.config.daemon import load_daemon_config
 from p2p_stream.model.demographics import parse_meta
 from p2p_stream.ppg.crops import crop_starts, cut_crops, prepare_rows
@@ -27,13 +29,13 @@ T0 = 1_700_000_000.0
 
 
 @pytest.fixture(scope="module")
-def est() -> Estimator:
+def est_unshrunk(est) -> Estimator:
     """The shipped network with its deviation kept whole (head gain 1): the shipped head keeps none of it, so its
-    estimates would equal the prior whatever the network said, and a wrong crop could not show."""
-    base = Estimator.load()
-    metadata = copy.deepcopy(base.metadata)
+    estimates would equal the prior whatever the network said, and a wrong crop could not show. Its own metadata:
+    the shared `est` stays as shipped."""
+    metadata = copy.deepcopy(est.metadata)
     metadata["head"]["gain"] = [1.0, 1.0]
-    return Estimator(base.model, metadata)
+    return Estimator(est.model, metadata)
 
 
 def pulse_changing(fs: float, seconds: float) -> np.ndarray:
@@ -66,22 +68,22 @@ def test_a_crop_is_prepared_alone_whatever_window_and_batch_it_is_in():
         np.testing.assert_allclose(got, ppg_prepare(row[None], fs)[0], atol=1e-5)
 
 
-def test_streamed_10_s_windows_every_2_s_equal_offline_and_each_crop_runs_once(est):
+def test_streamed_10_s_windows_every_2_s_equal_offline_and_each_crop_runs_once(est_unshrunk):
     fs = 100.0
     x = pulse_changing(fs, 40.0)
     windows = cut_windows(x, 1000, 200)
-    expected = est.estimate(windows, fs)
+    expected = est_unshrunk.estimate(windows, fs)
     assert all(r is None for r in expected.reason)
     assert np.ptp(expected.bp[:, 0]) > 0.3  # the network's answer moves: a wrong crop would show
     # The path this replaced (each window band-passed and normalised whole) answers differently: the test can fail.
-    whole = est.infer_prepared(ppg_prepare(windows, fs), np.zeros((len(windows), 4), np.float32))
+    whole = est_unshrunk.infer_prepared(ppg_prepare(windows, fs), np.zeros((len(windows), 4), np.float32))
     assert np.abs(whole[:, :2] - expected.bp).max() > 0.1
     windowing, unsmoothed = {"window_s": 10.0, "hop_s": 2.0}, {"windows": 1}  # each interval its window's own
-    with running_daemon(est, windowing=windowing, smoothing=unsmoothed) as (daemon, addresses):
+    with running_daemon(est_unshrunk, windowing=windowing, smoothing=unsmoothed) as (daemon, addresses):
         with client(addresses) as c:
             c.stream("wrist", x, fs, chunk=25)
             got = c.estimates(lambda g: len(g) >= len(windows))
-        cache = daemon.worker.crop_cache
+        cache = daemon.parts.backend.crop_cache
     assert [e["seq"] for e in got] == list(range(len(windows))) and all(e["ok"] for e in got)
     np.testing.assert_allclose([[e["sbp_window"], e["dbp_window"]] for e in got], expected.bp, atol=0.02)
     np.testing.assert_allclose([[e["sbp_lo"], e["dbp_lo"]] for e in got], expected.lo, atol=0.02)
@@ -98,15 +100,15 @@ def wait_until(done, timeout_s: float) -> None:
         time.sleep(0.05)
 
 
-def test_a_child_that_hangs_is_stopped_and_replaced(est, monkeypatch):
+def test_a_child_that_hangs_is_stopped_and_replaced(est_unshrunk, monkeypatch):
     """A child that holds a batch past HANG_S (here SIGSTOP) is killed: its batch goes out `backend_unavailable`,
     and a new child answers what comes after."""
     monkeypatch.setattr(inference_process, "HANG_S", 1.0)
     x = pulse_changing(100.0, 12.0)
     windowing = {"window_s": 10.0, "hop_s": 2.0}
-    with running_daemon(est, windowing=windowing, model={"inference_process": True}) as (daemon, addresses):
+    with running_daemon(est_unshrunk, windowing=windowing, model={"inference_process": True}) as (daemon, addresses):
         with client(addresses) as c:
-            child = daemon.inference_process
+            child = daemon.parts.backend
             c.stream("warm-up", x, 100.0, chunk=25)
             c.estimates(lambda g: any(e["device"] == "warm-up" for e in g))  # the child is up and answering
             os.kill(child.proc.pid, signal.SIGSTOP)
@@ -119,16 +121,16 @@ def test_a_child_that_hangs_is_stopped_and_replaced(est, monkeypatch):
     assert all(e["ok"] for e in after if e["device"] == "after")
 
 
-def test_the_child_s_work_gives_each_window_its_own_age_and_sex(est):
+def test_the_child_s_work_gives_each_window_its_own_age_and_sex(est_unshrunk):
     """Without a crop cache the child batches what passed the gate: each keeps its own demographics (the prior's)
     even when a rejected window comes first."""
     fs = 100.0
     good = pulse_changing(fs, 10.0)
     noise = np.random.default_rng(0).normal(size=good.size).astype(np.float32)  # rejected: no pulse
-    windows = [Window(d, w, fs, T0, 0.0) for d, w in (("n", noise), ("old", good), ("young", good))]
+    windows = [Item(d, w, fs, -1, 0) for d, w in (("n", noise), ("old", good), ("young", good))]
     meta = [None, {"age": 80, "sex": "M"}, {"age": 25, "sex": "F"}]
-    qualities, rows = analyse(est, None, windows, parse_meta(meta, 3))
-    expected = est.estimate(np.stack([noise, good, good]), fs, meta)
+    qualities, rows, _ = analyse(est_unshrunk, Request(windows, parse_meta(meta, 3)), est_unshrunk.infer_prepared)
+    expected = est_unshrunk.estimate(np.stack([noise, good, good]), fs, meta)
     assert [q.ok for q in qualities] == [False, True, True]
     np.testing.assert_allclose(rows[1:, :2], expected.bp[1:], atol=1e-3)
     assert rows[1, 0] - rows[2, 0] > 5  # 80-year-old man vs 25-year-old woman: the prior differs
@@ -147,24 +149,25 @@ def answers(cache: CropCache, windows: list[Window]) -> np.ndarray:
     return cache.infer(windows, np.zeros((len(windows), 4), np.float32))
 
 
-def test_the_cache_answers_as_the_estimator_and_holds_one_window_per_device(est):
+def test_the_cache_answers_as_the_estimator_and_holds_one_window_per_device(est_unshrunk):
     x = pulse_changing(100.0, 30.0)
     ws = device_windows("a", x, 100.0)
-    cache = CropCache(est, capacity=10)
+    cache = CropCache(est_unshrunk, capacity=10, window_s=10.0)
     one_by_one = np.concatenate([answers(cache, [w]) for w in ws])
-    crops = np.stack(est.crop_inputs([w.x for w in ws], [100.0] * len(ws)))
-    offline = est.infer_prepared(crops, np.zeros((len(ws), 4), np.float32))
+    crops = np.stack(est_unshrunk.crop_inputs([w.x for w in ws], [100.0] * len(ws)))
+    offline = est_unshrunk.infer_prepared(crops, np.zeros((len(ws), 4), np.float32))
     np.testing.assert_allclose(one_by_one, offline, atol=1e-3)
     assert (cache.computed, cache.kept()) == (15, 5)  # 30 s: 15 crops, each once; the latest window's 5 kept
-    in_one_batch = CropCache(est, capacity=10)  # windows of one device in one batch share crops too
+    # windows of one device in one batch share crops too
+    in_one_batch = CropCache(est_unshrunk, capacity=10, window_s=10.0)
     np.testing.assert_allclose(answers(in_one_batch, ws), offline, atol=1e-3)
     assert in_one_batch.computed == 15
 
 
-def test_a_new_stream_or_an_evicted_device_computes_afresh(est):
+def test_a_new_stream_or_an_evicted_device_computes_afresh(est_unshrunk):
     x = pulse_changing(100.0, 14.0)
     first, again = device_windows("a", x, 100.0, generation=1), device_windows("a", x, 100.0, generation=2)
-    cache = CropCache(est, capacity=1)
+    cache = CropCache(est_unshrunk, capacity=1, window_s=10.0)
     answers(cache, first[:1])
     answers(cache, again[1:2])  # the same positions, but another stream of the device: nothing shared
     assert cache.computed == 10
@@ -176,23 +179,23 @@ def test_a_new_stream_or_an_evicted_device_computes_afresh(est):
     assert cache.computed == 30 and "c" not in cache.devices
 
 
-def test_an_inference_process_answers_as_the_estimator_and_survives_its_own_death(est):
+def test_an_inference_process_answers_as_the_estimator_and_survives_its_own_death(est_unshrunk):
     """`model.inference_process`: the gate and the network in a child process give the offline numbers; killed,
     its batches go out rejected (`backend_unavailable`, counted) and a new child answers the windows after."""
     fs = 100.0
     x = pulse_changing(fs, 40.0)
     windows = cut_windows(x, 1000, 200)
-    expected = est.estimate(windows, fs)
+    expected = est_unshrunk.estimate(windows, fs)
     windowing, unsmoothed = {"window_s": 10.0, "hop_s": 2.0}, {"windows": 1}
-    with running_daemon(est, windowing=windowing, smoothing=unsmoothed, model={"inference_process": True}) as (
+    with running_daemon(est_unshrunk, windowing=windowing, smoothing=unsmoothed, model={"inference_process": True}) as (
         daemon,
         addresses,
     ):
         with client(addresses) as c:
             c.stream("wrist", x, fs, chunk=25)
             got = c.estimates(lambda g: len(g) >= len(windows))
-            child = daemon.inference_process
-            assert child is not None and daemon.worker.crop_cache is None
+            child = daemon.parts.backend
+            assert isinstance(child, ProcessBackend) and child.caches_crops
             child.proc.kill()
             child.proc.join(timeout=10)
             c.stream("wrist-2", x[:1200], fs, chunk=25)  # its windows meet the dead child
@@ -209,20 +212,20 @@ def test_an_inference_process_answers_as_the_estimator_and_survives_its_own_deat
     np.testing.assert_allclose([[e["sbp_window"], e["dbp_window"]] for e in third], expected.bp, atol=0.02)
 
 
-def test_a_hop_of_part_of_a_crop_keeps_at_most_twice_a_window_of_crops(est):
+def test_a_hop_of_part_of_a_crop_keeps_at_most_twice_a_window_of_crops(est_unshrunk):
     """Every 0.4 s a window whose crops are a new phase: crops of five phases lie inside one window, the device
     keeps at most ten (PER_WINDOW × 5), and the answers stay the estimator's."""
     x = pulse_changing(100.0, 20.0)
     ws = device_windows("a", x, 100.0, hop_s=0.4)
-    cache = CropCache(est, capacity=10)
+    cache = CropCache(est_unshrunk, capacity=10, window_s=10.0)
     kept = []
     got = []
     for w in ws:
         got.append(answers(cache, [w]))
         kept.append(cache.kept())
-    crops = np.stack(est.crop_inputs([w.x for w in ws], [100.0] * len(ws)))
+    crops = np.stack(est_unshrunk.crop_inputs([w.x for w in ws], [100.0] * len(ws)))
     np.testing.assert_allclose(
-        np.concatenate(got), est.infer_prepared(crops, np.zeros((len(ws), 4), np.float32)), atol=1e-3
+        np.concatenate(got), est_unshrunk.infer_prepared(crops, np.zeros((len(ws), 4), np.float32)), atol=1e-3
     )
     assert max(kept) == 10 and cache.reused > 0
 
@@ -243,15 +246,15 @@ def test_a_run_s_first_window_has_its_crops_cut_ahead_and_only_its_first():
     assert [(w.warm, w.end) for w in later if w.x is not None] == [(True, 1400)]
 
 
-def test_crops_cut_ahead_of_windows_that_never_come_are_bounded(est):
-    cache = CropCache(est, capacity=10, window_s=10.0)
+def test_crops_cut_ahead_of_windows_that_never_come_are_bounded(est_unshrunk):
+    cache = CropCache(est_unshrunk, capacity=10, window_s=10.0)
     x = pulse_changing(100.0, 2.0)
     for k in range(30):  # a device whose runs break before any window: a crop ahead each time
         cache.warm([Window("a", x, 100.0, T0, 0.0, end=1000 * k + 200, warm=True)])
     assert cache.computed == 30 and cache.kept() == cache.max_ahead == 12
 
 
-def test_a_crop_cut_ahead_that_finds_the_queue_full_is_no_shed_window(est):
+def test_a_crop_cut_ahead_that_finds_the_queue_full_is_no_shed_window(est_unshrunk):
     """Queue of one: the first crop cut ahead takes it, the other three go unsaid, and the window itself is the
     one shed window counted."""
     x = pulse_changing(100.0, 10.0)
@@ -260,7 +263,7 @@ def test_a_crop_cut_ahead_that_finds_the_queue_full_is_no_shed_window(est):
             {"sockets": addresses, "windowing": {"window_s": 10.0, "hop_s": 2.0}},
             {"batching": {"max_queue": 1}, "limits": {"max_clock_skew_s": 1e9}},
         ]
-        daemon = Daemon(load_daemon_config(None, overrides), est)
+        daemon = Daemon(load_daemon_config(None, overrides), est_unshrunk)
         try:
             for seq, start in enumerate(range(0, 1000, 25)):
                 frames = encode_ingest("a", seq, T0 + start / 100.0, 100.0, x[start : start + 25])

@@ -4,7 +4,10 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "p2p_stream"
-CORE = ("p2p_stream.config", "p2p_stream.ppg", "p2p_stream.model", "p2p_stream.stream", "p2p_stream.backends")
+CORE = (
+    "p2p_stream.config", "p2p_stream.ppg", "p2p_stream.model", "p2p_stream.wire",
+    "p2p_stream.backends", "p2p_stream.stream",
+)  # fmt: skip
 OUTER = ("p2p_stream.offline", "p2p_stream.tools")
 
 
@@ -28,6 +31,43 @@ def test_the_core_never_imports_offline_work_or_tools():
     assert len(graph) > 60  # the walk found the package
     wrong = sorted((m, d) for m, deps in graph.items() if m.startswith(CORE) for d in deps if d.startswith(OUTER))
     assert wrong == []
+
+
+def imports_from(graph: dict[str, set[str]], below: str, above: str) -> list[tuple[str, str]]:
+    """(module, import) pairs where a module of `below` imports one of `above`, at module level or deferred."""
+    deferred = {}
+    for f in PACKAGE.rglob("*.py"):
+        name = ".".join(f.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        deferred[name] = {
+            node.module
+            for node in ast.walk(ast.parse(f.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("p2p_stream")
+        }
+    return sorted((m, d) for m, deps in deferred.items() if m.startswith(below) for d in deps if d.startswith(above))
+
+
+def test_backends_never_import_the_streaming_path():
+    """Where the network runs knows nothing of sockets, windows or the worker: the seam is `backends.base`."""
+    graph = module_imports()
+    assert any(m.startswith("p2p_stream.backends.") for m in graph)
+    assert imports_from(graph, "p2p_stream.backends", "p2p_stream.stream") == []
+
+
+def test_the_wire_format_sits_below_the_daemon_and_the_tools():
+    graph = module_imports()
+    assert "p2p_stream.wire.protocol" in graph
+    for above in ("p2p_stream.stream", "p2p_stream.backends", "p2p_stream.tools", "p2p_stream.offline"):
+        assert imports_from(graph, "p2p_stream.wire", above) == []
+
+
+def test_every_folder_says_what_it_owns():
+    """Each package opens with a docstring: the file list draws the architecture."""
+    silent = [
+        str(f.relative_to(PACKAGE))
+        for f in PACKAGE.rglob("__init__.py")
+        if ast.get_docstring(ast.parse(f.read_text())) is None
+    ]
+    assert silent == []
 
 
 def test_there_is_no_import_cycle():

@@ -3,11 +3,10 @@ the prediction interval (present on accepted windows, nil on rejected ones), res
 
 import threading
 import time
-from concurrent.futures import Future
 
 import numpy as np
 import pytest
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 
 from p2p_stream import Estimator
 from p2p_stream.backends import BackendUnavailable, LocalBackend
@@ -56,12 +55,12 @@ def test_a_gap_restarts_and_devices_are_apart():
 
 def test_a_new_epoch_restarts_and_forget_retain_drop():
     s = Smoother(4)
-    s.add("d", np.array([100.0, 60.0]), epoch=0)
-    np.testing.assert_allclose(s.add("d", np.array([130.0, 70.0]), epoch=1), [130.0, 70.0])  # calibrated now
+    s.add("d", np.array([100.0, 60.0]), cal_version=0)
+    np.testing.assert_allclose(s.add("d", np.array([130.0, 70.0]), cal_version=1), [130.0, 70.0])  # calibrated now
     s.add("e", np.array([100.0, 60.0]))
     s.forget("d")
     s.retain({"d"})  # "e" was evicted
-    np.testing.assert_allclose(s.add("d", np.array([90.0, 50.0]), epoch=1), [90.0, 50.0])
+    np.testing.assert_allclose(s.add("d", np.array([90.0, 50.0]), cal_version=1), [90.0, 50.0])
     np.testing.assert_allclose(s.add("e", np.array([90.0, 50.0])), [90.0, 50.0])
     with pytest.raises(ValueError, match="windows must be ≥ 1"):
         Smoother(0)
@@ -90,17 +89,10 @@ class IntervalBackend(LocalBackend):
 
 
 class DownBackend(LocalBackend):
-    """A backend whose every call ends without an answer, as the Ray one after its retries."""
+    """A backend whose network never answers, as the Ray one's after its retries."""
 
-    def submit(self, x: np.ndarray, features: np.ndarray) -> Future:
-        failed: Future = Future()
-        failed.set_exception(BackendUnavailable("no replica answered"))
-        return failed
-
-
-@pytest.fixture(scope="module")
-def est() -> Estimator:
-    return Estimator.load()
+    def predict(self, x: np.ndarray, features: np.ndarray) -> np.ndarray:
+        raise BackendUnavailable("no replica answered")
 
 
 def make_worker(est, backend, windows=3, calibrations=None, level=0.8) -> InferenceWorker:

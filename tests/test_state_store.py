@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 from zmq_helpers import Client, daemon_process, ipc_addresses
 
 from p2p_stream.errors import ConfigError
@@ -150,7 +150,7 @@ def test_daemons_on_one_machine_share_a_store_safely(tmp_path):
     path = tmp_path / "state.db"
     a, b = StateStore(path, "m@1"), StateStore(path, "m@1")
     try:
-        assert (a.epoch, b.epoch) == (1, 2)
+        assert (a.boot, b.boot) == (1, 2)
         key = a.add_calibration("watch", (121.0, 79.0), 10.0, None)
         a.set_reference("watch", key, (110.0, 70.0))
         assert b.recall("watch")[0] == Saved(key, (121.0, 79.0), 10.0, (110.0, 70.0))  # b took the device over

@@ -7,8 +7,7 @@ from collections import deque
 from contextlib import contextmanager
 
 import numpy as np
-import pytest
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 from zmq_helpers import ipc_addresses
 
 from p2p_stream import Estimator
@@ -23,11 +22,6 @@ from p2p_stream.wire.protocol import Ingest, encode_ingest, pack
 FS = 125.0
 T0 = 1_700_000_000.0
 WEARER_1, WEARER_2, CUFF = (150.0, 90.0), (110.0, 65.0), (120.0, 75.0)
-
-
-@pytest.fixture(scope="module")
-def est() -> Estimator:
-    return Estimator.load()
 
 
 # ---------------------------------------------------------------- the parts
@@ -94,8 +88,7 @@ def stepped_daemon(est: Estimator, **sections):
         fixed = {"sockets": addresses, "windowing": {"window_s": 4.0, "hop_s": 1.0}, **skew}
         overrides = [fixed, sections]
         daemon = Daemon(load_daemon_config(None, overrides), est)
-        daemon.worker.backend = PlannedBackend(est)
-        daemon.worker.crop_cache = None  # every answer from the plan, none from the network run in the worker
+        daemon.worker.backend = PlannedBackend(est)  # every answer from the plan, none from the network
         try:
             yield daemon
         finally:

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 
 from p2p_stream.backends.local import LocalBackend
 from p2p_stream.model.estimator import Estimator
@@ -34,11 +34,6 @@ class RecordingBackend(LocalBackend):
     def predict(self, x: np.ndarray, features: np.ndarray) -> np.ndarray:
         self.calls.append(x.copy())
         return super().predict(x, features)
-
-
-@pytest.fixture(scope="module")
-def est() -> Estimator:
-    return Estimator.load()
 
 
 @pytest.fixture
@@ -102,14 +97,14 @@ def test_submit_gives_each_window_what_it_would_get_alone(est, gate_passes):
     batch += [nan, noise, window("d10", 25.0, 12, window_s=4.0)]  # a shorter window: another model input
     backend = RecordingBackend(est)
     worker = make_worker(est, backend)
-    job = worker.submit(batch)
+    out = worker.finish(worker.submit(batch))
 
-    assert [w for w, _ in job.out] == batch  # arrival order
+    assert [w for w, _ in out] == batch  # arrival order
     assert sorted(gate_passes) == [(1, 500), (10, 1000)]  # one pass per model-input length, whatever the rates
     # One call per model-input shape (a window's crops, each prepared alone), whatever the rates; 2 rejected.
     assert sorted(x.shape for x in backend.calls) == [(1, 2, 250), (8, 4, 250)]
     passed: list[np.ndarray] = []
-    for w, e in job.out:
+    for w, e in out:
         if w.reason:
             assert (e["ok"], e["reason"]) == (False, "gap")
             continue
@@ -118,7 +113,7 @@ def test_submit_gives_each_window_what_it_would_get_alone(est, gate_passes):
         assert e["hr"] == (None if alone.hr_bpm is None else round(alone.hr_bpm, 2))
         if alone.ok:
             passed.append(est.crop_inputs([w.x], [w.fs])[0])
-    assert [e.get("reason") for _, e in job.out].count(None) == 9
+    assert [e.get("reason") for _, e in out].count(None) == 9
     assert worker.counters.rejected == {"nan": 1, "no_pulse": 1}
     for sent in backend.calls:  # each passing window's own crops, in arrival order within their shape
         np.testing.assert_array_equal(sent, np.stack([x for x in passed if x.shape == sent.shape[1:]]))

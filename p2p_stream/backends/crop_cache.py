@@ -1,11 +1,11 @@
 """Crop cache: per device, the network's features of the crops its latest window holds, so that the next window
-computes only the crops that are new (issue 17: 10 s windows every 2 s share four of their five 2 s crops).
+computes only the crops that are new (10 s windows every 2 s share four of their five 2 s crops).
 
 A crop's model input depends on its own raw samples and nothing else (ppg/crops.py), and a window's position in
-its device's stream (`Window.end`) never repeats within one DeviceStream, so (generation, rate, where the crop
+its device's stream (`Item.end`) never repeats within one DeviceStream, so (generation, rate, where the crop
 ends) names one crop's samples: the features kept under it are the features the crop would get again, and a
 window answered from them equals `Estimator.predict` on its samples (to float rounding: batches differ). Used from
-the inference thread only.
+the one thread (or child process) where its backend runs the network.
 
 Bounded: a device keeps only crops that lie inside its latest window (a later window starts later, so nothing
 older can be wanted again), and at most `PER_WINDOW` times as many as that window has (a hop that is not a whole
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from p2p_stream.backends.base import Item
 from p2p_stream.model.estimator import Estimator
 from p2p_stream.ppg.crops import crop_length, crop_starts
-from p2p_stream.stream.ingest.ring_buffer import Window
 
 PER_WINDOW = 2  # crops a device keeps, at most, per crop of its latest window
 
@@ -48,7 +48,7 @@ class _Device:
 class CropCache:
     """`infer(windows, meta)`: the estimator's answer for windows that passed the gate, each crop computed once."""
 
-    def __init__(self, estimator: Estimator, capacity: int, window_s: float = 10.0) -> None:
+    def __init__(self, estimator: Estimator, capacity: int, window_s: float) -> None:
         """At most `capacity` devices; `window_s`, the daemon's windows, bounds what crops cut ahead may keep."""
         if not estimator.caches_crops:
             raise ValueError(f"{estimator.name} does not average crops with features to keep; nothing to cache")
@@ -59,8 +59,9 @@ class CropCache:
         self.warmed = 0  # of them, crops cut ahead of their window (`warm`)
         self.reused = 0  # crops a window took from what was computed before it (ahead, or for an earlier window)
 
-    def warm(self, crops: Sequence[Window]) -> None:
-        """Crops cut ahead of their first window (`Window.warm`): their features computed and kept, nothing answered."""
+    def warm(self, crops: Sequence[Item]) -> None:
+        """Crops cut ahead of their first window (`Request.ahead`): their features computed and kept, nothing
+        answered."""
         todo = []
         for w in crops:
             entry = self._device(w, len(w.x))
@@ -72,7 +73,7 @@ class CropCache:
         self.computed += len(todo)
         self.warmed += len(todo)
 
-    def _device(self, w: Window, width: int) -> _Device:
+    def _device(self, w: Item, width: int) -> _Device:
         entry = self.devices.get(w.device)
         if entry is None or entry.tag != (w.generation, w.fs) or entry.width != width:
             entry = self.devices[w.device] = _Device((w.generation, w.fs), width)
@@ -81,7 +82,7 @@ class CropCache:
             self.devices.popitem(last=False)
         return entry
 
-    def infer(self, windows: Sequence[Window], meta_features: np.ndarray) -> np.ndarray:
+    def infer(self, windows: Sequence[Item], meta_features: np.ndarray) -> np.ndarray:
         """Windows with samples (N) and their meta features (N, 4) → (N, 6) mmHg, `estimator.OUTPUTS`."""
         rows: list[np.ndarray] = []  # raw crops to compute
         rates: list[float] = []

@@ -1,17 +1,17 @@
-"""Inference process: the quality gate, the crop cache and the network in a child process (`model.inference_process`).
+"""Process backend: the quality gate, the crop cache and the network in a child process (`model.inference_process`).
 
-Why (issue 17, deliverable 2): under 3,000 staggered devices on 2 cores a py-spy profile had the inference thread
-busy 91 % of the time and the ingest thread 33 %, while the daemon used 0.9 of the machine's 2 cores — the two
-threads share one interpreter lock, so the second core sat idle while windows queued. The child has its own
+Why: the daemon's ingest loop and a network in its own process share one interpreter lock, so on 2 cores under
+thousands of devices the second core sits idle while windows queue (docs/performance.md). The child has its own
 interpreter: the daemon's process keeps ingest, buffering, calibration, smoothing and publishing (everything with
 state a client changes), the child does the numbers. What crosses is small: a window's raw samples one way, its
 quality and six numbers back, over a pipe.
 
 The child is started with "spawn" (a fork of a process holding torch's threads can deadlock), from the estimator
-itself, so a checkpoint loaded or built in memory is what the child runs. Batches are pipelined (`max_in_flight`)
-so the child never waits for the daemon between them. If the child dies (or holds a batch for `HANG_S`: it is
-stopped), the batches it held and every batch until a new child is in place are rejected `backend_unavailable`
-(counted; the daemon goes on), and a new child is started `RESTART_S` later, off the worker thread.
+itself, so a checkpoint loaded or built in memory is what the child runs. Requests are pipelined (`max_in_flight`)
+so the child never waits for the daemon between them. If the child dies (or holds a request for `HANG_S`: it is
+stopped), the requests it held and every request until a new child is in place fail with `BackendUnavailable`
+(the worker rejects their windows, counted; the daemon goes on), and a new child is started `RESTART_S` later, off
+the worker thread.
 """
 
 from __future__ import annotations
@@ -25,49 +25,15 @@ import time
 from collections import deque
 from concurrent.futures import Future
 
-import numpy as np
-
-from p2p_stream.backends.base import BackendUnavailable
-from p2p_stream.model.estimator import OUTPUTS, Estimator
-from p2p_stream.ppg.quality import Quality
-from p2p_stream.stream.ingest.ring_buffer import Window
+from p2p_stream.backends.analysis import analyse
+from p2p_stream.backends.base import Answer, BackendUnavailable, Request
+from p2p_stream.model.estimator import Estimator
 
 log = logging.getLogger(__name__)
 RESTART_S = 1.0  # a dead child is replaced this long after it died
 HANG_S = 20.0  # a child that holds one batch this long is stopped (and replaced) as if it had died
 POLL_S = 0.5  # how often the reader looks at the oldest batch's age while no answer comes
 READY = "ready"  # the child's first message: loaded, answering (a batch's age counts from here at the earliest)
-Item = tuple[str, np.ndarray, float, int, int]  # a window's device, samples, fs, end, generation
-Request = tuple[list[Item], np.ndarray, list[Item]]  # windows, their meta features, crops cut ahead (`Window.warm`)
-Answer = tuple[list[Quality], np.ndarray]  # each window's quality, (N, 6) rows (NaN where it did not pass)
-
-
-def analyse(est: Estimator, cache, windows: list[Window], meta: np.ndarray, ahead: list[Window] = ()) -> Answer:
-    """Windows with samples and their (N, 4) meta features → (quality of each, (N, 6) mmHg, NaN where not ok):
-    the gate, then the model on those that passed — through the crop cache when there is one, after the crops cut
-    ahead (`ahead`) are in it. What the inference process does with a batch, and the worker in its own thread when
-    it keeps the crop cache itself."""
-    if ahead and cache is not None:
-        cache.warm(ahead)
-    rows = np.full((len(windows), len(OUTPUTS)), np.nan, dtype=np.float32)
-    if not windows:
-        return [], rows
-    qualities, inputs = est.assess_windows([w.x for w in windows], [w.fs for w in windows])
-    passed = [k for k, q in enumerate(qualities) if q.ok]
-    if not passed:
-        return qualities, rows
-    if cache is not None:
-        rows[passed] = cache.infer([windows[k] for k in passed], meta[passed])
-        return qualities, rows
-    if est.crop_s > 0:
-        inputs = est.crop_inputs([windows[k].x for k in passed], [windows[k].fs for k in passed])
-    else:
-        inputs = [inputs[k] for k in passed]
-    for shape in {x.shape for x in inputs}:
-        picked = [i for i, x in enumerate(inputs) if x.shape == shape]
-        at = [passed[i] for i in picked]  # positions in `windows`, which `meta` follows
-        rows[at] = est.infer_prepared(np.stack([inputs[i] for i in picked]), meta[at])
-    return qualities, rows
 
 
 def _serve(conn, estimator: Estimator, capacity: int, window_s: float, reuse_crops: bool, threads: int) -> None:
@@ -88,11 +54,8 @@ def _serve(conn, estimator: Estimator, capacity: int, window_s: float, reuse_cro
             return
         if request is None:
             return
-        items, meta, ahead = request
-        windows = [Window(d, x, fs, 0.0, 0.0, generation=g, end=e) for d, x, fs, e, g in items]
-        cut_ahead = [Window(d, x, fs, 0.0, 0.0, generation=g, end=e, warm=True) for d, x, fs, e, g in ahead]
         try:
-            answer: Answer | str = analyse(estimator, cache, windows, meta, cut_ahead)
+            answer: Answer | str = analyse(estimator, request, estimator.infer_prepared, cache)
         except Exception as exc:  # noqa: BLE001 — told to the daemon, which rejects the batch and goes on
             answer = f"{type(exc).__name__}: {exc}"
         conn.send(answer)
@@ -104,19 +67,16 @@ def _later(delay_s: float, fn) -> None:
     timer.start()
 
 
-def _items(windows: list[Window]) -> list[Item]:
-    return [(w.device, w.x, w.fs, w.end, w.generation) for w in windows]
+class ProcessBackend:
+    """The daemon's side: `analyse(request)` → a future of its `Answer`; never blocks the caller."""
 
+    max_in_flight = 4  # requests sent and unanswered: enough that the child never waits between two
 
-class InferenceProcess:
-    """The daemon's side: `submit(windows, meta)` → a future of (qualities, rows); never blocks the caller."""
-
-    max_in_flight = 4  # batches sent and unanswered: enough that the child never waits between two
-
-    def __init__(
-        self, estimator: Estimator, capacity: int, window_s: float = 10.0, reuse_crops: bool = True, threads: int = 1
-    ) -> None:
+    def __init__(self, estimator: Estimator, capacity: int, window_s: float, reuse_crops: bool, threads: int) -> None:
+        """The child keeps a crop cache of `capacity` devices for `window_s` windows when `reuse_crops` and the model
+        averages crops; its network runs on `threads` torch threads."""
         self.est, self.capacity, self.window_s = estimator, capacity, window_s
+        self.caches_crops = reuse_crops and estimator.caches_crops
         self.reuse_crops, self.threads = reuse_crops, threads
         self.runs_on = f"{estimator.torch_device} (child process)"
         self.lock = threading.Lock()
@@ -163,16 +123,13 @@ class InferenceProcess:
         log.warning("started a new inference process (the last one died)")
         self._install(proc, conn)
 
-    def submit(self, windows: list[Window], meta: np.ndarray, ahead: list[Window] = ()) -> Future:
-        """Windows with samples and their (N, 4) meta features, and crops cut ahead (`Window.warm`, answered by
-        nothing) → a future of (quality of each window, (N, 6) rows)."""
+    def analyse(self, request: Request) -> Future:
         future: Future = Future()
         with self.lock:
             if self.died_at is not None or self.closing:
                 future.set_exception(BackendUnavailable("the inference process died; a new one is starting"))
                 return future
             self.pending.append((future, time.monotonic()))
-            request: Request = (_items(windows), meta, _items(ahead))
             self.outbox.put(request)
         return future
 

@@ -1,6 +1,7 @@
 """Ray Serve backend: one model deployment that every daemon shares, merging their batches with `@serve.batch`.
 
-Each daemon sends one request per batch that passed its quality gate (windows of one length, already prepared);
+Each daemon gates its batch itself (`analysis.analyse`, in this backend's thread pool), then sends one request per
+model-input shape of the windows that passed, already prepared;
 a replica merges up to `ray.max_batch` such requests, from any daemon, waiting at most `ray.max_wait_ms` for
 them, and runs one forward pass per window length. Ray's autoscaler adds replicas between `min_replicas` and
 `max_replicas` as requests queue up, and places each on `num_gpus` GPUs when asked. Sending whole batches, not
@@ -27,7 +28,8 @@ from ray import serve
 from ray._private import auto_init_hook, ray_constants
 from ray.serve.api import _run as serve_run  # serve.run without its wait for RUNNING, which has no timeout
 
-from p2p_stream.backends.base import BackendUnavailable
+from p2p_stream.backends.analysis import analyse
+from p2p_stream.backends.base import BackendUnavailable, Request
 from p2p_stream.errors import ConfigError
 from p2p_stream.model.checkpoint import METADATA, read_metadata
 from p2p_stream.model.estimator import OUTPUTS, Estimator
@@ -129,6 +131,7 @@ class RayBackend:
         # instead of stopping it (measured: exit -15, nothing published). Read when ray.init runs, not from the env.
         ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
         self.runs_on = f"ray:{config.app}"
+        self.caches_crops = False  # a replica serves many daemons: crop features stay with the requests
         self.max_in_flight = config.max_in_flight
         try:
             self._connect()
@@ -356,8 +359,10 @@ class RayBackend:
                 f"({self.cause}); probing it"
             )
 
-    def submit(self, x: np.ndarray, features: np.ndarray) -> Future:
-        return self.pool.submit(self.predict, x, features)
+    def analyse(self, request: Request) -> Future:
+        """The gate here, the network on the Serve app; both off the worker's thread. An app that does not answer
+        leaves the gate's verdicts standing (`Answer.unavailable`)."""
+        return self.pool.submit(analyse, self.estimator, request, self.predict)
 
     def close(self) -> None:
         """A Ray this daemon started goes with it; an app on a shared cluster stays for the other daemons.

@@ -1,5 +1,5 @@
-"""Inference worker: batch → quality gate → model → calibration → smoothing → PUB, off the ingest thread; sends the
-heartbeat."""
+"""Inference worker: batch → backend (quality gate, model) → calibration → smoothing → PUB, off the ingest thread;
+sends the heartbeat."""
 
 from __future__ import annotations
 
@@ -13,12 +13,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 import zmq
 
-from p2p_stream.backends.base import Backend, BackendUnavailable
-from p2p_stream.backends.crop_cache import CropCache
-from p2p_stream.backends.process import InferenceProcess, analyse
+from p2p_stream.backends.base import Answer, Backend, BackendUnavailable, Item, Request
 from p2p_stream.model.demographics import parse_meta
 from p2p_stream.model.estimator import Estimator
 from p2p_stream.ratelimit import RateLimitedLog
@@ -39,26 +36,25 @@ def mmhg(value: float) -> float:
     return round(float(value), 2)
 
 
+def _items(windows: list[Window]) -> list[Item]:
+    return [Item(w.device, w.x, w.fs, w.end, w.generation) for w in windows]
+
+
 @dataclass
 class InFlight:
-    """A batch whose estimates wait for the backend: the estimates in arrival order and one call per length; or the
-    batch and one future of its gate's and model's answers (`analysed`: `inference_process.analyse`, in the
-    inference process or, with the crop cache, in this thread)."""
+    """A batch whose estimates wait for the backend: its windows and break markers in arrival order, and the future
+    of the backend's answer for those with samples (None: none had samples, nothing was asked)."""
 
-    out: list[tuple[Window, dict]]
-    calls: list[tuple[list[tuple[Window, dict]], Future]]
-    batch: list[Window] | None = None
-    analysed: Future | None = None
-
-    def futures(self) -> list[Future]:
-        return [call for _, call in self.calls] + ([self.analysed] if self.analysed is not None else [])
+    batch: list[Window]
+    answer: Future | None
 
     def done(self) -> bool:
-        return all(f.done() for f in self.futures())
+        return self.answer is None or self.answer.done()
 
     def wait(self, timeout_s: float) -> None:
-        """Until every call has its answer, or `timeout_s` has passed."""
-        futures.wait(self.futures(), timeout=timeout_s)
+        """Until the answer is in, or `timeout_s` has passed."""
+        if self.answer is not None:
+            futures.wait([self.answer], timeout=timeout_s)
 
 
 class InferenceWorker(threading.Thread):
@@ -78,21 +74,15 @@ class InferenceWorker(threading.Thread):
         window_s: float,
         stop: threading.Event,
         smoother: Smoother | None = None,
-        epoch: int | None = None,
+        boot: int | None = None,
         daemon: str | None = None,
         cluster_status: Callable[[], dict] | None = None,
-        threads: tuple[int, int] | None = None,
-        crop_cache: CropCache | None = None,
-        process: InferenceProcess | None = None,
     ) -> None:
         """Every collaborator by keyword. `pub` may be None for a worker whose `submit`/`finish` a test calls
         directly (nothing is published then); `device_count` gives the number of wearables for the heartbeat.
         `daemon`: this daemon's name, in every heartbeat, and in every estimate when it is one of a cluster
-        (`cluster_status` given: its keys join the heartbeat). `threads`: (steady, burst) torch threads for a network
-        running in this thread — the burst number while more windows wait than one batch holds. `crop_cache`: the
-        gate and the network run here as the inference process would run them (`analyse`: one crop at a time,
-        backends/crop_cache.py), not through `backend`. `process`: the gate and the
-        network run in a child process (backends/process.py), neither here nor through `backend`."""
+        (`cluster_status` given: its keys join the heartbeat).
+        `backend` runs the quality gate and the network (backends/: here, in a child process or on Ray Serve)."""
         super().__init__(name="p2p-inference", daemon=True)
         self.est, self.backend, self.batcher, self.pub = estimator, backend, batcher, pub
         self.warn = RateLimitedLog(log, period_s=10.0)
@@ -100,13 +90,8 @@ class InferenceWorker(threading.Thread):
         self.heartbeat_s, self.window_s, self.stop = heartbeat_s, window_s, stop
         self.smoother = smoother if smoother is not None else Smoother(1)
         self.model_name = estimator.name
-        self.epoch = (
-            epoch  # the daemon start (its state store's boot number; None without a store): (device, epoch, seq)
-        )
+        self.boot = boot  # this daemon start's number in its state store (None without one): the wire's `epoch`
         self.daemon, self.cluster_status = daemon, cluster_status
-        self.threads = threads
-        self.crop_cache = crop_cache
-        self.process = process
         level = getattr(estimator, "interval_level", None)  # the level of the model's interval; None: it has none
         self.interval_level = None if level is None else float(level)
         self.error: BaseException | None = None
@@ -114,7 +99,7 @@ class InferenceWorker(threading.Thread):
     def run(self) -> None:
         """Publish each batch's estimates once the backend has answered, in order, and a heartbeat every
         `heartbeat_s`: the worker never waits on the backend longer than until the next heartbeat is due, so a
-        backend that is slow or gone never silences the heartbeat (issue 16)."""
+        backend that is slow or gone never silences the heartbeat."""
         next_beat = time.monotonic()
         in_flight: deque[InFlight] = deque()  # batches sent to the backend, published strictly in this order
         try:
@@ -130,9 +115,6 @@ class InferenceWorker(threading.Thread):
                     continue
                 batch = self.batcher.next_batch(timeout_s=min(wait, POLL_IN_FLIGHT_S) if in_flight else wait)
                 if batch:
-                    if self.threads is not None:  # a burst queued behind this batch: every core it is given
-                        steady, burst = self.threads
-                        torch.set_num_threads(burst if self.batcher.qsize() >= self.batcher.max_batch else steady)
                     in_flight.append(self.submit(batch))
             # Stopping: what was sent still gets its answer (or its reason) published, but a backend that does not
             # answer within STOP_GRACE_S does not hold the daemon's exit: those windows go out as backend_unavailable.
@@ -179,8 +161,8 @@ class InferenceWorker(threading.Thread):
         }
         if self.interval_level is not None:  # nil until the model's answer fills them; nil when rejected
             e.update(dict.fromkeys(INTERVAL_KEYS), interval=self.interval_level)
-        if self.epoch is not None:  # with a state store only: without one there is no start number that lasts
-            e["epoch"] = self.epoch
+        if self.boot is not None:  # with a state store only: without one there is no start number that lasts
+            e["epoch"] = self.boot
         if self.cluster_status is not None:  # one of a cluster: which daemon estimated it (its seq is its own)
             e["daemon"] = self.daemon
         if reason:
@@ -191,27 +173,22 @@ class InferenceWorker(threading.Thread):
 
     @property
     def max_in_flight(self) -> int:
-        return self.process.max_in_flight if self.process is not None else self.backend.max_in_flight
+        return self.backend.max_in_flight
 
     def submit(self, batch: list[Window]) -> InFlight:
-        """Quality-gate each window; send those that pass to the backend, one call per model-input length. With an
-        inference process, the whole batch goes there, gate and all."""
+        """The windows with samples (and crops cut ahead) to the backend; break markers wait for their turn."""
         ahead = [w for w in batch if w.warm]  # crops cut ahead of their window: features to keep, no estimate
         batch = [w for w in batch if not w.warm]
         live = [w for w in batch if not w.reason]
-        if self.process is not None:
-            work = live or ahead
-            return InFlight([], [], batch, self.process.submit(live, self._meta(live), ahead) if work else None)
-        if self.crop_cache is not None:  # the inference process's work, done here
-            done: Future = Future()
-            done.set_result(analyse(self.est, self.crop_cache, live, self._meta(live), ahead))
-            return InFlight([], [], batch, done)
-        out, passed = self._gate(batch, self._assess(batch))
-        return InFlight(out, self._calls([(w, e) for w, e, _ in passed], [x for _, _, x in passed]))
+        if not live and not ahead:
+            return InFlight(batch, None)
+        burst = self.batcher.qsize() >= self.batcher.max_batch  # a burst queued behind this batch
+        request = Request(_items(live), self._meta(live), _items(ahead), burst=burst)
+        return InFlight(batch, self.backend.analyse(request))
 
     def _gate(self, batch: list[Window], checked: dict[int, tuple]) -> tuple[list[tuple[Window, dict]], list[tuple]]:
-        """Each window's estimate from its quality (`checked`: position → (quality, model input or row)) →
-        (every estimate in arrival order, (window, estimate, input) of those that passed)."""
+        """Each window's estimate from its quality (`checked`: position → (quality, row)) → (every estimate in
+        arrival order, (window, estimate, row) of those that passed)."""
         out: list[tuple[Window, dict]] = []
         passed: list[tuple[Window, dict, np.ndarray]] = []
         for k, w in enumerate(batch):
@@ -227,71 +204,49 @@ class InferenceWorker(threading.Thread):
             out.append((w, e))  # in arrival order, so each device's seq goes out in order
         return out, passed
 
-    def _calls(self, passed: list[tuple[Window, dict]], inputs: list[np.ndarray]) -> list[tuple[list, Future]]:
-        """The windows that passed the gate → the backend's calls that answer them, one per model-input shape.
-
-        A crop-averaging model takes each window's crops, prepared alone here and sent to the backend.
-        """
-        if not passed:
-            return []
-        if self.est.crop_s > 0:  # the window-level inputs of the gate are not what the model takes
-            inputs = self.est.crop_inputs([w.x for w, _ in passed], [w.fs for w, _ in passed])
-        calls = []
-        for shape in {x.shape for x in inputs}:
-            picked = [k for k, x in enumerate(inputs) if x.shape == shape]
-            group = [passed[k] for k in picked]
-            x = np.stack([inputs[k] for k in picked])
-            calls.append((group, self.backend.submit(x, self._meta([w for w, _ in group]))))
-        return calls
-
     def _meta(self, windows: list[Window]) -> np.ndarray:
         """The windows' age and sex features (N, 4), or zeros for a model that does not read them."""
         if self.est.uses_demographics:
             return parse_meta([w.meta for w in windows], len(windows))
         return np.zeros((len(windows), 4), dtype=np.float32)
 
-    def _assess(self, batch: list[Window]) -> dict[int, tuple]:
-        """Position in `batch` → (quality, model input) for each window with samples.
-
-        Batched by the model's input, not by the devices' rates: one band-pass and gate pass per model-input
-        length, however many distinct rates the devices declare (`Estimator.assess_windows`), so a sender
-        cannot make the others wait by declaring an odd rate.
-        """
-        rows = [k for k, w in enumerate(batch) if not w.reason]
-        if not rows:
-            return {}
-        qualities, inputs = self.est.assess_windows([batch[k].x for k in rows], [batch[k].fs for k in rows])
-        return dict(zip(rows, zip(qualities, inputs)))
-
     def finish(self, job: InFlight, timeout_s: float | None = None) -> list[tuple[Window, dict]]:
-        """The backend's answers into the estimates; a call it could not answer (within `timeout_s`, when given)
-        marks its windows rejected.
+        """The backend's answer into the estimates; one it could not give (within `timeout_s`, when given) marks the
+        windows concerned rejected.
 
         Calibration and smoothing then run over the estimates in arrival order, so each device's history sees
         its windows, and its breaks, in the order they happened.
         """
-        answers: dict[int, np.ndarray] = {}  # id(estimate) → its row: sbp, dbp[, sbp_lo, sbp_hi, dbp_lo, dbp_hi]
-        if job.batch is not None:  # gate and model answered together (`analyse`)
-            job.out = self._from_analysis(job, answers, timeout_s)
-        for group, call in job.calls:
-            try:
-                pred = np.asarray(self._result(call, timeout_s), dtype=np.float64)  # (N, 2) or (N, 6)
-            except BackendUnavailable as exc:  # the windows go out as rejected, counted; the daemon carries on
-                self._unanswered(exc, [e for _, e in group])
-                continue
-            for (_, e), row in zip(group, pred):
-                self._answer(e, row, answers)
-        for w, e in job.out:
+        out, answers = self._estimates(job, timeout_s)
+        for w, e in out:
             if w.reason:  # the device's stream broke: the smoothing starts again after it
                 self.smoother.reset(w.device, w.generation)
             elif id(e) in answers:  # rejected windows neither enter the smoothing nor restart it
                 self._fill(w, e, answers[id(e)])
-        return job.out
+        return out
 
-    def _result(self, call: Future, timeout_s: float | None):
+    def _estimates(self, job: InFlight, timeout_s: float | None) -> tuple[list, dict[int, np.ndarray]]:
+        """The batch's estimates in arrival order, and id(estimate) → the model's row for those it answered."""
+        live = [k for k, w in enumerate(job.batch) if not w.reason]
+        try:
+            answer = self._result(job.answer, timeout_s) if job.answer is not None else Answer([], None)
+        except BackendUnavailable as exc:  # nothing answered, the gate included: every window goes out rejected
+            out = [(w, self._estimate(w, False, w.reason, 0.0, None)) for w in job.batch]
+            self._unanswered(exc, [e for w, e in out if not w.reason])
+            return out, {}
+        rows = answer.rows
+        out, passed = self._gate(job.batch, {k: (q, rows[i]) for i, (k, q) in enumerate(zip(live, answer.qualities))})
+        answers: dict[int, np.ndarray] = {}
+        if answer.unavailable is not None:  # the gate's verdicts stand; those that passed got no number
+            self._unanswered(BackendUnavailable(answer.unavailable), [e for _, e, _ in passed])
+            return out, answers
+        for _, e, row in passed:
+            self._answer(e, np.asarray(row, dtype=np.float64), answers)
+        return out, answers
+
+    def _result(self, call: Future, timeout_s: float | None) -> Answer:
         if timeout_s is not None and not call.done() and not futures.wait([call], timeout_s).done:
-            runs_on = self.process.runs_on if self.process is not None else self.backend.runs_on
-            raise BackendUnavailable(f"no answer from {runs_on} before the daemon stopped")
+            raise BackendUnavailable(f"no answer from {self.backend.runs_on} before the daemon stopped")
         return call.result()
 
     def _unanswered(self, exc: BackendUnavailable, estimates: list[dict]) -> None:
@@ -310,21 +265,6 @@ class InferenceWorker(threading.Thread):
             return
         answers[id(e)] = row if np.isfinite(row).all() else row[:2]  # NaN interval: a model without one
 
-    def _from_analysis(self, job: InFlight, answers: dict[int, np.ndarray], timeout_s: float | None) -> list:
-        """`analyse`'s qualities and rows for `job.batch` → its estimates in arrival order, the model's answers put in
-        `answers`. A batch the inference process could not answer goes out rejected, as a backend's would."""
-        live = [k for k, w in enumerate(job.batch) if not w.reason]
-        try:
-            qualities, rows = self._result(job.analysed, timeout_s) if job.analysed is not None else ([], None)
-        except BackendUnavailable as exc:
-            out = [(w, self._estimate(w, False, w.reason, 0.0, None)) for w in job.batch]
-            self._unanswered(exc, [e for w, e in out if not w.reason])
-            return out
-        out, passed = self._gate(job.batch, {k: (q, rows[i]) for i, (k, q) in enumerate(zip(live, qualities))})
-        for _, e, row in passed:
-            self._answer(e, np.asarray(row, dtype=np.float64), answers)
-        return out
-
     def _fill(self, w: Window, e: dict, row: np.ndarray) -> None:
         """Calibrate one window's answer, smooth it with the device's last ones, and put both on the estimate.
 
@@ -332,7 +272,7 @@ class InferenceWorker(threading.Thread):
         as the model answered it, uncalibrated and unsmoothed, and leaves the new stream's state alone.
         """
         cal = self.calibrations.apply(w.device, w.t_last, row, w.generation)
-        smooth = cal.row if cal.stale else self.smoother.add(w.device, cal.row, cal.epoch, w.generation)
+        smooth = cal.row if cal.stale else self.smoother.add(w.device, cal.row, cal.version, w.generation)
         e["sbp"], e["dbp"] = mmhg(smooth[0]), mmhg(smooth[1])
         e["sbp_window"], e["dbp_window"] = mmhg(cal.row[0]), mmhg(cal.row[1])
         e["calibrated"] = cal.calibrated

@@ -169,13 +169,13 @@ class _Device:
     closed: bool = False  # forgotten: windows of `generation` are stale too, until a newer generation comes
     active: _Reading | None = None  # the calibration applied now
     pending: _Reading | None = None  # a newer reading whose reference is not formed yet
-    epoch: int = 0  # +1 each time a calibration starts to apply
+    version: int = 0  # +1 each time a calibration starts to apply
 
 
 class Applied(NamedTuple):
     row: np.ndarray  # the answer, calibrated when `calibrated`
     calibrated: bool
-    epoch: int  # changes whenever a new calibration starts to apply: values of two epochs are not to be mixed
+    version: int  # changes whenever a new calibration starts to apply: values of two versions are not to be mixed
     stale: bool = False  # the window is of an older stream generation than the device's: not remembered, not smoothed
 
 
@@ -216,7 +216,7 @@ class Calibrations:
         span's estimates are gone); a stored reading without one forms it from the new stream's estimates."""
         if active is not None:
             d.active = _Reading(active.cuff, active.t, deque(maxlen=1), active.reference, True, active.key)
-            d.epoch = 1
+            d.version = 1
         if pending is not None:
             d.pending = _Reading(pending.cuff, pending.t, deque(maxlen=self.capacity), key=pending.key)
 
@@ -240,7 +240,7 @@ class Calibrations:
             if reading.reference is None:
                 d.pending = reading  # the previous calibration, if any, applies until this one can
                 return False
-            d.active, d.pending, d.epoch = reading, None, d.epoch + 1
+            d.active, d.pending, d.version = reading, None, d.version + 1
             self._saved(device, reading)
             return True
 
@@ -263,12 +263,12 @@ class Calibrations:
                     if reading.reference != before:
                         self._saved(device, reading)
             if d.pending is not None and d.pending.reference is not None:
-                d.active, d.pending, d.epoch = d.pending, None, d.epoch + 1
-            active, epoch = d.active, d.epoch
+                d.active, d.pending, d.version = d.pending, None, d.version + 1
+            active, version = d.active, d.version
         if active is None or active.reference is None:
-            return Applied(np.asarray(row, dtype=np.float64), False, epoch)
+            return Applied(np.asarray(row, dtype=np.float64), False, version)
         calibrated = calibrate_row(row, active.cuff, active.reference, self.change_gain, self.halfwidths)
-        return Applied(calibrated, True, epoch)
+        return Applied(calibrated, True, version)
 
     def _refine(self, reading: _Reading, estimate: Estimate) -> None:
         if estimate[0] > reading.t + self.span_s / 2 and reading.reference is not None:

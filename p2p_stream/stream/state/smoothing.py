@@ -30,7 +30,7 @@ def smooth_mean(rows: Sequence[np.ndarray]) -> np.ndarray:
 @dataclass
 class _History:
     generation: int  # the stream generation the answers are of
-    epoch: int | None  # the calibration epoch they were calibrated under; None for a forgotten stream's marker
+    cal_version: int | None  # the calibration version they were calibrated under; None for a forgotten stream's marker
     rows: deque[np.ndarray]
 
 
@@ -47,13 +47,13 @@ class Smoother:
     def _stale(self, device: str, generation: int) -> bool:
         entry = self._history.get(device)
         return entry is not None and (
-            generation < entry.generation or (generation == entry.generation and entry.epoch is None)
+            generation < entry.generation or (generation == entry.generation and entry.cal_version is None)
         )
 
-    def add(self, device: str, row: np.ndarray, epoch: int = 0, generation: int = 0) -> np.ndarray:
+    def add(self, device: str, row: np.ndarray, cal_version: int = 0, generation: int = 0) -> np.ndarray:
         """Append one accepted window's answer; returns the mean of the device's last `windows` answers.
 
-        A newer `generation`, a different `epoch` (a new calibration) or a different row length restarts the
+        A newer `generation`, a different `cal_version` (a new calibration) or a different row length restarts the
         history first; an older (or forgotten) generation leaves it alone and gets its own row back.
         """
         row = np.asarray(row, dtype=np.float64)
@@ -64,10 +64,10 @@ class Smoother:
             if (
                 entry is None
                 or entry.generation != generation
-                or entry.epoch != epoch
+                or entry.cal_version != cal_version
                 or entry.rows[-1].shape != row.shape
             ):
-                entry = self._history[device] = _History(generation, epoch, deque(maxlen=self.windows))
+                entry = self._history[device] = _History(generation, cal_version, deque(maxlen=self.windows))
             entry.rows.append(row)
             return smooth_mean(entry.rows)
 

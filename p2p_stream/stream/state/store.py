@@ -1,7 +1,8 @@
 """State store: what an operator tells the daemon (calibrations, device facts) kept on disk, so a restart, a crash
 or an idle eviction does not lose it. One embedded SQLite file (`state.path`) in WAL mode, which the daemons of a
 cluster on one machine share: a device taken over from a dead daemon gets its calibration from the same file, and
-each daemon start gets its own `epoch` from it. (SQLite's locks need one machine's filesystem: not NFS.)
+each daemon start gets its own boot number from it (the estimates' `epoch` on the wire). (SQLite's locks need one
+machine's filesystem: not NFS.)
 
 Tables:
 
@@ -75,7 +76,7 @@ class StateStore:
 
     def __init__(self, path: str | Path, model: str) -> None:
         """Open (or create) the store at `path` for a daemon running `model`, take its lock and record this start
-        (`epoch`). ConfigError, naming the file and what to do, if it cannot be used."""
+        (`boot`, the estimates' `epoch`). ConfigError, naming the file and what to do, if it cannot be used."""
         self.path, self.model = Path(path), model
         self._lock = threading.RLock()
         self.warn = RateLimitedLog(log, period_s=10.0)
@@ -111,7 +112,7 @@ class StateStore:
             cur = self.db.execute(
                 "INSERT INTO boots (started, model, pid) VALUES (?, ?, ?)", (time.time(), model, os.getpid())
             )
-            self.epoch = int(cur.lastrowid)
+            self.boot = int(cur.lastrowid)
             self.db.execute("COMMIT")
             self.db.execute("PRAGMA synchronous=NORMAL")
         except ConfigError:
