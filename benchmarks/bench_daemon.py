@@ -57,7 +57,7 @@ def machine_busy_s() -> float:
 
 
 def start_daemon(addresses: dict, max_batch: int, threads: int, extra: tuple[str, ...] = ()) -> subprocess.Popen:
-    flags = {"--device": "cpu", "--threads": threads, "--window-s": WINDOW_S, "--hop-s": HOP_S,
+    flags = {"--torch-device": "cpu", "--threads": threads, "--window-s": WINDOW_S, "--hop-s": HOP_S,
              "--max-batch": max_batch, "--log-level": "WARNING", "--ingest": addresses["ingest"],
              "--publish": addresses["publish"], "--control": addresses["control"]}  # fmt: skip
     cmd = [sys.executable, "-m", "p2p_stream.tools.cli.daemon", *(str(v) for kv in flags.items() for v in kv), *extra]
@@ -220,7 +220,7 @@ def main() -> None:
                    help="a daemon setting for every mode, e.g. model.burst_threads=1")  # fmt: skip
     p.add_argument("--out", help="JSON results here")
     args = p.parse_args()
-    device = ("--device", args.torch_device)  # after start_daemon's own --device cpu: the last one given wins
+    device = ("--torch-device", args.torch_device)  # after start_daemon's own cpu: the last one wins
     device += tuple(f for kv in args.daemon_set for f in ("--set", kv))
     wanted = args.modes.split(",")
     ray_flags = (

@@ -97,7 +97,7 @@ def daemon_rate(
     """Messages/s a daemon process counts; `foreign`: as a daemon that owns none of them (its `foreign_total`)."""
     folder = tempfile.mkdtemp(prefix="p2pi")
     a = {k: f"ipc://{folder}/{k}" for k in ("ingest", "publish", "control")}
-    cmd = [sys.executable, "-m", "p2p_stream.tools.cli.daemon", "--device", "cpu", "--log-level", "WARNING",
+    cmd = [sys.executable, "-m", "p2p_stream.tools.cli.daemon", "--torch-device", "cpu", "--log-level", "WARNING",
            "--ingest", a["ingest"], "--publish", a["publish"], "--control", a["control"],
            # The messages are stamped from a fixed 2023 t0: without this every one is refused `bad_time` unbuffered.
            "--set", "limits.max_clock_skew_s=1000000000"]  # fmt: skip

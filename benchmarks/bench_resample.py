@@ -25,12 +25,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from p2p_stream.backends.local import LocalBackend
 from p2p_stream.model.estimator import Estimator
 from p2p_stream.ppg import quality
 from p2p_stream.ppg.preprocess import resample, resample_ratio
@@ -46,19 +46,11 @@ from test_preprocess import resample_before_the_bound  # noqa: E402  (the old co
 MODEL_HZ = 125.0
 
 
-class InstantBackend:
-    """Answers every call at once with zeros: the benchmark times the worker, not the network."""
+class InstantBackend(LocalBackend):
+    """The local backend's gate, and zeros for the network: the benchmark times the gate, not the network."""
 
-    max_in_flight = 1
-    runs_on = "cpu"
-
-    def submit(self, x: np.ndarray, features: np.ndarray) -> Future:
-        done: Future = Future()
-        done.set_result(np.zeros((len(x), 2), dtype=np.float32))
-        return done
-
-    def close(self) -> None:
-        pass
+    def predict(self, x: np.ndarray, features: np.ndarray) -> np.ndarray:
+        return np.zeros((len(x), 2), dtype=np.float32)
 
 
 def median_ms(a: Callable[[], object], b: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -106,7 +98,7 @@ def main() -> None:
     est = Estimator.load()
     worker = InferenceWorker(
         estimator=est,
-        backend=InstantBackend(),
+        backend=InstantBackend(est),
         batcher=DynamicBatcher(args.devices, 0.0, args.devices),
         pub=None,
         calibrations=Calibrations(),

@@ -1,4 +1,4 @@
-"""What one 10 s window costs the daemon, step by step, in steady state with crops reused (issue 17).
+"""What one 10 s window costs the daemon, step by step, in steady state with crops reused.
 
     python benchmarks/bench_window_steps.py [--batch-sizes 8,32,64,256] [--threads 1]
 

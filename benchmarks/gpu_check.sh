@@ -3,7 +3,7 @@
 #
 #   OUT=runs/gpu bash benchmarks/gpu_check.sh        # writes OUT/*.json, OUT/gpu_check.md and OUT/log.txt
 #
-# 1. the GPU tests (pytest -m gpu: CUDA gives the CPU's numbers; a daemon on --device cuda streams them);
+# 1. the GPU tests (pytest -m gpu: CUDA gives the CPU's numbers; a daemon on --torch-device cuda streams them);
 # 2. bench_inference.py --device cuda: the default model and seed-lstm, network alone and whole path, batch 1…4096;
 # 3. bench_daemon.py --torch-device cuda: the daemon under the fleet at rising device counts, until one misses.
 # Every step has its own time limit, and a step that fails is recorded and the next one still runs. Needs a torch

@@ -1,15 +1,17 @@
-"""Shared fixtures: the bundled real PPG-BP sample, the full shared datasets when present, seeded generators."""
+"""Shared fixtures only: the bundled real PPG-BP sample, the full shared datasets when present, seeded generators,
+the shipped estimator. Helpers that are not fixtures live in helpers.py and zmq_helpers.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from helpers import SAMPLE, SHARED_DATA
 
-HERE = Path(__file__).parent
-SAMPLE = HERE / "data" / "ppg_bp_sample"
-SHARED_DATA = HERE.parent.parent / "shared" / "data"
+if TYPE_CHECKING:
+    from p2p_stream.model.estimator import Estimator
 
 
 @pytest.fixture
@@ -29,15 +31,10 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
-def read_segment(name: str) -> np.ndarray:
-    """One real PPG-BP segment (1 kHz raw ADC counts) from the bundled sample."""
-    return np.array((SAMPLE / "0_subject" / f"{name}.txt").read_text().split(), dtype=np.float64)
+@pytest.fixture(scope="session")
+def est() -> Estimator:
+    """The shipped model, loaded once for the whole run. Shared: a test must not change it (its model, metadata or
+    head); one that needs a different estimator builds its own, from this one's parts if it likes."""
+    from p2p_stream.model.estimator import Estimator  # here, not at the top: torch only for tests that need it
 
-
-def simulated_ppg(hr_bpm: float, seconds: float, fs: float, seed: int = 0, noise: float = 2.0) -> np.ndarray:
-    """Systolic wave plus a smaller, later dicrotic wave per beat, with sensor noise (raw-count scale)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(round(seconds * fs))) / fs
-    phase = (t * hr_bpm / 60.0) % 1.0
-    beat = np.exp(-((phase - 0.15) ** 2) / 0.005) + 0.4 * np.exp(-((phase - 0.45) ** 2) / 0.01)
-    return 1000 + 200 * beat + noise * rng.normal(size=t.size)
+    return Estimator.load()

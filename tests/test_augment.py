@@ -1,7 +1,7 @@
 """Sensor augmentation: each change it makes is the one its docstring names, and only that."""
 
 import numpy as np
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 
 from p2p_stream.offline.augment import AugmentConfig, random_crop, sensor_augment
 from p2p_stream.ppg.preprocess import PreprocessConfig, ppg_prepare

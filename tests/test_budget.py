@@ -40,7 +40,7 @@ def test_a_bucket_starts_full_grants_whole_requests_and_refills_at_its_rate_up_t
 
 
 def test_a_device_sending_far_above_its_rate_is_shed_and_another_loses_nothing():
-    t = table()
+    t = table(burst_s=30.0, rate_factor=4.0)  # the numbers the bounds below are written with
     fast_accepted, fast_shed, slow_windows = 0, 0, 0
     for k in range(600):  # 60 s: "fast" declares 25 Hz and sends 1,000 samples/s, "slow" 100 Hz as it says
         now = k / 10
@@ -122,7 +122,8 @@ def test_a_device_whose_every_message_is_refused_is_evicted_on_time():
     for k in range(10):  # 25 Hz and 16,384 samples: 655 s of signal, far over its 30 s burst, every time
         assert t.push(msg("hog", k, k, 16_384, fs=25.0), arrival=float(k)).dropped == "over_budget"
     assert t.evict_idle(now=10.5) == ["hog"] and len(t) == 0 and t.ring_bytes == 0  # 10 s after it appeared
-    t.push(msg("real", 0, 0.0, 10), arrival=11.0)
+    assert t.push(msg("real", 0, 0.0, 10), arrival=11.0).dropped is None  # its slot is free: a real wearable gets in
+    assert list(t.streams) == ["real"]
 
 
 def squat(t, devices, k):

@@ -34,7 +34,7 @@ TABLES = {
     "proxy": 'wearables = "ipc://{d}/w"\nshards = "ipc://{d}/s"\nestimates = "ipc://{d}/e"\nsubscribers = "ipc://{d}/sub"',
     "redis": 'start = false\nurl = "unix://{d}/redis.sock"',
     "daemons": 'ids = ["a", "b"]\ncontrol = "ipc://{d}/{id}.ctl"',
-    "daemon": 'windowing.window_s = 4.0\nwindowing.hop_s = 1.0\nmodel.device = "cpu"\nmodel.threads = 1\n'
+    "daemon": 'windowing.window_s = 4.0\nwindowing.hop_s = 1.0\nmodel.torch_device = "cpu"\nmodel.threads = 1\n'
     'cluster.lease_s = 2.0\nstate.path = "{d}/state.db"',
 }
 

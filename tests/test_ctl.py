@@ -9,7 +9,7 @@ import time
 import msgpack
 import numpy as np
 import pytest
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 from zmq_helpers import client, daemon_process, ipc_addresses, wait_ready
 
 from p2p_stream.tools.cli.ctl import DEFAULT_CONTROL, render_stats

@@ -2,19 +2,13 @@
 
 import numpy as np
 import pytest
-from conftest import read_segment, simulated_ppg
+from helpers import read_segment, simulated_ppg
 from zmq_helpers import client, running_daemon
 
-from p2p_stream import Estimator
 from p2p_stream.ppg.preprocess import cut_windows
 
 FS = 125.0
 T0 = 1_700_000_000.0
-
-
-@pytest.fixture(scope="module")
-def est() -> Estimator:
-    return Estimator.load()
 
 
 def of(device):

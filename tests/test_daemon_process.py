@@ -8,7 +8,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 from zmq_helpers import client, daemon_process, ipc_addresses
 
 from p2p_stream import Estimator
@@ -106,7 +106,7 @@ def test_port_in_use_fails_at_start_up(capsys):
                     a["ingest"],
                     "--control",
                     a["control"],
-                    "--device",
+                    "--torch-device",
                     "cpu",
                 ]
             )
@@ -123,7 +123,7 @@ def test_port_in_use_fails_at_start_up(capsys):
         (["--max-batch", "0"], "batching.max_batch must be within [1, 4096], got 0"),
         (["--window-s", "1"], "windowing.window_s must be within [2.0, 120.0], got 1.0"),
         (["--hop-s", "20"], "windowing.hop_s (20.0) must not exceed windowing.window_s (10.0)"),
-        (["--device", "tpu"], "model.device must be cpu, cuda, cuda:N or auto, got 'tpu'"),
+        (["--torch-device", "tpu"], "model.torch_device must be cpu, cuda, cuda:N or auto, got 'tpu'"),
         (
             ["--ingest", "udp://x"],
             "sockets.ingest must be one of tcp://HOST:PORT, ipc://PATH or inproc://NAME (a tcp port 1–65535), "
@@ -209,13 +209,14 @@ def test_fixed_length_checkpoint_with_other_windows_is_refused(tmp_path, capsys)
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "seed", build_model("seed-lstm", {"outputs": 1}), "seed-lstm", meta)
     with ipc_addresses() as a:
-        code = daemon_main(["--model", str(tmp_path / "seed"), "--window-s", "4", "--hop-s", "1", "--device", "cpu",
-                            "--ingest", a["ingest"], "--publish", a["publish"], "--control", a["control"]])  # fmt: skip
+        code = daemon_main(["--model", str(tmp_path / "seed"), "--window-s", "4", "--hop-s", "1", "--torch-device",
+                            "cpu", "--ingest", a["ingest"], "--publish", a["publish"], "--control",
+                            a["control"]])  # fmt: skip
     assert code == 2
     assert "outside the window lengths" in (err := capsys.readouterr().err) and "set windowing.window_s = 10" in err
 
 
 def test_a_calibration_span_too_long_for_its_hop_is_refused(capsys):
-    code = daemon_main(["--device", "cpu", "--hop-s", "0.1", "--set", "calibration.span_s=3600"])
+    code = daemon_main(["--torch-device", "cpu", "--hop-s", "0.1", "--set", "calibration.span_s=3600"])
     assert code == 2
     assert "calibration.span_s / windowing.hop_s must be ≤ 600" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 from rich.console import Console
 from zmq_helpers import client, running_daemon
 
@@ -19,35 +19,21 @@ from p2p_stream import Estimator
 from p2p_stream.tools.dashboard.app import DashboardState, View, render
 from p2p_stream.tools.dashboard.category import bp_category
 from p2p_stream.tools.dashboard.columns import sparkline
+from p2p_stream.wire.estimate import INTERVAL_KEYS, example_estimate
 from p2p_stream.wire.protocol import encode_estimate, encode_status
 
 NOW = 1000.0
 
 
-def estimate(device, sbp, dbp, ok=True, reason=None, ref=None, seq=0, interval=None):
-    e = {
-        "v": 1,
-        "device": device,
-        "seq": seq,
-        "t": 0.0,
-        "window_s": 10.0,
-        "sbp": sbp if ok else None,
-        "dbp": dbp if ok else None,
-        "ok": ok,
-        "sqi": 0.9,
-        "hr": 72.0,
-        "calibrated": False,
-        "model": "m",
-        "latency_ms": 5.0,
-    }
-    if reason:
-        e["reason"] = reason
-    if ref:
-        e["ref_sbp"], e["ref_dbp"] = ref
-    if interval:  # (SBP half-width, DBP half-width, level); nil bounds on a rejected window
-        s_half, d_half, level = interval
-        bounds = (sbp - s_half, sbp + s_half, dbp - d_half, dbp + d_half) if ok else (None,) * 4
-        e.update(zip(("sbp_lo", "sbp_hi", "dbp_lo", "dbp_hi"), bounds), interval=level)
+def estimate(device, sbp, dbp, reason=None, ref=None, seq=0, interval=None):
+    """One estimate's frames (`example_estimate`): accepted at `sbp`/`dbp`, or rejected for `reason` (numbers nil);
+    `interval`: (SBP half-width, DBP half-width, level), bounds nil on a rejected window."""
+    values = {"sbp": sbp, "dbp": dbp} if reason is None else {}
+    if interval and reason is None:
+        s_half, d_half, _ = interval
+        values.update(zip(INTERVAL_KEYS, (sbp - s_half, sbp + s_half, dbp - d_half, dbp + d_half)))
+    level = interval[2] if interval else None
+    e = example_estimate(reason, device=device, seq=seq, t=0.0, sqi=0.9, model="m", interval=level, ref=ref, **values)
     return encode_estimate(e)
 
 
@@ -96,7 +82,7 @@ def state_with_devices():
         estimate("stage1-1", 134, 82),
         estimate("stage2-1", 150, 95),
         estimate("crisis-1", 185, 100),
-        estimate("loose-1", 0, 0, ok=False, reason="flatline"),
+        estimate("loose-1", 0, 0, reason="flatline"),
     ):
         s.update(frames, NOW)
     return s
@@ -199,7 +185,7 @@ def test_a_rejected_window_keeps_the_last_estimate_and_its_interval():
     s = DashboardState("a")
     s.update(encode_status(HEARTBEAT), NOW)
     s.update(estimate("wrist-1", 128, 80, interval=(16, 9, 0.8)), NOW)
-    s.update(estimate("wrist-1", 0, 0, ok=False, reason="no_pulse", interval=(16, 9, 0.8), seq=1), NOW)
+    s.update(estimate("wrist-1", 0, 0, reason="no_pulse", interval=(16, 9, 0.8), seq=1), NOW)
     line = device_line(text_of(render(s, now=NOW)), "wrist-1")
     assert "128 ±16" in line and "80 ±9" in line and "rejected: no_pulse" in line
 

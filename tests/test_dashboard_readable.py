@@ -10,6 +10,7 @@ from test_dashboard import HEARTBEAT, NOW, cell, device_line, text_of
 
 from p2p_stream import Estimator
 from p2p_stream.tools.dashboard.app import DashboardState, View, main, render, rows_that_fit
+from p2p_stream.wire.estimate import INTERVAL_KEYS, example_estimate
 from p2p_stream.wire.protocol import encode_estimate, encode_status
 
 WIDTHS = (80, 160)
@@ -17,32 +18,18 @@ RESEARCH_USE = "research use — not a medical device"
 ELLIPSIS = "…"
 
 
-def publish(state, device, sbp, dbp, *, at=NOW, half=(11.0, 7.0), ref=None, sqi=0.86, hr=72.0, **fields):
-    """Hand `state` one estimate as the daemon publishes it: an 80 % interval of ± `half`, a cuff reading `ref`;
-    `fields` overrides any key (`ok`, `reason`, `calibrated`, `seq`, interval bounds)."""
-    e = {
-        "v": 1,
-        "device": device,
-        "seq": 0,
-        "t": 1.7e9,
-        "window_s": 10.0,
-        "sbp": sbp,
-        "dbp": dbp,
-        "sbp_window": sbp,
-        "dbp_window": dbp,
-        "ok": sbp is not None,
-        "sqi": sqi,
-        "hr": hr,
-        "calibrated": False,
-        "model": "conv-lstm@db6b43cb",
-        "latency_ms": 35.0,
-    }
-    if half:
-        bounds = (sbp - half[0], sbp + half[0], dbp - half[1], dbp + half[1]) if sbp is not None else (None,) * 4
-        e.update(zip(("sbp_lo", "sbp_hi", "dbp_lo", "dbp_hi"), bounds), interval=0.8)
-    if ref:
-        e["ref_sbp"], e["ref_dbp"] = ref
-    e.update(fields)
+def publish(state, device, sbp, dbp, *, at=NOW, half=(11.0, 7.0), ref=None, sqi=0.86, hr=72.0, reason=None, **fields):
+    """Hand `state` one estimate as the daemon publishes it (`example_estimate`): an 80 % interval of ± `half`, a cuff
+    reading `ref`; rejected for `reason` (then `sbp`, `dbp` None); `fields` sets any other key (`calibrated`, `seq`,
+    interval bounds)."""
+    values = {"sbp": sbp, "dbp": dbp} if reason is None else {}
+    if half and reason is None:
+        values.update(zip(INTERVAL_KEYS, (sbp - half[0], sbp + half[0], dbp - half[1], dbp + half[1])))
+    level = fields.pop("interval", 0.8 if half else None)
+    e = example_estimate(
+        reason, device=device, t=1.7e9, sqi=sqi, hr=hr, model="conv-lstm@db6b43cb", latency_ms=35.0,
+        interval=level, ref=ref, **values, **fields,
+    )  # fmt: skip
     state.update(encode_estimate(e), at)
 
 
@@ -237,7 +224,7 @@ def test_the_pulse_is_the_median_of_the_last_windows():
     assert cell(text, "wrist-1", "pulse") == "66" and "pulse: bpm, median of the last 5 windows" in text
     publish(s, "wrist-1", 120, 78, hr=70.0, seq=5)  # 64 leaves the five: 66 108 65 67 70
     assert cell(text_of(render(s, now=NOW), width=80), "wrist-1", "pulse") == "67"
-    publish(s, "wrist-1", None, None, hr=None, ok=False, reason="no_pulse", seq=6)  # a rejected window adds nothing
+    publish(s, "wrist-1", None, None, hr=None, reason="no_pulse", seq=6)  # a rejected window adds nothing
     assert cell(text_of(render(s, now=NOW), width=80), "wrist-1", "pulse") == "67"
 
 
@@ -252,7 +239,7 @@ def test_updated_counts_seconds_since_the_estimate():
 def test_a_gap_marker_leaves_the_last_window_on_screen():
     s = DashboardState("a")
     publish(s, "wrist-1", 131, 84, sqi=0.8)
-    publish(s, "wrist-1", None, None, half=None, sqi=0.0, hr=None, ok=False, reason="gap", seq=1, at=NOW + 1)
+    publish(s, "wrist-1", None, None, half=None, sqi=0.0, hr=None, reason="gap", seq=1, at=NOW + 1)
     text = text_of(render(s, now=NOW + 2), width=160)
     assert cell(text, "wrist-1", "status") == "stage 1 hypertension" and cell(text, "wrist-1", "SQI") == "0.80"
     assert cell(text, "wrist-1", "updated") == "2 s" and s.rejected == {"gap": 1}

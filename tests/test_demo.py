@@ -34,7 +34,7 @@ def test_demo_runs_by_itself_and_summarises():
 def test_demo_reports_a_daemon_that_cannot_start():
     out = run_demo("--duration-s", "1", "--torch-device", "tpu")
     assert out.returncode == 2
-    assert "the daemon did not start" in out.stderr and "model.device must be" in out.stderr
+    assert "the daemon did not start" in out.stderr and "model.torch_device must be" in out.stderr
 
 
 def scored(sbp, dbp, ref, interval=None, ok=True):

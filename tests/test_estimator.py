@@ -5,18 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import read_segment
+from helpers import read_segment
 
 from p2p_stream import Estimator
 from p2p_stream.errors import CheckpointError
 from p2p_stream.model.checkpoint import METADATA, WEIGHTS, sha256_file
 from p2p_stream.model.estimator import default_model_path
 from p2p_stream.offline.datasets import load_ppg_bp
-
-
-@pytest.fixture(scope="module")
-def est() -> Estimator:
-    return Estimator.load()
 
 
 def test_shipped_model_is_small_and_self_describing(est):

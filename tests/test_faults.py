@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import zmq
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 from zmq_helpers import Client, Subscriber, daemon_process, fleet, ipc_addresses, wait_ready
 
 from p2p_stream.wire.protocol import encode_ingest

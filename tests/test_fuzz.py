@@ -14,7 +14,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 from zmq_helpers import FIXED_T0_SKEW_S, client, daemon_process, ipc_addresses, rss_bytes
 
 from p2p_stream.config.daemon import Limits

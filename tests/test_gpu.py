@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import read_segment, simulated_ppg
+from helpers import read_segment, simulated_ppg
 from zmq_helpers import client, running_daemon
 
 from p2p_stream.model.estimator import Estimator

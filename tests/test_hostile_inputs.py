@@ -1,9 +1,11 @@
 """One sender cannot hurt another (issue 14): each attack against a real daemon process while 50 good devices stream.
 
-For every attack, at the rate that broke the daemon before: the good devices lose no window, their estimates reach a
-subscriber within 1 s of the message holding their last sample being sent (p99), `ping`
-answers within 1 s, and the daemon's peak RSS grows by less than the bound its configuration states
-(`stream.bounds.memory_bounds`, docs/reliability.md). Longer runs of the same attacks: benchmarks/hostile.py.
+For every attack, at the rate that broke the daemon before: the good devices lose no window and every estimate of
+theirs is delivered; their delay to a subscriber, and `ping`'s answer time, stay within a few times what they were in
+the same run with the same attack aimed at a decoy instead of the daemon (so the attacker's own cost to the machine,
+and whatever else the machine is busy with, weigh on both alike: no absolute number of seconds is asserted); and the
+daemon's peak RSS grows by less than the bound its configuration states (`stream.bounds.memory_bounds`,
+docs/reliability.md). Absolute figures, and longer runs of the same attacks: benchmarks/hostile.py.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import zmq
-from hostile import Attack, lost_windows, peak_rss_mb
+from hostile import ALLOWANCE_S, SLOWDOWN, Attack, Decoy, lost_windows, peak_rss_mb
 from zmq_helpers import Subscriber, daemon_process, fleet, ipc_addresses, request, wait_ready
 
 from p2p_stream.config.daemon import load_daemon_config
+from p2p_stream.ppg.quality import REASONS
 from p2p_stream.stream.ingest.bounds import CONTROL_MAX_BYTES, memory_bounds
 from p2p_stream.wire.protocol import decode_map, pack
 
@@ -41,7 +45,7 @@ def bound_mb(connections: int) -> float:
 
 
 class Pinger(threading.Thread):
-    """`ping` every 0.2 s on a fresh socket; the longest answer time."""
+    """`ping` every 0.2 s on a fresh socket; `times`: (when it was sent, time.time(); how long the answer took, s)."""
 
     def __init__(self, address: str) -> None:
         super().__init__(daemon=True)
@@ -49,49 +53,90 @@ class Pinger(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            start = time.monotonic()
+            sent, start = time.time(), time.monotonic()
             request(self.address, {"cmd": "ping"}, timeout_s=10)
-            self.times.append(time.monotonic() - start)
+            self.times.append((sent, time.monotonic() - start))
             self.stop.wait(0.2)
 
+    def longest(self, start: float, end: float = float("inf")) -> float:
+        """The longest answer to a ping sent between `start` and `end` (time.time())."""
+        return max((took for sent, took in self.times if start <= sent <= end), default=float("inf"))
 
-def under_attack(names: str | list[str], seconds: float = 8.0, connections: int = 3) -> dict:
-    """Run the attack(s) `names` together for `seconds` against a daemon with 50 good devices; return what was
-    measured. `connections`: the ingest and control connections they open, for the memory bound."""
-    with ipc_addresses() as a, daemon_process(a, *flags(LIMITS)) as proc:
+
+def p99(delays: list[float]) -> float:
+    return float(np.percentile(delays, 99)) if delays else float("inf")
+
+
+def under_attack(
+    names: str | list[str], seconds: float = 8.0, connections: int = 3, twins: dict[str, dict] | None = None
+) -> dict:
+    """50 good devices stream to one daemon through two phases of `seconds` each: the baseline, with the attack(s)
+    `names` aimed at a Decoy (the machine pays for sending them, the daemon does not), then with them aimed at the
+    daemon. Return what was measured in each phase. `twins`: per attack, the options of its benign twin, aimed at
+    the daemon in the baseline instead (an attack that is also load, such as 400 devices, which the daemon must
+    carry either way). `connections`: the ingest and control connections the attacks open, for the memory bound."""
+    names = [names] if isinstance(names, str) else names
+    twins = twins or {}
+    with ipc_addresses() as a, daemon_process(a, *flags(LIMITS)) as proc, Decoy() as decoy:
         wait_ready(a["control"])
         good = fleet(a["ingest"], devices=GOOD_DEVICES)
         sub = Subscriber(a["publish"])
+        pinger = Pinger(a["control"])
         try:
             sub.collect(lambda g: len({e["device"] for _, e in g}) >= GOOD_DEVICES, 60)  # every device has started
-            before_mb = peak_rss_mb(proc.pid)
-            started = time.time()
-            pinger = Pinger(a["control"])
+            pinger.start()
+            baseline_started = time.time()
             with contextlib.ExitStack() as attacks:
-                for name in [names] if isinstance(names, str) else names:
-                    attacks.enter_context(Attack(name, a))
-                pinger.start()
+                for name in names:
+                    attacks.enter_context(
+                        Attack(name, a, **twins[name]) if name in twins else Attack(name, decoy.addresses)
+                    )
                 end = time.monotonic() + seconds
                 sub.collect(lambda g: time.monotonic() >= end, seconds + 30)
-                pinger.stop.set()
+            before_mb = peak_rss_mb(proc.pid)
+            started = time.time()
+            with contextlib.ExitStack() as attacks:
+                for name in names:
+                    attacks.enter_context(Attack(name, a))
+                end = time.monotonic() + seconds
+                sub.collect(lambda g: time.monotonic() >= end, seconds + 30)
             ended = time.time()
+            pinger.stop.set()
             pinger.join(timeout=15)
-            settle = time.monotonic() + 3.0  # windows cut during the attack still reach the subscriber
-            sub.collect(lambda g: time.monotonic() >= settle, 30)
+            # Every window cut during the attack reaches the subscriber: wait for each device's first one after it.
+            # A daemon that lost or starved them leaves this wait at its limit, and the checks below say why.
+            settle = time.monotonic() + 30.0
+            sub.collect(lambda g: time.monotonic() >= settle or past(g, ended) >= GOOD_DEVICES, 60)
             stats = request(a["control"], {"cmd": "stats"})
             peak_mb = peak_rss_mb(proc.pid)
         finally:
+            pinger.stop.set()
             sub.close()
             good.kill()
             good.wait(timeout=10)
         assert proc.poll() is None, proc.output()[-3000:]
     ours = [(r, e) for r, e in sub.got if e["device"].startswith("sim")]
-    during = [r - e["t"] for r, e in ours if started <= r <= ended + 2.0]
+    # fleet.py stamps a message's samples from when it sends it: the last sample of a window was sent at most
+    # CHUNK_S before its `t`, so receipt − t + CHUNK_S bounds the time from sending to the subscriber. Each window
+    # counts once, in the phase its last sample was sent in, however late it arrived.
+    baseline = [r - e["t"] + CHUNK_S for r, e in ours if baseline_started <= e["t"] < started]
+    during = [(e["device"], r - e["t"] + CHUNK_S) for r, e in ours if started <= e["t"] <= ended]
+    per_device = {d: 0 for d in {e["device"] for _, e in ours}}
+    for d, _ in during:
+        per_device[d] += 1
     return {
         "lost": {d: n for d, n in lost_windows([e for _, e in ours]).items() if n},
-        "delay_p99_s": float(np.percentile(during, 99)) if during else float("inf"),
-        "estimates_during": len(during),
-        "ping_max_s": max(pinger.times, default=float("inf")),
+        # Windows rejected for what happened to them on the way (a `gap`: messages lost; `overloaded`: shed), not
+        # for their signal (fleet.py's few devices with a poor pulse: `no_pulse`, as without an attack).
+        "not_delivered": sorted(
+            {(e["device"], e.get("reason")) for _, e in ours if e.get("reason") not in (None, *REASONS)}
+        ),
+        "devices_past_the_attack": past(sub.got, ended),
+        "fewest_estimates_during": min(per_device.values(), default=0),
+        "baseline_delay_p99_s": p99(baseline),
+        "delay_p99_s": p99([delay for _, delay in during]),
+        "baseline_ping_max_s": pinger.longest(baseline_started, started),
+        "ping_max_s": pinger.longest(started),
         "growth_mb": peak_mb - before_mb,
         "bound_mb": bound_mb(connections),
         "rejected": stats["rejected"],
@@ -99,14 +144,21 @@ def under_attack(names: str | list[str], seconds: float = 8.0, connections: int 
     }
 
 
+def past(got: list[tuple[float, dict]], when: float) -> int:
+    """How many good devices have an estimate of a window that ended after `when`."""
+    return len({e["device"] for _, e in got if e["device"].startswith("sim") and e["t"] > when})
+
+
 def check(m: dict, seconds: float = 8.0) -> None:
     print(m)  # the figures docs/reliability.md quotes: `pytest -s tests/test_hostile_inputs.py`
+    # Counts: nothing lost, every estimate delivered and sound.
     assert not m["lost"], f"good devices lost windows: {m}"
-    assert m["estimates_during"] >= GOOD_DEVICES * (seconds - 2), m  # a window per device per second went out
-    # fleet.py stamps a message's samples from when it sends it: the last sample of a window was sent at most
-    # CHUNK_S before its `t`, so receipt − t + CHUNK_S bounds the time from sending to the subscriber.
-    assert m["delay_p99_s"] + CHUNK_S <= 1.0, m
-    assert m["ping_max_s"] <= 1.0, m
+    assert not m["not_delivered"], f"good devices' windows were cut short or shed: {m}"
+    assert m["devices_past_the_attack"] == GOOD_DEVICES, f"some good devices' estimates stopped: {m}"
+    assert m["fewest_estimates_during"] >= seconds - 1, m  # a window per device per second of the attack went out
+    # Ratios, in this run: the attack slowed the good devices and the control socket by a few times at most.
+    assert m["delay_p99_s"] <= SLOWDOWN * m["baseline_delay_p99_s"] + ALLOWANCE_S, m
+    assert m["ping_max_s"] <= SLOWDOWN * m["baseline_ping_max_s"] + ALLOWANCE_S, m
     assert m["growth_mb"] <= m["bound_mb"], m
 
 
@@ -116,11 +168,16 @@ def test_a_nan_flood_is_shed_as_its_own_and_the_others_lose_nothing():
     assert m["rejected"].get("over_budget", 0) > 0, m  # its markers and messages over its share, counted
 
 
+# ~45 s; in CI: test_preprocess.py (an odd rate gets small resampling terms), test_quality.py and
+# test_worker_fairness.py (400 rates near 25 Hz make one gate pass and one model call)
+@pytest.mark.slow
 def test_a_costly_sampling_rate_and_400_slightly_different_rates_cost_the_others_nothing():
+    twins = {"odd_rate": {"base_hz": 25.0, "step_hz": 0.0}, "many_rates": {"step_hz": 0.0}}  # the same, one cheap rate
     for attack in ("odd_rate", "many_rates"):
-        check(under_attack(attack))
+        check(under_attack(attack, twins=twins))
 
 
+@pytest.mark.slow  # ~25 s; in CI: test_budget.py's device far above its rate, shed while another loses nothing
 def test_a_device_sending_far_faster_than_its_rate_is_shed_under_its_own_name():
     m = under_attack("fast_sender")
     check(m)
@@ -165,9 +222,13 @@ def test_the_heartbeat_latency_counts_the_time_messages_queued_in_zeromq():
     assert heartbeat_p99 / 1000 >= seen - 0.5, (heartbeat_p99, seen)
 
 
+# ~30 s, 19 of them sleeps; in CI: test_budget.py's squatter tests (a new wearable takes the longest unproductive
+# squatter's slot; productive or young devices keep theirs). The mass expiry is judged here only.
+@pytest.mark.slow
 def test_squatted_slots_go_to_a_real_wearable_and_a_mass_expiry_stalls_nothing():
     """Item 9: 300 ids kept alive with a tiny message each every 5 s fill a table of 300; real wearables that come
-    later still get in (each takes the slot of a squatter that cut no window), and `ping` stays within 1 s."""
+    later still get in (each takes the slot of a squatter that cut no window), and `ping`, through the squatting
+    and their mass expiry, answers within a few times what it took before they came."""
     limits = {"limits": {"max_devices": 300, "device_idle_s": 5.0}}
     with ipc_addresses() as a, daemon_process(a, *flags(limits)) as proc:
         wait_ready(a["control"])
@@ -175,8 +236,11 @@ def test_squatted_slots_go_to_a_real_wearable_and_a_mass_expiry_stalls_nothing()
         pinger = Pinger(a["control"])
         good = None
         try:
+            pinger.start()
+            baseline_started = time.time()
+            time.sleep(2.0)  # `ping` before the squatters: the baseline
+            started = time.time()
             with Attack("squatters", a, ids=300, every_s=5.0):
-                pinger.start()
                 time.sleep(10.0)  # the table is full, and every squatter has gone 2 windows (8 s) without one
                 assert request(a["control"], {"cmd": "stats"})["devices"] == 300
                 good = fleet(a["ingest"], devices=5)
@@ -192,7 +256,8 @@ def test_squatted_slots_go_to_a_real_wearable_and_a_mass_expiry_stalls_nothing()
                 good.wait(timeout=10)
         assert proc.poll() is None
     assert stats["rejected"].get("replaced", 0) >= 5, stats
-    assert max(pinger.times) <= 1.0, pinger.times
+    baseline_s = pinger.longest(baseline_started, started)
+    assert pinger.longest(started) <= SLOWDOWN * baseline_s + ALLOWANCE_S, (baseline_s, pinger.times)
 
 
 def test_a_control_request_over_64_kib_is_never_read_and_a_smaller_one_is_answered():
@@ -213,7 +278,7 @@ def test_a_control_request_over_64_kib_is_never_read_and_a_smaller_one_is_answer
                 replies[name] = decode_map(req.recv()) if req.poll(3000) else None
             assert replies["over"] is None  # never read: its connection was dropped
             assert replies["under"] is not None and "ok" in replies["under"]
-            assert request(a["control"], {"cmd": "ping"}, timeout_s=1.0) == {"ok": True}
+            assert request(a["control"], {"cmd": "ping"}) == {"ok": True}  # the daemon still answers
         finally:
             ctx.destroy(linger=0)
         assert proc.poll() is None

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zmq
 import zmq.auth
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 from zmq_helpers import daemon_process, ipc_addresses
 
 from p2p_stream.errors import ConfigError

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 from zmq_helpers import ROOT, Subscriber, daemon_process, ipc_addresses, logged_process, request
 
 from p2p_stream.errors import ConfigError

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from p2p_stream.errors import ProtocolError
+from p2p_stream.wire.estimate import example_estimate
 from p2p_stream.wire.protocol import decode_estimate, decode_ingest, encode_estimate, encode_ingest
 
 
@@ -32,7 +33,7 @@ def test_round_trip_bytes_and_array():
 
 
 def test_estimate_round_trip():
-    e = {"v": 1, "device": "d", "seq": 0, "t": 1.0, "sbp": None, "dbp": None, "ok": False, "reason": "gap"}
+    e = example_estimate("gap", device="d", interval=0.8, epoch=3)  # a break marker: numbers nil
     frames = encode_estimate(e)
     assert frames[0] == b"sbp.d" and decode_estimate(frames) == e
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 from zmq_helpers import ROOT, Subscriber, daemon_process, logged_process, request, wait_ready
 
 from p2p_stream.stream.security.curve import curve_client

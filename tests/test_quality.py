@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import openpyxl
 import pytest
-from conftest import SAMPLE, read_segment
-from conftest import simulated_ppg as simulated
+from helpers import SAMPLE, read_segment
+from helpers import simulated_ppg as simulated
 
 from p2p_stream.ppg import preprocess, quality
 from p2p_stream.ppg.preprocess import resample
@@ -21,7 +21,7 @@ def real(name: str) -> np.ndarray:
     return resample(read_segment(name), 1000.0, FS).astype(np.float64)
 
 
-simulated_ppg = partial(simulated, seconds=10.0, fs=FS)  # 10 s at the model rate (conftest's pulse shape)
+simulated_ppg = partial(simulated, seconds=10.0, fs=FS)  # 10 s at the model rate (helpers.py's pulse shape)
 
 
 def sheet_hr(subject: int) -> float:

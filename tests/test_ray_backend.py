@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import SAMPLE, read_segment, simulated_ppg
+from helpers import SAMPLE, read_segment, simulated_ppg
 from zmq_helpers import client, running_daemon
 
 ray = pytest.importorskip("ray", reason="the optional [cluster] extra (Ray Serve) is not installed")
@@ -32,11 +32,6 @@ def local_ray():
     yield
     serve.shutdown()
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def est() -> Estimator:
-    return Estimator.load()
 
 
 def one_replica(**overrides) -> Ray:

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 import zmq
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 from zmq_helpers import ROOT, daemon_process, ipc_addresses, wait_ready
 
 pytest.importorskip("ray.serve", reason="the optional [cluster] extra (Ray Serve) is not installed")
@@ -235,7 +235,7 @@ def test_a_deploy_asking_for_a_gpu_the_cluster_lacks_fails_within_its_timeout_sa
     """On a Ray without GPUs (CUDA_VISIBLE_DEVICES empty: the daemon's own Ray sees none), num_gpus = 1 must not
     leave the daemon hanging with its app DEPLOYING: one line, exit 2, naming the cause."""
     with ipc_addresses() as a:
-        cmd = [sys.executable, "daemon.py", "--device", "cpu", "--ingest", a["ingest"], "--publish", a["publish"],
+        cmd = [sys.executable, "daemon.py", "--torch-device", "cpu", "--ingest", a["ingest"], "--publish", a["publish"],
                "--control", a["control"], "--set", "model.backend=ray", "--set", "ray.app=p2p-gpu",
                "--set", "ray.num_gpus=1", "--set", "ray.deploy_timeout_s=5"]  # fmt: skip
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}

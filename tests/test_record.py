@@ -30,6 +30,7 @@ from p2p_stream.tools.cluster.proxy import Proxy
 from p2p_stream.tools.recording.db import ESTIMATE_COLUMNS, ESTIMATE_KEYS, SCHEMA_VERSION, RecordingDB
 from p2p_stream.tools.recording.recorder import Recorder
 from p2p_stream.tools.recording.recorder import main as record_main
+from p2p_stream.wire.estimate import FIELD, FIELDS, check_estimate, example_estimate
 from p2p_stream.wire.protocol import encode_estimate, encode_ingest, encode_status
 
 DEMO_CSV = Path(ROOT) / "p2p_stream" / "assets" / "demo" / "ppg_bp_demo.csv"
@@ -161,6 +162,7 @@ def test_every_estimate_the_subscriber_saw_is_a_row(session):
     got = rows(db)
     assert [key(r) for r in got] == [key(e) for e in seen]  # the same estimates, in the order published
     assert [{k: r[k] for k in ESTIMATE_KEYS} for r in got] == [as_row(e) for e in seen]  # every contract key
+    assert [p for p in map(check_estimate, seen) if p] == []  # what the daemon sent is what the estimate declares
     assert all(r["extra"] is None for r in got)  # this daemon sends no key the schema lacks
     assert {e.get("epoch") for e in seen} == {r["epoch"] for r in got} == {1}  # a column, not `extra`
     assert f"recorded {len(seen)} estimates" in session["stdout"]  # SIGINT: committed, counted, exit 0 (above)
@@ -356,10 +358,20 @@ def test_daemon_restarted_mid_recording(tmp_path, store):
 
 
 def good_estimate(device: str, seq: int, **extra) -> dict:
-    e = {k: None for k in ESTIMATE_KEYS}
-    e.update(v=1, device=device, seq=seq, t=T0 + seq, window_s=2.1, sbp=120.0, dbp=80.0, ok=True, sqi=0.9, hr=70.0,
-             calibrated=False, model="m@00000000", latency_ms=5.0, ref_sbp=118.0, ref_dbp=79.0)  # fmt: skip
+    """A well-formed estimate (`example_estimate`) with a cuff reference; a key of `extra` the declaration lacks is
+    added as a newer daemon would send it."""
+    declared = {k: v for k, v in extra.items() if k in FIELD}
+    e = example_estimate(
+        device=device, seq=seq, t=T0 + seq, window_s=2.1, hr=70.0, model="m@00000000", ref=(118.0, 79.0), **declared
+    )
     return {**e, **extra}
+
+
+def test_the_columns_are_the_declared_keys():
+    """A column per key the estimate declares (wire/estimate.py), of its type; `daemon` goes to `extra`."""
+    kinds = {"int": "int", "float": "num", "str": "text", "bool": "bool"}
+    declared = {f.name: kinds[f.type] for f in FIELDS if f.name != "daemon"}
+    assert {k: kind for k, (kind, _) in ESTIMATE_KEYS.items()} == declared
 
 
 def malformed() -> list[tuple[str, list[bytes]]]:

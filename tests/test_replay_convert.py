@@ -10,18 +10,12 @@ import pytest
 import zmq
 from zmq_helpers import Client, running_daemon
 
-from p2p_stream import Estimator
 from p2p_stream.offline.datasets import load_ppg_bp, load_replay_csv, read_replay_csv
 from p2p_stream.tools.bridges.convert import convert
 from p2p_stream.tools.bridges.replay import Replayer, fan_out, wait_for_subscriber
 from p2p_stream.tools.demo import demo_recording
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def est() -> Estimator:
-    return Estimator.load()
 
 
 def test_converter_round_trips_ppg_bp(ppg_bp_sample, tmp_path):

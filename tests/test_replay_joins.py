@@ -7,7 +7,7 @@ import sys
 import time
 
 import numpy as np
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 from zmq_helpers import ROOT, Subscriber, daemon_process, ipc_addresses, wait_ready
 
 from p2p_stream.offline.datasets.replay_csv import Recording, load_replay_csv, read_replay_csv, write_replay_csv

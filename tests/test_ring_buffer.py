@@ -152,8 +152,9 @@ def test_only_accepted_messages_keep_a_device_alive():
     t.push(msg(0, 0, 10, device="a"), arrival=0.0)
     for k in range(1, 20):  # refused, every second: a duplicate, replays, a seq leap
         assert t.push(msg([0, 0, 2**63][k % 3], 0, 10, device="a"), arrival=float(k)).dropped
-    assert t.evict_idle(now=10.5) == ["a"]  # gone 10 s after its last accepted message, its slot free
-    t.push(msg(0, 0, 10, device="b"), arrival=11.0)
+    assert t.evict_idle(now=10.5) == ["a"]  # gone 10 s after its last accepted message…
+    assert t.push(msg(0, 0, 10, device="b"), arrival=11.0).dropped is None  # …its slot free for another
+    assert list(t.streams) == ["b"]
 
 
 # ---------------------------------------------------------------- holes: O(n), one marker per message

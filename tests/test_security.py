@@ -8,23 +8,17 @@ import time
 import numpy as np
 import pytest
 import zmq
-from conftest import simulated_ppg
+from helpers import simulated_ppg
 from zmq_helpers import running_daemon
 
 from p2p_stream.config.daemon import load_daemon_config
 from p2p_stream.config.security import exposure_warning, is_local
 from p2p_stream.errors import ConfigError
-from p2p_stream.model.estimator import Estimator
 from p2p_stream.stream.security.curve import curve_client
 from p2p_stream.tools.cli.keys import main as keys_main
 from p2p_stream.wire.protocol import decode_map, encode_ingest, pack
 
 FS = 125.0
-
-
-@pytest.fixture(scope="module")
-def estimator():
-    return Estimator.load()
 
 
 @pytest.fixture()
@@ -97,11 +91,11 @@ def _curve_socket(ctx, kind, address, keys, client):
     return sock
 
 
-def test_only_authorized_wearables_get_in(estimator, keys, caplog):
+def test_only_authorized_wearables_get_in(est, keys, caplog):
     security = {"curve_secret_key": str(keys / "server.key_secret"), "authorized_keys": str(keys / "authorized")}
     x = simulated_ppg(72, 6.0, FS).astype(np.float32)
     caplog.set_level(logging.WARNING, logger="p2p_stream")
-    with running_daemon(estimator, security=security) as (daemon, addresses):
+    with running_daemon(est, security=security) as (daemon, addresses):
         ctx = zmq.Context()
         try:
             req = _curve_socket(ctx, zmq.REQ, addresses["control"], keys, "watch-1")

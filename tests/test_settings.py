@@ -145,10 +145,10 @@ def test_daemon_flags_set_their_declared_keys_and_the_old_names_still_work():
     )  # fmt: skip
     assert c.sockets.addresses() == {"ingest": "ipc:///tmp/i", "publish": "ipc:///tmp/e", "control": "ipc:///tmp/c"}
     assert (c.windowing.window_s, c.windowing.hop_s, c.batching.max_batch, c.batching.max_wait_ms) == (4, 1, 8, 5)
-    assert (c.model.threads, c.model.device, c.model.backend, c.model.path) == (3, "cpu", "local", "m")
+    assert (c.model.threads, c.model.torch_device, c.model.backend, c.model.path) == (3, "cpu", "local", "m")
     assert c.operation.log_level == "DEBUG"
     old = _daemon_config(["--publish", "ipc:///tmp/e", "--device", "cuda:1"])
-    assert (old.sockets.publish, old.model.device) == ("ipc:///tmp/e", "cuda:1")
+    assert (old.sockets.publish, old.model.torch_device) == ("ipc:///tmp/e", "cuda:1")
     # --set after the flags wins; the flags win over the file
     assert _daemon_config(["--max-batch", "8", "--set", "batching.max_batch=9"]).batching.max_batch == 9
 
@@ -164,7 +164,8 @@ def test_a_flag_for_every_declared_flag_and_help_from_the_declaration(capsys):
         assert flag in text
     assert "--window-s S window length (s), 2–120 [10.0]" in text
     assert "--max-wait-ms MS the oldest window waits at most this long for company (ms), 0–10000 [20.0]" in text
-    assert "--torch-device DEVICE, --device DEVICE" in text
+    assert "--torch-device DEVICE torch device the network runs on" in text
+    assert "--device" not in text  # a deprecated name works (below) but is not offered
 
 
 @pytest.mark.parametrize(
@@ -194,6 +195,62 @@ def test_train_flags_set_their_declared_keys(tmp_path, capsys):
     assert "split.protocol must be one of ('subject', 'seed', 'lodo'), got 'random'" in capsys.readouterr().err
     assert cli_train.main(["--out", str(tmp_path), "--epoch", "3"]) == 2
     assert "unknown flag --epoch; did you mean --epochs?" in capsys.readouterr().err
+
+
+DEPRECATED_KEY = "model.device is deprecated; use model.torch_device"
+
+
+@pytest.mark.parametrize(
+    "toml",
+    ['[model]\ndevice = "cpu"\n', 'model.device = "cpu"\n', '[model]\ntorch_device = "cpu"\n'],
+    ids=["old key in its table", "old key dotted", "new key"],
+)
+def test_a_renamed_key_still_works_under_its_old_name_with_one_line_saying_so(toml, tmp_path, caplog):
+    path = tmp_path / "daemon.toml"
+    path.write_text(toml)
+    caplog.set_level("WARNING")
+    assert load_daemon_config(path).model.torch_device == "cpu"
+    old = "torch_device" not in toml
+    assert [r.getMessage() for r in caplog.records] == ([DEPRECATED_KEY] if old else [])
+    caplog.clear()  # the old key in the file and in --set: still one line
+    config = load_daemon_config(path, [parse_override("model.device='cuda:1'")])
+    assert config.model.torch_device == "cuda:1"
+    assert [r.getMessage() for r in caplog.records] == [DEPRECATED_KEY]
+
+
+def test_a_renamed_key_and_its_new_name_together_are_refused():
+    with pytest.raises(ConfigError, match="give only model.torch_device"):
+        load_daemon_config(None, [{"model": {"device": "cpu", "torch_device": "cuda"}}])
+    config = load_daemon_config(None, [parse_override("model.device=cpu"), parse_override("model.torch_device=cuda")])
+    assert config.model.torch_device == "cuda"  # in separate layers, the later wins as for any key
+
+
+@pytest.mark.parametrize(
+    "argv,lines",
+    [
+        (["--device", "tpu"], ["--device is deprecated; use --torch-device"]),
+        (["--set", "model.device=tpu"], [DEPRECATED_KEY]),
+        (["--torch-device", "tpu"], []),
+        (["--set", "model.torch_device=tpu"], []),
+    ],
+)
+def test_the_old_flag_and_key_print_one_deprecation_line_and_are_checked_as_the_new(argv, lines):
+    """A real command line: the line reaches the terminal before logging is set up, and the value is checked under
+    its new name."""
+    cmd = [sys.executable, "-m", "p2p_stream.tools.cli.daemon", *argv]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 2
+    err = out.stderr.splitlines()
+    assert err == [*lines, "error: model.torch_device must be cpu, cuda, cuda:N or auto, got 'tpu'"]
+
+
+def test_an_unknown_key_is_still_refused_and_the_old_name_is_not_offered():
+    with pytest.raises(ConfigError) as info:
+        load_daemon_config(None, [parse_override("model.devices=cpu")])
+    assert str(info.value) == (
+        "unknown key model.devices; valid keys: backend, burst_threads, inference_process, path, reuse_crops, "
+        "threads, torch_device; did you mean torch_device?"
+    )
 
 
 def test_config_imports_no_stream_tool_offline_zmq_or_torch():

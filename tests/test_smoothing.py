@@ -13,7 +13,7 @@ from p2p_stream.backends import BackendUnavailable, LocalBackend
 from p2p_stream.stream.counters import Counters
 from p2p_stream.stream.inference.batcher import DynamicBatcher
 from p2p_stream.stream.inference.worker import InferenceWorker
-from p2p_stream.stream.ingest.ring_buffer import Window
+from p2p_stream.stream.ingest.ring_buffer import BreakMarker, Window
 from p2p_stream.stream.state.calibration import Calibrations
 from p2p_stream.stream.state.smoothing import Smoother, smooth_mean
 
@@ -120,7 +120,7 @@ def ppg_window(k: int, device: str = "d") -> Window:
 
 
 def gap(k: int, device: str = "d") -> Window:
-    return Window(device, None, FS, T0 + k - 0.5, time.monotonic(), reason="gap", seq=k)
+    return BreakMarker(device, FS, T0 + k - 0.5, time.monotonic(), seq=k)
 
 
 def run(worker, windows) -> list[dict]:

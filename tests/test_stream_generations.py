@@ -13,8 +13,9 @@ from zmq_helpers import ipc_addresses
 from p2p_stream import Estimator
 from p2p_stream.backends import LocalBackend
 from p2p_stream.config.daemon import load_daemon_config
-from p2p_stream.stream.daemon import Daemon, build
+from p2p_stream.stream.daemon import Daemon
 from p2p_stream.stream.ingest.devices import DeviceTable
+from p2p_stream.stream.parts import build
 from p2p_stream.stream.state.calibration import Calibrations
 from p2p_stream.stream.state.smoothing import Smoother
 from p2p_stream.wire.protocol import Ingest, encode_ingest, pack

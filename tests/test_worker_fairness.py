@@ -16,7 +16,7 @@ from p2p_stream.ppg.quality import ppg_assess
 from p2p_stream.stream.counters import Counters
 from p2p_stream.stream.inference.batcher import DynamicBatcher
 from p2p_stream.stream.inference.worker import InferenceWorker
-from p2p_stream.stream.ingest.ring_buffer import Window
+from p2p_stream.stream.ingest.ring_buffer import BreakMarker, Window
 from p2p_stream.stream.state.calibration import Calibrations
 from p2p_stream.stream.state.smoothing import Smoother
 
@@ -89,7 +89,7 @@ def test_submit_gives_each_window_what_it_would_get_alone(est, gate_passes):
     batch = []
     for k, rate in enumerate([25.0, 25.001, 20.0119, 30.0, 125.0, 24.999, 64.0, 25.002]):
         batch.append(window(f"d{k}", rate, k))
-    batch.insert(3, Window("d1", None, 25.001, T0 + 9, time.monotonic(), reason="gap", seq=9))
+    batch.insert(3, BreakMarker("d1", 25.001, T0 + 9, time.monotonic(), seq=9))
     nan = window("d8", 25.0, 10)
     nan.x[17] = np.nan
     noise = window("d9", 30.0, 11)

@@ -152,7 +152,7 @@ def daemon_process(addresses: dict[str, str], *flags: str) -> Iterator[subproces
     Its log goes to a temporary file, read back with `proc.output()`. Its clock-skew limit is FIXED_T0_SKEW_S unless
     `flags` set another (`--set limits.max_clock_skew_s=…`: a later --set wins).
     """
-    cmd = [sys.executable, "daemon.py", "--device", "cpu", "--window-s", "4", "--hop-s", "1",
+    cmd = [sys.executable, "daemon.py", "--torch-device", "cpu", "--window-s", "4", "--hop-s", "1",
            "--ingest", addresses["ingest"], "--publish", addresses["publish"], "--control", addresses["control"],
            "--set", f"limits.max_clock_skew_s={FIXED_T0_SKEW_S:.0f}", *flags]  # fmt: skip
     with logged_process(cmd) as proc:

@@ -15,6 +15,10 @@ from p2p_stream.errors import ConfigError
 from p2p_stream.ids import DEVICE_RE
 
 MAX_SPAN_WINDOWS = 600  # estimates within a calibration span: 600 × ~120 B per device, bounded at any device count
+# Keys renamed, old → new: the old name is still accepted (TOML, --set), logging '<old> is deprecated; use <new>'.
+RENAMED = {
+    "model.device": "model.torch_device",  # a "device" is a wearable everywhere else
+}
 
 
 def _address(value: str) -> bool:
@@ -107,10 +111,10 @@ class Model:
     """The network and where it runs."""
 
     path: str = setting("", "checkpoint folder; '' = the shipped default model", flag="--model", metavar="DIR")
-    device: str = setting(
+    torch_device: str = setting(
         "auto", "torch device the network runs on (auto: CUDA when present)",
         rule=_torch_device, expect="cpu, cuda, cuda:N or auto",
-        flag="--torch-device", aliases=("--device",), metavar="DEVICE",
+        flag="--torch-device", deprecated=("--device",), metavar="DEVICE",
     )  # fmt: skip
     threads: int = setting(
         0, "torch intra-op threads; 0 = every core but one (one is left to the ingest loop)", range=(0, 256),
@@ -346,7 +350,7 @@ def _validate(c: DaemonConfig) -> None:
 
 def load_daemon_config(path: str | Path | None = None, overrides: list[dict] | None = None) -> DaemonConfig:
     config = DaemonConfig()
-    apply_layers(config, path, overrides)
+    apply_layers(config, path, overrides, RENAMED)
     _validate(config)
     return config
 

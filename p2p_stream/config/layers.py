@@ -1,14 +1,20 @@
-"""Configuration layers: dataclass defaults, a TOML file, then CLI overrides; unknown keys and wrong types refused."""
+"""Configuration layers: dataclass defaults, a TOML file, then CLI overrides; unknown keys and wrong types refused,
+renamed keys accepted under their old name with a line saying so."""
 
 from __future__ import annotations
 
+import copy
 import difflib
+import logging
 import tomllib
+from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from p2p_stream.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def apply_values(target: Any, values: dict, where: str) -> None:
@@ -77,15 +83,46 @@ def parse_override(text: str) -> dict:
     return out
 
 
-def apply_layers(config: Any, path: str | Path | None, overrides: list[dict] | None) -> None:
-    """Apply the TOML file at `path` (if any), then each override dict, in order, onto `config`."""
+def rename_keys(values: dict, renamed: Mapping[str, str], warned: set[str]) -> dict:
+    """`values` with each old dotted key of `renamed` (old → new) moved to its new key; the first use of each old key
+    (per `warned`) logs 'model.device is deprecated; use model.torch_device'. Old and new key together: refused."""
+    for old, new in renamed.items():
+        *old_sections, old_name = old.split(".")
+        node = values
+        for s in old_sections:
+            node = node.get(s) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or old_name not in node:
+            continue
+        if old not in warned:
+            warned.add(old)
+            log.warning("%s is deprecated; use %s", old, new)
+        value = node.pop(old_name)
+        *new_sections, new_name = new.split(".")
+        target = values
+        for s in new_sections:
+            target = target.setdefault(s, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{s} must be a table")
+        if new_name in target:
+            raise ConfigError(f"{old} and {new} are one setting, {old} its deprecated name: give only {new}")
+        target[new_name] = value
+    return values
+
+
+def apply_layers(
+    config: Any, path: str | Path | None, overrides: list[dict] | None, renamed: Mapping[str, str] | None = None
+) -> None:
+    """Apply the TOML file at `path` (if any), then each override dict, in order, onto `config`; a key of `renamed`
+    (old dotted key → new) is taken as its new key, with one line logged for each old key used."""
+    renamed, warned = renamed or {}, set[str]()
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} not found")
         try:
-            apply_values(config, tomllib.loads(path.read_text()), "")
+            values = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
+        apply_values(config, rename_keys(values, renamed, warned), "")
     for o in overrides or []:
-        apply_values(config, o, "")
+        apply_values(config, rename_keys(copy.deepcopy(o), renamed, warned), "")

@@ -16,6 +16,7 @@ import argparse
 import copy
 import difflib
 import json
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from typing import Any, NoReturn
@@ -23,6 +24,7 @@ from typing import Any, NoReturn
 from p2p_stream.errors import ConfigError
 
 SPEC = "p2p_setting"  # the key of a field's metadata that holds its `Spec`
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,9 @@ class Spec:
     rule: Callable[[Any], bool] | None = None  # a per-setting rule neither range nor choices can say…
     expect: str = ""  # …and what it accepts, in words: "{key} must be {expect}, got {value!r}"
     flag: str = ""  # the named CLI flag, e.g. "--window-s"; "" = only through --set key=value
-    aliases: tuple[str, ...] = ()  # older flag names still accepted
+    aliases: tuple[str, ...] = ()  # other names of the flag, shown in --help
     metavar: str = ""  # the flag's value in --help; derived from the unit and type when ""
+    deprecated: tuple[str, ...] = ()  # older flag names still accepted, kept out of --help; each use logs a line
 
     def describe(self, kind: type) -> str:
         """'window length (s), 2–120': help, unit, and what is accepted."""
@@ -97,6 +100,7 @@ def setting(
     flag: str = "",
     aliases: tuple[str, ...] = (),
     metavar: str = "",
+    deprecated: tuple[str, ...] = (),
 ) -> Any:
     """A dataclass field declaring one setting: its default and everything the checks, TOML and flags need."""
     if isinstance(range, tuple):
@@ -107,7 +111,9 @@ def setting(
         raise TypeError(f"range is for numbers, not {default!r}")
     if choices and not isinstance(default, str):
         raise TypeError(f"choices are for strings, not {default!r}")
-    spec = Spec(help, unit, range, tuple(choices), fold_case, rule, expect, flag, tuple(aliases), metavar)
+    spec = Spec(
+        help, unit, range, tuple(choices), fold_case, rule, expect, flag, tuple(aliases), metavar, tuple(deprecated)
+    )
     if isinstance(default, list | dict):
         return field(default_factory=lambda: copy.deepcopy(default), metadata={SPEC: spec})
     return field(default=default, metadata={SPEC: spec})
@@ -214,14 +220,30 @@ def flag_help(d: Declared) -> str:
     return f"{d.spec.describe(d.kind)} [{default}]".replace("%", "%%")
 
 
+class DeprecatedFlag(argparse.Action):
+    """An old flag name that still sets what the new one (`new`) does, logging '--old is deprecated; use --new'."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option: str | None = None) -> None:
+        log.warning("%s is deprecated; use %s", option, self.new)
+        setattr(namespace, self.dest, values)
+
+
 def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config_cls: type) -> None:
-    """One flag per setting that declares one. Values stay text here: the layers check them like a TOML value,
-    so a bad flag gets the same one-line message, naming the key."""
+    """One flag per setting that declares one (and its deprecated names, out of --help). Values stay text here: the
+    layers check them like a TOML value, so a bad flag gets the same one-line message, naming the key."""
     for d in declared(config_cls):
         if d.spec.flag:
             parser.add_argument(
                 d.spec.flag, *d.spec.aliases, dest=d.key, default=None, metavar=_metavar(d), help=flag_help(d)
             )
+            for old in d.spec.deprecated:
+                parser.add_argument(
+                    old, action=DeprecatedFlag, new=d.spec.flag, dest=d.key, default=None, help=argparse.SUPPRESS
+                )
 
 
 def flag_values(args: argparse.Namespace, config_cls: type) -> dict:
@@ -252,7 +274,7 @@ class FlagParser(argparse.ArgumentParser):
         parsed, extra = self.parse_known_args(args, namespace)
         if extra:
             word = extra[0].split("=", 1)[0]
-            known = sorted(s for a in self._actions for s in a.option_strings)
+            known = sorted(s for a in self._actions if a.help != argparse.SUPPRESS for s in a.option_strings)
             near = difflib.get_close_matches(word, known, n=1) if word.startswith("-") else []
             kind = "flag" if word.startswith("-") else "argument"
             self.error(f"unknown {kind} {extra[0]}" + (f"; did you mean {near[0]}?" if near else ""))

@@ -57,7 +57,7 @@ def _pulse_periodicity(y: np.ndarray, fs: float, config: QualityConfig) -> tuple
     # Long lags overlap too little to be trusted: keep at least 40 % of the window in the product.
     lag_max = min(int(np.ceil(fs * 60.0 / config.hr_min_bpm)), int(0.6 * n))
     # Lags up to lag_max only: zero-padding by lag_max + 1 keeps them free of wrap-around, so a transform of
-    # n + lag_max + 1 points (next fast length) gives what 2n did, in about half the work (issue 17).
+    # n + lag_max + 1 points (next fast length) gives what 2n did, in about half the work.
     size = next_fast_len(n + lag_max + 1, real=True)
     spectrum = np.fft.rfft(y, size, axis=1)
     acf = np.fft.irfft(spectrum * np.conj(spectrum), size, axis=1)[:, : lag_max + 1]

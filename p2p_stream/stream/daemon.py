@@ -1,6 +1,6 @@
 """Daemon: the stages wired in data-path order — build the parts, bind the sockets, run the loop, ingest.
 
-    build(config)   the parts, no socket: the model, device table, batcher, calibrations, smoother, backend, store
+    build(config)   the parts, no socket (stream/parts.py): model, device table, batcher, calibrations, backend, …
     bind(config)    the sockets (stream/sockets.py): ingest SUB, estimates PUB, control REP
     Daemon.run()    the loop: follow the cluster, drain ingest, answer control, evict idle devices
     on_ingest()     one message: routed by topic (`IngestRouter`), validated, buffered, its windows to the batcher
@@ -17,136 +17,30 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from p2p_stream.backends import Backend, make_backend
 from p2p_stream.config.daemon import DaemonConfig
 from p2p_stream.config.security import exposure_warning
-from p2p_stream.errors import ConfigError, P2PError, ProtocolError
-from p2p_stream.model.estimator import Estimator, default_model_path
+from p2p_stream.errors import P2PError, ProtocolError
+from p2p_stream.model.estimator import Estimator
 from p2p_stream.ratelimit import RateLimitedLog
 from p2p_stream.stream.cluster.following import follower_for
-from p2p_stream.stream.counters import Counters
-from p2p_stream.stream.inference.batcher import DynamicBatcher
 from p2p_stream.stream.inference.worker import InferenceWorker
 from p2p_stream.stream.ingest.arrival import ArrivalClock
-from p2p_stream.stream.ingest.bounds import MB
-from p2p_stream.stream.ingest.devices import DeviceLimitError, DeviceTable
-from p2p_stream.stream.ingest.ring_buffer import Window
+from p2p_stream.stream.ingest.devices import DeviceLimitError
+from p2p_stream.stream.ingest.ring_buffer import BreakMarker, CropAhead, Window
 from p2p_stream.stream.ingest.router import IngestRouter
+from p2p_stream.stream.parts import build
 from p2p_stream.stream.security.grants import DeviceGrants, recv_keyed
 from p2p_stream.stream.sockets import bind
-from p2p_stream.stream.state.calibration import Calibrations, params_from_metadata
 from p2p_stream.stream.state.daemon_control import DaemonControl
-from p2p_stream.stream.state.smoothing import Smoother
-from p2p_stream.stream.state.store import RememberingDeviceTable, StateStore
 from p2p_stream.wire.protocol import INGEST_PREFIX, decode_ingest, pack
 
 log = logging.getLogger(__name__)
 DRAIN_PER_POLL = 2000  # messages read per wake-up before control, the stop flag and housekeeping get a turn…
 DRAIN_BUDGET_S = 0.05  # …or this much ingest time, whichever comes first (one message may overrun it)
-
-
-# ---------------------------------------------------------------- build: the parts, no socket
-
-
-@dataclass
-class DaemonParts:
-    """Everything the daemon runs, built from its config: the stages of the data path and their state."""
-
-    estimator: Estimator  # the quality gate's settings, the preprocessing and the network
-    devices: DeviceTable  # one ring buffer per wearable
-    batcher: DynamicBatcher  # finished windows waiting for the model
-    counters: Counters  # what the heartbeat reports
-    calibrations: Calibrations  # cuff readings per wearable
-    smoother: Smoother  # the last few estimates per wearable
-    backend: Backend  # where the gate and the network run
-    store: StateStore | None = None  # calibrations and device facts on disk (state.path); None: in memory only
-
-    @property
-    def boot(self) -> int | None:
-        """This daemon start's number in its state store (the estimates' `epoch`); None without a store."""
-        return self.store.boot if self.store is not None else None
-
-
-def check_windowing(config: DaemonConfig, estimator: Estimator) -> None:
-    """Refuse a window length the model's quality gate or training cannot serve (ConfigError)."""
-    window_s = config.windowing.window_s
-    min_s = estimator.quality_config.min_s
-    if window_s < min_s:
-        raise ConfigError(
-            f"windowing.window_s = {window_s} s is shorter than the {min_s} s the model's "
-            f"quality gate needs ({estimator.name}); use window_s ≥ {min_s}"
-        )
-    lo, hi = estimator.window_range_s
-    if not lo - 1e-6 <= window_s <= hi + 1e-6:
-        accepted = f"windowing.window_s = {lo:g}" if lo == hi else f"windowing.window_s within [{lo:g}, {hi:g}] s"
-        raise ConfigError(
-            f"windowing.window_s = {window_s} s is outside the window lengths "
-            f"{estimator.name} was made for; set {accepted}"
-        )
-
-
-def build(config: DaemonConfig, estimator: Estimator | None = None) -> DaemonParts:
-    """The daemon's parts: the model loaded (or `estimator`) and checked against the windowing, then each stage."""
-    estimator = estimator or Estimator.load(config.model.path or None, device=config.model.torch_device)
-    check_windowing(config, estimator)
-    checkpoint = Path(config.model.path) if config.model.path else default_model_path()
-    # Opened before anything else that holds resources: a store that cannot be used stops the start-up here.
-    store = StateStore(config.state.path, estimator.name) if config.state.path else None
-    backend = None
-    try:
-        backend = make_backend(config, estimator, checkpoint)
-        parts = _parts(config, estimator, backend, store)
-    except BaseException:
-        if backend is not None:
-            backend.close()
-        if store is not None:
-            store.close()
-        raise
-    if store is not None:  # a device's new stream takes its stored calibration; references formed are saved
-        parts.calibrations.recall = store.recall
-        parts.calibrations.on_reference = store.set_reference
-    return parts
-
-
-def _parts(config: DaemonConfig, estimator: Estimator, backend: Backend, store: StateStore | None) -> DaemonParts:
-    w, b, lim, cal = config.windowing, config.batching, config.limits, config.calibration
-    table = DeviceTable if store is None else lambda **kw: RememberingDeviceTable(store, **kw)
-    return DaemonParts(
-        estimator=estimator,
-        devices=table(
-            window_s=w.window_s,
-            hop_s=w.hop_s,
-            max_chunk=lim.max_chunk_samples,
-            gap_tolerance_s=w.gap_tolerance_s,
-            max_devices=lim.max_devices,
-            idle_s=lim.device_idle_s,
-            ring_memory_bytes=int(lim.ring_memory_mb * MB),
-            rate_factor=lim.rate_factor,
-            burst_s=lim.burst_s,
-            # a backend that keeps crop features gets a run's first crops cut ahead, as their samples come in
-            warm_crop_s=estimator.crop_s if backend.caches_crops else 0.0,
-        ),
-        batcher=DynamicBatcher(
-            b.max_batch,
-            b.max_wait_ms,
-            b.max_queue,
-            max_bytes=int(b.max_queue_mb * MB),
-            per_device=b.max_queued_per_device,
-        ),  # fmt: skip
-        counters=Counters(),
-        calibrations=Calibrations(
-            cal.span_s, cal.min_estimates, hop_s=w.hop_s, **params_from_metadata(estimator.metadata)
-        ),
-        smoother=Smoother(config.smoothing.windows),
-        backend=backend,
-        store=store,
-    )
 
 
 # ---------------------------------------------------------------- the daemon: parts + sockets + worker + loop
@@ -158,8 +52,8 @@ class Daemon:
     def __init__(self, config: DaemonConfig, estimator: Estimator | None = None) -> None:
         self.config = config
         self.parts = p = build(config, estimator)
-        self.router = IngestRouter()  # a new kind of message: one registration here
-        self.router.register(INGEST_PREFIX, self._on_ppg)
+        self.router = IngestRouter()
+        self.register(self.router)  # before bind: the SUB subscribes to what is registered
         try:
             self.sockets = bind(config, self.router.prefixes)
         except BaseException:
@@ -200,6 +94,10 @@ class Daemon:
             devices=p.devices, calibrations=p.calibrations, smoother=p.smoother, store=p.store, grants=self.grants,
             status=self.worker.status, refuse=self._refuse_for_key,
         )  # fmt: skip
+
+    def register(self, router: IngestRouter) -> None:
+        """The kinds of message the wearables send, each to its handler: a new kind (a second channel) is one line."""
+        router.register(INGEST_PREFIX, self._on_ppg)
 
     def on_control(self, frames: list[bytes] | dict, user: str | None = None) -> dict:
         """A control request → its reply map (stream/state/daemon_control.py)."""
@@ -324,7 +222,7 @@ class Daemon:
 
     def _enqueue(self, window: Window) -> None:
         shed = self.parts.batcher.put(window)
-        if shed and window.warm:  # a crop cut ahead is no window: its window computes it, nothing is lost or told
+        if shed and isinstance(window, CropAhead):  # no window: its window computes it, nothing is lost or told
             return
         if shed == "overloaded":
             self.parts.counters.reject(shed)
@@ -348,8 +246,9 @@ class Daemon:
         stream here) tells subscribers its estimates broke off there and go on from this daemon."""
         stream = self.parts.devices.streams.get(device)
         if stream is not None:
-            self._enqueue(Window(device, None, stream.fs, t, arrival, reason="gap", seq=stream.take_seq(),
-                                 generation=stream.generation))  # fmt: skip
+            self._enqueue(
+                BreakMarker(device, stream.fs, t, arrival, seq=stream.take_seq(), generation=stream.generation)
+            )
 
     def _refuse_for_key(self, reason: str, user: str | None, device: str) -> None:
         """A message (or control request) from key `user` for `device` refused: counted and logged, rate-limited."""

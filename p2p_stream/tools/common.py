@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from p2p_stream.config.addresses import FORMS
+from p2p_stream.config.settings import DeprecatedFlag
 from p2p_stream.errors import P2PError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -56,8 +57,13 @@ def parent_parser(log_level: str = "WARNING", config: bool = False) -> argparse.
     return p
 
 
-def alias(parser: argparse.ArgumentParser | argparse._ArgumentGroup, old: str, dest: str, **kwargs) -> None:
-    """A deprecated flag name that still works, kept out of `--help`: `old` sets `dest` as the new flag does."""
+def alias(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, old: str, dest: str, new: str = "", **kwargs
+) -> None:
+    """A deprecated flag name that still works, kept out of `--help`: `old` sets `dest` as the new flag does; with
+    `new` (the new flag's name), each use logs '<old> is deprecated; use <new>'."""
+    if new:
+        kwargs.update(action=DeprecatedFlag, new=new)
     parser.add_argument(old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
 
 

@@ -28,6 +28,7 @@ import zmq
 from rich.console import Console
 
 from p2p_stream.config.addresses import check_address
+from p2p_stream.config.daemon import Model, Sockets
 from p2p_stream.errors import CheckpointError, ConfigError, P2PError
 from p2p_stream.offline.datasets.replay_csv import read_replay_csv
 from p2p_stream.tools.bridges.replay import Replayer, fan_out, wait_for_subscriber
@@ -214,29 +215,33 @@ def main(argv: list[str] | None = None, prog: str = "p2p-demo") -> int:
     p.add_argument("--speed", type=float, default=1.0, help="replay speed (1 = real time)")
     p.add_argument(
         "--torch-device",
-        default="auto",
-        help="where the daemon's model runs: cpu | cuda | cuda:N | auto (default auto)",
+        default=Model().torch_device,
+        help="where the daemon's model runs: cpu | cuda | cuda:N | auto (default %(default)s, the daemon's own)",
     )
-    alias(p, "--device", "torch_device")
+    alias(p, "--device", "torch_device", new="--torch-device")
     p.add_argument("--model", help="checkpoint folder for the daemon (default: the shipped model)")
-    p.add_argument("--ingest", default="tcp://127.0.0.1:5555", metavar="ADDRESS", help="the daemon's ingest address")
+    daemon = Sockets()  # the daemon's own defaults (config/daemon.py), not a copy of them
+    p.add_argument(
+        "--ingest", default=daemon.ingest, metavar="ADDRESS", help="the daemon's ingest address (default %(default)s)"
+    )
     p.add_argument(
         "--estimates",
-        default="tcp://127.0.0.1:5556",
+        default=daemon.publish,
         metavar="ADDRESS",
-        help="the daemon's estimates address (old name: --publish)",
+        help="the daemon's estimates address (default %(default)s; old name: --publish)",
     )
     alias(p, "--publish", "estimates")
-    p.add_argument("--control", default="tcp://127.0.0.1:5557", metavar="ADDRESS", help="the daemon's control address")
+    p.add_argument(
+        "--control",
+        default=daemon.control,
+        metavar="ADDRESS",
+        help="the daemon's control address (default %(default)s)",
+    )
     p.add_argument("--no-dashboard", action="store_true", help="no live view (the default when not on a terminal)")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
-    for flag, example in (
-        ("ingest", "tcp://127.0.0.1:5555"),
-        ("estimates", "tcp://127.0.0.1:5556"),
-        ("control", "tcp://127.0.0.1:5557"),
-    ):
-        check_address(getattr(args, flag), f"--{flag}", example)
+    for flag in ("ingest", "estimates", "control"):
+        check_address(getattr(args, flag), f"--{flag}", p.get_default(flag))
     if len({args.ingest, args.estimates, args.control}) < 3:
         raise ConfigError(
             f"--ingest, --estimates and --control must differ, got {args.ingest}, {args.estimates} and {args.control}"

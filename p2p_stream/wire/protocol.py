@@ -3,9 +3,7 @@
 Every message is two frames, ``[topic, msgpack map]``:
 
     ppg.<device>  ingest     {v, device, seq, t0, fs, ppg, ref?, meta?}
-    sbp.<device>  estimate   {v, device, seq, t, window_s, sbp, dbp, ok, reason?, sqi, hr, calibrated, model,
-                              latency_ms, ref_sbp?, ref_dbp?, sbp_window?, dbp_window?, sbp_lo?, sbp_hi?,
-                              dbp_lo?, dbp_hi?, interval?}
+    sbp.<device>  estimate   {v, device, seq, t, window_s, sbp, dbp, ok, ...}: declared in wire/estimate.py (FIELDS)
     status        heartbeat  {uptime_s, devices, windows_total, windows_per_s, batch_mean, latency_p50_ms,
                               latency_p99_ms, rejected, ...}
 
@@ -189,7 +187,7 @@ def encode_ingest(
 
 
 def encode_estimate(estimate: dict) -> list[bytes]:
-    """Frames of one estimate; `estimate` holds the contract's keys (see the module docstring)."""
+    """Frames of one estimate; `estimate` holds the keys wire/estimate.py declares (`check_estimate` says if not)."""
     return [ESTIMATE_PREFIX + estimate["device"].encode(), msgpack.packb(estimate, use_bin_type=True)]
 
 

@@ -24,12 +24,12 @@ from p2p_stream.stream.inference.batcher import DynamicBatcher
 from p2p_stream.stream.ingest.ring_buffer import Window
 from p2p_stream.stream.state.calibration import Calibrations
 from p2p_stream.stream.state.smoothing import Smoother
+from p2p_stream.wire.estimate import INTERVAL_KEYS  # columns 2-5 of a backend's answer, when it has them
 from p2p_stream.wire.protocol import VERSION, encode_estimate, encode_status
 
 log = logging.getLogger(__name__)
 POLL_IN_FLIGHT_S = 0.002  # with batches in flight, how often the worker looks for their answers
 STOP_GRACE_S = 3.0  # stopping: how long batches in flight may still take; well within the daemon's 10 s join
-INTERVAL_KEYS = ("sbp_lo", "sbp_hi", "dbp_lo", "dbp_hi")  # columns 2-5 of a backend's answer, when it has them
 
 
 def mmhg(value: float) -> float:
@@ -142,6 +142,7 @@ class InferenceWorker(threading.Thread):
         return self.counters.snapshot(self.device_count(), extra)
 
     def _estimate(self, w: Window, ok: bool, reason: str | None, sqi: float, hr: float | None) -> dict:
+        """A window's estimate, values nil until `_fill`: the keys and their nil rules are wire/estimate.py's."""
         e = {
             "v": VERSION,
             "device": w.device,
@@ -177,7 +178,7 @@ class InferenceWorker(threading.Thread):
 
     def submit(self, batch: list[Window]) -> InFlight:
         """The windows with samples (and crops cut ahead) to the backend; break markers wait for their turn."""
-        ahead = [w for w in batch if w.warm]  # crops cut ahead of their window: features to keep, no estimate
+        ahead = [w for w in batch if w.warm]  # `CropAhead`: features to keep, no estimate
         batch = [w for w in batch if not w.warm]
         live = [w for w in batch if not w.reason]
         if not live and not ahead:

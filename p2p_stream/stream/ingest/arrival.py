@@ -1,11 +1,11 @@
 """When a message reached the socket, not when Python read it: latency that counts the time queued in ZeroMQ.
 
-ZeroMQ gives no receive time, and a message can wait seconds in its queue when the daemon is behind (issue 14,
-item 8: the heartbeat's p99 said 2.4 s while subscribers saw 20.5 s). Each message carries its samples' time on the
-device's clock, so `read time − end of its samples` is the device's clock offset plus the transit and the time
-queued. Its smallest value over the device's recent messages is offset plus the fastest transit; what a message
-shows above it is the time it queued. The floor rises slowly (DRIFT_PER_S) so a drifting device clock cannot make
-it stale, and the time queued is capped (MAX_QUEUED_S) so a forged `t0` moves no estimate's latency by more.
+ZeroMQ gives no receive time, and a message can wait seconds in its queue when the daemon is behind (once the
+heartbeat's p99 said 2.4 s while subscribers saw 20.5 s: docs/reliability.md). Each message carries its samples'
+time on the device's clock, so `read time − end of its samples` is the device's clock offset plus the transit and
+the time queued. Its smallest value over the device's recent messages is offset plus the fastest transit; what a
+message shows above it is the time it queued. The floor rises slowly (DRIFT_PER_S) so a drifting device clock cannot
+make it stale, and the time queued is capped (MAX_QUEUED_S) so a forged `t0` moves no estimate's latency by more.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Budget: a token bucket, so one wearable's share of the daemon's work has a ceiling (issue "one sender cannot hurt
-another"). Time is passed in, never read, so tests drive it and the daemon passes time.monotonic()."""
+"""Budget: a token bucket, so one wearable's share of the daemon's work has a ceiling: one sender cannot hurt
+another. Time is passed in, never read, so tests drive it and the daemon passes time.monotonic()."""
 
 from __future__ import annotations
 

@@ -13,7 +13,9 @@ import itertools
 import time
 from collections import OrderedDict
 
+from p2p_stream.config.daemon import Limits
 from p2p_stream.errors import P2PError
+from p2p_stream.stream.ingest.bounds import MB
 from p2p_stream.stream.ingest.ring_buffer import DeviceStream, PushResult, ring_nbytes
 from p2p_stream.wire.protocol import Ingest
 
@@ -42,9 +44,9 @@ class DeviceTable:
         gap_tolerance_s: float,
         max_devices: int,
         idle_s: float,
-        ring_memory_bytes: int | None = None,
-        rate_factor: float = 4.0,
-        burst_s: float = 30.0,
+        ring_memory_bytes: int | None = int(Limits().ring_memory_mb * MB),  # the defaults are the daemon's settings
+        rate_factor: float = Limits().rate_factor,
+        burst_s: float = Limits().burst_s,
         warm_crop_s: float = 0.0,
     ) -> None:
         """Windows of `window_s` every `hop_s` seconds; chunks of at most `max_chunk` samples; a time gap above

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from p2p_stream.config.daemon import Limits
 from p2p_stream.ppg.crops import crop_length, crop_starts
 from p2p_stream.stream.ingest.budget import TokenBucket
 from p2p_stream.wire.protocol import Ingest
@@ -40,7 +41,13 @@ def ring_nbytes(window_s: float, fs: float, max_chunk: int) -> int:
 
 @dataclass
 class Window:
-    """A raw window ready for the quality gate and the model."""
+    """What a device's stream hands the batcher, in the order it happened. Three kinds, each its own class:
+
+    - `Window`: a window of raw samples, cut every hop: the quality gate and the model make its estimate;
+    - `BreakMarker`: no samples: the stream broke there (`reason`, "gap"), and its estimate says so;
+    - `CropAhead`: one crop of a run's first window, cut as soon as its samples are in: no estimate, only its
+      features computed ahead, so that the first window costs one crop like every later one.
+    """
 
     device: str
     x: np.ndarray | None  # (length,) float32 raw samples at `fs`; None for a break marker
@@ -50,18 +57,36 @@ class Window:
     ref: tuple[float, float] | None = None
     meta: dict | None = None
     enqueued: float = field(default=0.0)  # time.monotonic() when it entered the batcher
-    reason: str | None = None  # set for a marker that only reports a break ("gap"): no samples, no model
+    reason: str | None = None  # a break marker's: why the stream broke ("gap"); no samples, no model
     seq: int = 0  # the device's estimate counter, given when the window is cut, so estimates go out in order
     # The DeviceStream that cut it (`DeviceStream.generation`): a forgotten or evicted device that comes back gets a
     # new, higher one, so its calibration and smoothing never take windows of the stream before (0: built elsewhere).
     generation: int = 0
     # Samples the DeviceStream had taken when this window's last one came (its position in the stream, which never
-    # repeats within a generation): the key under which the worker keeps the features of this window's crops.
+    # repeats within a generation): the key under which a backend keeps the features of this window's crops.
     # -1: not from a DeviceStream, nothing to share.
     end: int = -1
-    # A crop of the run's first window, cut as soon as its samples are in (`DeviceStream` with `warm_crop_s`): no
-    # estimate, only its features computed ahead, so that the first window costs one crop like every later one.
-    warm: bool = False
+    warm: bool = False  # a crop cut ahead (`CropAhead`): features to compute, no estimate
+
+
+class BreakMarker(Window):
+    """The device's stream broke at `t_last` (`reason`): an estimate with no value says so, in order with the
+    windows, and the device's smoothing starts again after it."""
+
+    def __init__(
+        self, device: str, fs: float, t_last: float, arrival: float, *, seq: int, generation: int = 0,
+        reason: str = "gap", ref: tuple[float, float] | None = None, meta: dict | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(device, None, fs, t_last, arrival, ref, meta, reason=reason, seq=seq, generation=generation)
+
+
+class CropAhead(Window):
+    """One crop of a run's first window, cut as soon as its samples are in (`DeviceStream` with `warm_crop_s`): its
+    features are computed ahead and kept by a backend with a crop cache; it has no estimate and takes no seq."""
+
+    def __init__(self, device: str, x: np.ndarray, fs: float, t_last: float, arrival: float, *, generation: int,
+                 end: int) -> None:  # fmt: skip
+        super().__init__(device, x, fs, t_last, arrival, generation=generation, end=end, warm=True)
 
 
 # Reasons a device's run restarts that are events of its stream, not faults of a message or a window: counted in the
@@ -94,8 +119,8 @@ class DeviceStream:
         max_chunk: int,
         gap_tolerance_s: float,
         generation: int = 0,
-        rate_factor: float = 4.0,
-        burst_s: float = 30.0,
+        rate_factor: float = Limits().rate_factor,  # the defaults are the daemon's settings (config/daemon.py)
+        burst_s: float = Limits().burst_s,
         warm_crop_s: float = 0.0,
     ):
         """Windows of `window_s` every `hop_s` seconds, chunks of at most `max_chunk` samples, a time gap above
@@ -154,8 +179,8 @@ class DeviceStream:
             result.breaks.append("over_budget")
             return
         result.windows.append(
-            Window(self.device, None, self.fs, t, arrival, self.ref, self.meta, reason="gap", seq=self.take_seq(),
-                   generation=self.generation)
+            BreakMarker(self.device, self.fs, t, arrival, seq=self.take_seq(), generation=self.generation,
+                        ref=self.ref, meta=self.meta)
         )  # fmt: skip
 
     def _append(self, x: np.ndarray, t0: float, arrival: float) -> list[Window]:
@@ -202,13 +227,13 @@ class DeviceStream:
                 )
         return windows
 
-    def _warm(self, end_run: int, run0: int, taken0: int, t0: float, arrival: float) -> Window:
-        """The crop of the run's first window that ends at run position `end_run`, as a `warm` window."""
+    def _warm(self, end_run: int, run0: int, taken0: int, t0: float, arrival: float) -> CropAhead:
+        """The crop of the run's first window that ends at run position `end_run`, cut ahead."""
         back = self.run - end_run
         x = self._copy_out((self.pos - back) % len(self.buf), self.warm_crop)
         t_last = t0 + (end_run - 1 - run0) / self.fs
         end = taken0 + end_run - run0
-        return Window(self.device, x, self.fs, t_last, arrival, generation=self.generation, end=end, warm=True)
+        return CropAhead(self.device, x, self.fs, t_last, arrival, generation=self.generation, end=end)
 
     def _copy_out(self, stop: int, length: int | None = None) -> np.ndarray:
         """The `length` samples (a window's, unless told) that end just before ring index `stop`, as a new array

@@ -21,7 +21,7 @@ import numpy as np
 import zmq
 
 from p2p_stream.config.addresses import FORMS, check_address
-from p2p_stream.config.daemon import Windowing
+from p2p_stream.config.daemon import Sockets, Windowing
 from p2p_stream.errors import ConfigError, P2PError
 from p2p_stream.offline.datasets.replay_csv import JOIN_GAP_S, Recording, read_replay_csv
 from p2p_stream.stream.security.curve import curve_client
@@ -193,9 +193,9 @@ def add_publisher_args(p: argparse.ArgumentParser) -> None:
     """The flags replay and fleet share: where to send, how long, how long to wait for the daemon, CURVE keys."""
     p.add_argument(
         "--ingest",
-        default="tcp://127.0.0.1:5555",
+        default=Sockets().ingest,  # the daemon's own default (config/daemon.py), not a copy of it
         metavar="ADDRESS",
-        help="the daemon's ingest address, to send PPG to (default %(default)s; old name: --connect)",
+        help="the daemon's ingest address, to send PPG to (default %(default)s, the daemon's own; old name: --connect)",
     )
     alias(p, "--connect", "ingest")
     p.add_argument("--duration-s", type=float, metavar="SECONDS", help="stop after this long (default: run on)")

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None, prog: str = "p2p-eval") -> int:
     p.add_argument(
         "--torch-device", default="cpu", help="where the model runs: cpu | cuda | cuda:N | auto (default cpu)"
     )
-    alias(p, "--device", "torch_device")
+    alias(p, "--device", "torch_device", new="--torch-device")
     p.add_argument("--title", help="report title")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     args = p.parse_args(argv)

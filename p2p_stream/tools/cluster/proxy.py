@@ -45,6 +45,7 @@ from zmq.devices import ThreadProxy
 from zmq.utils.monitor import recv_monitor_message
 
 from p2p_stream.config.addresses import check_address
+from p2p_stream.config.daemon import Limits, Sockets
 from p2p_stream.config.security import Security, is_local, plaintext, validate
 from p2p_stream.errors import ConfigError
 from p2p_stream.ids import DEVICE_MAX_BYTES
@@ -55,18 +56,21 @@ from p2p_stream.stream.security.grants import recv_keyed
 from p2p_stream.tools.common import command, parent_parser, setup_logging
 from p2p_stream.wire.protocol import INGEST_PREFIX, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
 
+# The proxy's four addresses: the outer two are a single daemon's defaults (config/daemon.py), so wearables and
+# dashboards need no change; the inner two are the proxy's own, declared here only.
 DEFAULTS = {
-    "wearables": "tcp://127.0.0.1:5555",  # wearables connect their PUB here, as to a single daemon
+    "wearables": Sockets().ingest,  # wearables connect their PUB here, as to a single daemon
     "shards": "tcp://127.0.0.1:5565",  # daemons connect their ingest SUB here
     "estimates": "tcp://127.0.0.1:5566",  # daemons connect their estimates PUB here
-    "subscribers": "tcp://127.0.0.1:5556",  # dashboards and clients connect their SUB here
+    "subscribers": Sockets().publish,  # dashboards and clients connect their SUB here, as to a single daemon
 }
 log = logging.getLogger(__name__)
 # The largest ingest message a daemon can accept: a topic `ppg.<device>` and a payload of MAX_MESSAGE_BYTES.
 # Anything larger the daemon would drop (`oversized`, `bad_device` or `bad_frames`): the proxy drops it first.
 MAX_FORWARD_BYTES = MAX_MESSAGE_BYTES + len(INGEST_PREFIX) + DEVICE_MAX_BYTES
 FORWARD_PER_POLL = 1000  # messages forwarded per wake-up before subscriptions get a turn
-QUEUE_MB = 256  # per connection, as the daemon's limits.ingest_queue_mb: each socket's HWM holds this many MB at most
+QUEUE_MB = Limits().ingest_queue_mb  # per connection, the daemon's default: each ingest HWM holds this many MB at most
+SUBSCRIBER_HWM = Limits().publish_hwm  # estimates queued per subscriber (and per daemon), the daemon's default
 SECURED = ("wearables",)  # the side CURVE serves when it is on; the daemons' and subscribers' sides stay plaintext
 # What anyone who can reach a plaintext side can do, for the start-up warning.
 EXPOSURE = {
@@ -257,8 +261,9 @@ class Proxy:
     """Both forwarders, each in its own thread; `start()` returns once they are bound.
 
     `hwm`: messages queued per connection; by default the ingest side holds at most QUEUE_MB MB per connection and
-    the estimates side 10,000 estimates (~4 MB) per subscriber. `security`: CURVE on the wearables' side when its
-    `curve_secret_key` is set (checked beforehand by `config.security.validate`, as `main` does).
+    the estimates side SUBSCRIBER_HWM estimates (~4 MB at the default) per subscriber, as a daemon does. `security`:
+    CURVE on the wearables' side when its `curve_secret_key` is set (checked beforehand by
+    `config.security.validate`, as `main` does).
     """
 
     def __init__(
@@ -280,8 +285,8 @@ class Proxy:
         self.estimates.bind_in(estimates)
         self.estimates.bind_out(subscribers)
         for option in (zmq.RCVHWM, zmq.SNDHWM):
-            self.estimates.setsockopt_in(option, 10_000 if hwm is None else hwm)
-            self.estimates.setsockopt_out(option, 10_000 if hwm is None else hwm)
+            self.estimates.setsockopt_in(option, SUBSCRIBER_HWM if hwm is None else hwm)
+            self.estimates.setsockopt_out(option, SUBSCRIBER_HWM if hwm is None else hwm)
         self.estimates.setsockopt_out(zmq.MAXMSGSIZE, SUBSCRIPTION_MAX_BYTES)
 
     @property

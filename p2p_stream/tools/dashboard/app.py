@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.live import Live
 
 from p2p_stream.config.addresses import FORMS, check_address
+from p2p_stream.config.daemon import Sockets
 from p2p_stream.errors import ConfigError
 from p2p_stream.tools.common import alias, command, parent_parser, setup_logging
 from p2p_stream.tools.dashboard.state import DashboardState, interval_level, interval_of
@@ -33,11 +34,12 @@ from p2p_stream.wire.protocol import STATUS_TOPIC
 
 __all__ = ["DashboardState", "View", "interval_level", "interval_of", "main", "pump", "render", "run_live", "subscribe"]
 PIPED_WIDTH = 100  # --once into a pipe or file, without --width or COLUMNS: wide enough for the cuff columns
+DEFAULT_ESTIMATES = Sockets().publish  # the daemon's own default (config/daemon.py), not a copy of it
 
 
 def subscribe(address: str) -> tuple[zmq.Context, zmq.Socket]:
     """A SUB to the daemon's estimates and heartbeat at `address` (checked first: a bad one is a `ConfigError`)."""
-    check_address(address, "--estimates", example="tcp://127.0.0.1:5556")
+    check_address(address, "--estimates", example=DEFAULT_ESTIMATES)
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
@@ -105,9 +107,10 @@ def main(argv: list[str] | None = None, prog: str = "p2p-monitor") -> int:
     p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, parents=[parent_parser()])
     p.add_argument(
         "--estimates",
-        default="tcp://127.0.0.1:5556",
+        default=DEFAULT_ESTIMATES,
         metavar="ADDRESS",
-        help="the daemon's estimates address, to read from (default %(default)s; old name: --connect)",
+        help="the daemon's estimates address, to read from (default %(default)s, the daemon's own; old name: "
+        "--connect)",
     )
     alias(p, "--connect", "estimates")
     p.add_argument(

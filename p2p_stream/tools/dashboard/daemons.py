@@ -17,8 +17,10 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-HEARTBEAT_LOST_S = 3.0  # no heartbeat for this long (three beats at the default 1 s, or more): the daemon is silent
-LOST_BEATS = 3  # …or for this many of its own heartbeat periods, when it beats slower
+from p2p_stream.config.daemon import Operation
+
+LOST_BEATS = 3  # no heartbeat for this many of its own periods (when it beats slower than the default), or…
+HEARTBEAT_LOST_S = LOST_BEATS * Operation().heartbeat_s  # …for this long (at the default period): the daemon is silent
 START_SLACK_S = 1.0  # two heartbeats whose daemon started this close together (on our clock) are from one daemon
 UNNAMED = "(unnamed)"  # the label of a daemon whose heartbeat has no `daemon` (older than the key)
 # Counters and rates: the cluster's is the sum of its daemons'. Latency percentiles and batch means are not summed.

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 
 from p2p_stream.errors import ProtocolError
 from p2p_stream.tools.dashboard.daemons import Daemons
+from p2p_stream.wire.estimate import GAP, INTERVAL_KEYS
 from p2p_stream.wire.protocol import STATUS_TOPIC, decode_estimate, decode_map
 
 TREND_POINTS = 40  # accepted SBP estimates kept per device for the trend (the widest trend the view draws)
 PULSE_WINDOWS = 5  # the pulse shown is the median over the device's last this many accepted windows
-INTERVAL_KEYS = ("sbp_lo", "sbp_hi", "dbp_lo", "dbp_hi")  # an estimate's prediction interval, mmHg
-MARKER_REASONS = ("gap",)  # an estimate with this reason only reports a break in the stream: no window, no model
+MARKER_REASONS = (GAP,)  # an estimate with this reason only reports a break in the stream: no window, no model
 SCORED_KEYS = ("ok", "sbp", "dbp", "ref_sbp", "ref_dbp", *INTERVAL_KEYS, "interval")  # kept to score against references
 
 

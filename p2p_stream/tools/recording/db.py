@@ -30,7 +30,8 @@ SCHEMA_VERSION = 2  # PRAGMA user_version; 2: `epoch` a column of estimates and 
 APPLICATION_ID = 0x50325052  # PRAGMA application_id: "P2PR", so another program's SQLite file is refused
 INT64 = 2**63
 
-# Contract key → (kind, SQLite column type), in docs/protocol.md "Estimate" order. The natural key is
+# Estimate key → (kind, SQLite column type), in the schema's order: every key wire/estimate.py declares, of its type,
+# but `daemon`, which `extra` keeps (tests/test_record.py checks the two agree). The natural key is
 # (device, model, epoch, seq, t): all but `epoch` NOT NULL; `epoch` is nil when the daemon runs without a state store.
 ESTIMATE_KEYS: dict[str, tuple[str, str]] = {
     "v": ("int", "INTEGER"),

@@ -28,9 +28,12 @@ from pathlib import Path
 import zmq
 
 from p2p_stream.config.addresses import check_address
+from p2p_stream.config.daemon import Sockets
 from p2p_stream.errors import ConfigError, P2PError, ProtocolError
 from p2p_stream.ratelimit import RateLimitedLog
+from p2p_stream.tools.cluster.proxy import DEFAULTS as PROXY_DEFAULTS
 from p2p_stream.tools.common import command, parent_parser, setup_logging
+from p2p_stream.tools.dashboard.daemons import HEARTBEAT_LOST_S, LOST_BEATS
 from p2p_stream.tools.recording.db import Counts, RecordingDB, estimate_row, heartbeat_row, ppg_row
 from p2p_stream.wire.protocol import ESTIMATE_PREFIX, INGEST_PREFIX, STATUS_TOPIC, decode_estimate, decode_map
 
@@ -38,7 +41,6 @@ log = logging.getLogger(__name__)
 
 FLUSH_S = 0.5  # a batch is committed at most this long after its first row arrived
 FLUSH_ROWS = 500  # or once it holds this many rows
-HEARTBEAT_LOST_S = 3.0  # no heartbeat for this long (three beats at the default 1 s, or more): the daemon is gone
 RESTART_SLACK_S = 0.5  # a heartbeat's uptime this much behind our clock's advance: a restarted daemon
 POLL_MS = 100  # the longest a stop request waits
 STOP_DRAIN_S = 1.0  # on stopping, messages already queued are read for this long at most
@@ -73,7 +75,7 @@ class Recorder:
         self.uptime_s = 0.0  # the daemon's, at its latest heartbeat
         self.lost = False  # told the user the heartbeat stopped (or never came)
         self.beat_s: float | None = None  # the shortest period between two heartbeats seen, s
-        self.lost_s = HEARTBEAT_LOST_S  # three such periods, at least HEARTBEAT_LOST_S
+        self.lost_s = HEARTBEAT_LOST_S  # LOST_BEATS such periods, at least HEARTBEAT_LOST_S (as the dashboard)
 
     def _socket(self, address: str, hwm: int, topics: tuple[bytes, ...]) -> zmq.Socket:
         sock = self.ctx.socket(zmq.SUB)
@@ -130,7 +132,7 @@ class Recorder:
             log.info("heartbeat back from %s after %.1f s (%s, up %.1f s)", self.address, gap_s, which, uptime)
         elif uptime > self.uptime_s:  # the same daemon's next beat: its period, on the daemon's own clock
             self.beat_s = min(self.beat_s or math.inf, uptime - self.uptime_s)
-            self.lost_s = max(HEARTBEAT_LOST_S, 3 * self.beat_s)
+            self.lost_s = max(HEARTBEAT_LOST_S, LOST_BEATS * self.beat_s)
         self.heartbeat_at, self.uptime_s, self.lost = now, float(uptime), False
         if row is not None:
             self.db.add("heartbeats", row)
@@ -221,8 +223,9 @@ def record(argv: list[str], prog: str) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[parent_parser(log_level="INFO")],
     )
-    p.add_argument("--estimates", default="tcp://127.0.0.1:5556", metavar="ADDRESS",
-                   help="the daemon's estimates address, its --publish (default %(default)s)")  # fmt: skip
+    p.add_argument("--estimates", default=Sockets().publish, metavar="ADDRESS",
+                   help="the daemon's estimates address, its --estimates (default %(default)s, the daemon's "
+                   "own)")  # fmt: skip
     p.add_argument("--db", type=Path, required=True, metavar="FILE", help="the SQLite file (created, or appended to)")
     p.add_argument("--heartbeat", action="store_true", help="store the daemon's heartbeat too (table heartbeats)")
     p.add_argument("--ingest", metavar="ADDRESS", help="store raw PPG (table ppg) from where ingest is published "
@@ -235,9 +238,9 @@ def record(argv: list[str], prog: str) -> int:
     p.add_argument("--duration-s", type=float, metavar="SECONDS", help="stop after this long (default: run on)")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
-    check_address(args.estimates, "--estimates", "tcp://127.0.0.1:5556")
+    check_address(args.estimates, "--estimates", p.get_default("estimates"))
     if args.ingest is not None:
-        check_address(args.ingest, "--ingest", "tcp://127.0.0.1:5565")
+        check_address(args.ingest, "--ingest", PROXY_DEFAULTS["shards"])
     if not (0 < args.flush_s <= 3600) or args.flush_rows < 1 or (args.duration_s is not None and args.duration_s < 0):
         raise ConfigError(
             f"--flush-s must be within (0, 3600], --flush-rows ≥ 1 and --duration-s ≥ 0, got {args.flush_s}, "
