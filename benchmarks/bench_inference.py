@@ -1,6 +1,6 @@
 """Benchmark: inference throughput (windows/s) of the shipped default and `seed-lstm` on 10 s windows at 125 Hz.
 
-    python benchmarks/bench_inference.py [--batch-sizes 1,32,256] [--seconds 3] [--device cpu] [--out results.json]
+    python benchmarks/bench_inference.py [--batch-sizes 1,32,256] [--seconds 3] [--torch-device cpu] [--out FILE]
 
 Per model and batch size: the network alone (prepared input); for the default model, which averages 2 s crops, its
 five crops of each window, then one new crop per window with the other four's features kept (what the daemon's
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from p2p_stream import Estimator
-from p2p_stream.model.estimator import resolve_device
+from p2p_stream.model.estimator import resolve_torch_device
 from p2p_stream.model.networks import build_model
 
 WINDOW = 1250  # 10 s at 125 Hz
@@ -51,13 +51,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch-sizes", default="1,8,32,128,256")
     p.add_argument("--seconds", type=float, default=3.0, help="measuring time per point")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--torch-device", "--device", dest="device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--out", help="write results as JSON here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    est = Estimator.load(device=str(device))
+    device = resolve_torch_device(args.device)
+    est = Estimator.load(torch_device=str(device))
     seed = build_model("seed-lstm", {"outputs": 1}).to(device).eval()
     rng = np.random.default_rng(0)
     rows = []

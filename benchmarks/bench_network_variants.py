@@ -60,7 +60,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--out")
     args = p.parse_args()
-    est = Estimator.load(device="cpu")
+    est = Estimator.load(torch_device="cpu")
     x, meta = real_windows(est)
     reps = int(np.ceil(args.batch / len(x)))
     xb = torch.from_numpy(np.tile(x, (reps, 1))[: args.batch])

@@ -1,6 +1,6 @@
 """Benchmark: how far inference is from the machine's limit, and what bfloat16 gives (speed and accuracy).
 
-    python benchmarks/bench_peak.py [--device cpu] [--batch 128] [--data ../shared/data/ppg_bp] [--out peak.json]
+    python benchmarks/bench_peak.py [--torch-device cpu] [--batch 128] [--data ../shared/data/ppg_bp] [--out peak.json]
 
 1. The peak: GFLOP/s of a 4096 x 4096 matrix product, float32 and bfloat16, on the device (best of 5).
 2. The work: floating-point operations per 10 s window of each model, counted from the layer shapes
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from p2p_stream import Estimator
-from p2p_stream.model.estimator import resolve_device
+from p2p_stream.model.estimator import resolve_torch_device
 from p2p_stream.model.networks import build_model
 from p2p_stream.offline.datasets import load_dataset
 
@@ -90,14 +90,14 @@ def windows_per_s(fn, batch: int, seconds: float, device: torch.device) -> float
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--torch-device", "--device", dest="device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--data", default="tests/data/ppg_bp_sample", help="PPG-BP folder for the bfloat16 accuracy check")
     p.add_argument("--out", help="write results as JSON here")
     args = p.parse_args()
-    device = resolve_device(args.device)
-    est = Estimator.load(device=str(device))
+    device = resolve_torch_device(args.device)
+    est = Estimator.load(torch_device=str(device))
     seed = build_model("seed-lstm", {"outputs": 1}).to(device).eval()
     peak32 = matmul_gflops(device, torch.float32)
     # Without native bfloat16 units (AMX, AVX512-BF16) a CPU emulates it about 100x slower: keep that run short.

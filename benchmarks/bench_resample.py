@@ -1,10 +1,11 @@
-"""Benchmark: what a device's declared rate costs the others — the worker's gate path and the resampler.
+"""Benchmark: what a device's declared rate costs the others — the gate (the local backend's, on the worker's
+thread) and the resampler.
 
     python benchmarks/bench_resample.py [--repeats 20] [--devices 400] [--window-s 8] [--no-before]
 
 1. Submit: `InferenceWorker.submit` on one batch of `--devices` windows, all at 25 Hz, against the same windows at
    that many distinct rates within ±0.01 Hz of 25 Hz (one per device's crystal). The backend answers at once
-   with zeros, so the time is the worker's own: resample, band-pass, quality gate, normalisation. The ratio is
+   with zeros for the network, so the time is the gate's: resample, band-pass, quality gate, normalisation. The ratio is
    what the odd rates cost; it should be near 1.
 2. Resample: one `--window-s` window at 20.0119 Hz against one at 20 Hz, into 125 Hz. The ratio is what an odd
    rate costs the resampler; it should be near 1.

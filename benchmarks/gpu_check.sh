@@ -4,7 +4,7 @@
 #   OUT=runs/gpu bash benchmarks/gpu_check.sh        # writes OUT/*.json, OUT/gpu_check.md and OUT/log.txt
 #
 # 1. the GPU tests (pytest -m gpu: CUDA gives the CPU's numbers; a daemon on --torch-device cuda streams them);
-# 2. bench_inference.py --device cuda: the default model and seed-lstm, network alone and whole path, batch 1…4096;
+# 2. bench_inference.py --torch-device cuda: the default model and seed-lstm, network alone and whole path, batch 1…4096;
 # 3. bench_daemon.py --torch-device cuda: the daemon under the fleet at rising device counts, until one misses.
 # Every step has its own time limit, and a step that fails is recorded and the next one still runs. Needs a torch
 # built with CUDA in PY (default .venv/bin/python); the summary names the card (nvidia-smi) and torch's CUDA.
@@ -40,7 +40,7 @@ PYEOF
 cat "$OUT/card.txt" "$OUT/torch.txt"
 
 step tests 120 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
-step inference 150 $PY benchmarks/bench_inference.py --device cuda --batch-sizes 1,64,256,1024,4096 --seconds 2 \
+step inference 150 $PY benchmarks/bench_inference.py --torch-device cuda --batch-sizes 1,64,256,1024,4096 --seconds 2 \
   --out "$OUT/inference_cuda.json"
 step daemon 240 $PY benchmarks/bench_daemon.py --modes batched --torch-device cuda --devices "$DEVICES" \
   --seconds 20 --max-batch 512 --out "$OUT/daemon_cuda.json"

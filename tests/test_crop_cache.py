@@ -12,7 +12,7 @@ from helpers import simulated_ppg
 from zmq_helpers import client, ipc_addresses, running_daemon
 
 from p2p_stream import Estimator
-from p2p_stream.backends import process as inference_process
+from p2p_stream.backends import process
 from p2p_stream.backends.analysis import analyse
 from p2p_stream.backends.base import Item, Request
 from p2p_stream.backends.crop_cache import CropCache
@@ -22,7 +22,7 @@ from p2p_stream.model.demographics import parse_meta
 from p2p_stream.ppg.crops import crop_starts, cut_crops, prepare_rows
 from p2p_stream.ppg.preprocess import cut_windows, ppg_prepare
 from p2p_stream.stream.daemon import Daemon
-from p2p_stream.stream.ingest.ring_buffer import DeviceStream, Window
+from p2p_stream.stream.ingest.ring_buffer import CropAhead, DeviceStream, Window
 from p2p_stream.wire.protocol import Ingest, encode_ingest
 
 T0 = 1_700_000_000.0
@@ -103,7 +103,7 @@ def wait_until(done, timeout_s: float) -> None:
 def test_a_child_that_hangs_is_stopped_and_replaced(est_unshrunk, monkeypatch):
     """A child that holds a batch past HANG_S (here SIGSTOP) is killed: its batch goes out `backend_unavailable`,
     and a new child answers what comes after."""
-    monkeypatch.setattr(inference_process, "HANG_S", 1.0)
+    monkeypatch.setattr(process, "HANG_S", 1.0)
     x = pulse_changing(100.0, 12.0)
     windowing = {"window_s": 10.0, "hop_s": 2.0}
     with running_daemon(est_unshrunk, windowing=windowing, model={"inference_process": True}) as (daemon, addresses):
@@ -236,21 +236,21 @@ def test_a_run_s_first_window_has_its_crops_cut_ahead_and_only_its_first():
     out = []
     for seq, start in enumerate(range(0, 1200, 25)):
         out += s.push(Ingest("a", seq, T0 + start / 100.0, 100.0, x[start : start + 25], None, None), 0.0).windows
-    ahead = [w for w in out if w.warm]
+    ahead = [w for w in out if isinstance(w, CropAhead)]
     assert [w.end for w in ahead] == [200, 400, 600, 800]  # then windows end at 1000 and 1200: nothing ahead
-    assert [w.end for w in out if not w.warm] == [1000, 1200]
+    assert [w.end for w in out if not isinstance(w, CropAhead)] == [1000, 1200]
     for w in ahead:
         np.testing.assert_array_equal(w.x, x[w.end - 200 : w.end])
     # A time gap restarts the run: its first window's crops are cut ahead again, at positions of the new run.
     later = s.push(Ingest("a", 48, T0 + 60.0, 100.0, x[:250], None, None), 0.0).windows
-    assert [(w.warm, w.end) for w in later if w.x is not None] == [(True, 1400)]
+    assert [(type(w), w.end) for w in later if w.x is not None] == [(CropAhead, 1400)]
 
 
 def test_crops_cut_ahead_of_windows_that_never_come_are_bounded(est_unshrunk):
     cache = CropCache(est_unshrunk, capacity=10, window_s=10.0)
     x = pulse_changing(100.0, 2.0)
     for k in range(30):  # a device whose runs break before any window: a crop ahead each time
-        cache.warm([Window("a", x, 100.0, T0, 0.0, end=1000 * k + 200, warm=True)])
+        cache.warm([CropAhead("a", x, 100.0, T0, 0.0, generation=0, end=1000 * k + 200)])
     assert cache.computed == 30 and cache.kept() == cache.max_ahead == 12
 
 
@@ -271,5 +271,5 @@ def test_a_crop_cut_ahead_that_finds_the_queue_full_is_no_shed_window(est_unshru
             queued = daemon.parts.batcher.next_batch(timeout_s=0.5)
         finally:
             daemon.close()
-    assert [(w.warm, w.end) for w in queued] == [(True, 200)]
+    assert [(type(w), w.end) for w in queued] == [(CropAhead, 200)]
     assert daemon.parts.counters.rejected == {"overloaded": 1}

@@ -70,8 +70,8 @@ def test_load_missing_path_is_a_clear_error(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_a_gpu_is_a_clear_error():
     with pytest.raises(CheckpointError, match="CUDA is not available; use 'cpu' or 'auto'"):
-        Estimator.load(device="cuda")
-    assert Estimator.load(device="auto").model.head[1].weight.device.type == "cpu"
+        Estimator.load(torch_device="cuda")
+    assert Estimator.load(torch_device="auto").model.head[1].weight.device.type == "cpu"
 
 
 def test_predict_rejects_what_the_gate_rejects_with_the_reason(est):
@@ -131,3 +131,9 @@ def test_a_window_longer_than_the_checkpoint_takes_gets_no_number(est):
     long = np.tile(read_segment("2_1"), int(hi / 2.1) + 2)  # > 120 s at 1 kHz
     out = est.estimate([long, read_segment("2_1")], fs=1000.0)
     assert out.reason == ["too_long", None] and np.isnan(out.bp[0]).all() and np.isfinite(out.bp[1]).all()
+
+
+def test_the_old_device_keyword_still_loads_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="torch_device"):
+        old = Estimator.load(device="cpu")
+    assert old.torch_device == "cpu"

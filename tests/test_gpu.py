@@ -1,5 +1,5 @@
-"""The GPU path (`p2p-daemon --device cuda`): the same numbers as on the CPU, and a daemon that runs its network on
-CUDA. Marked `gpu`, skipped without CUDA; benchmarks/gpu_check.sh runs them on a GPU machine."""
+"""The GPU path (`p2p-daemon --torch-device cuda`): the same numbers as on the CPU, and a daemon that runs its
+network on CUDA. Marked `gpu`, skipped without CUDA; benchmarks/gpu_check.sh runs them on a GPU machine."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ FS = 125.0
 
 
 def test_cuda_gives_the_cpu_s_estimates():
-    cpu, cuda = Estimator.load(device="cpu"), Estimator.load(device="cuda")
+    cpu, cuda = Estimator.load(torch_device="cpu"), Estimator.load(torch_device="cuda")
     assert next(cuda.model.parameters()).device.type == "cuda"
     windows = [read_segment("2_1")] * 3 + [simulated_ppg(70 + 5 * k, 2.1, 1000.0, seed=k) for k in range(61)]
     a, b = cpu.predict(windows, fs=1000.0), cuda.predict(windows, fs=1000.0)
@@ -29,10 +29,10 @@ def test_cuda_gives_the_cpu_s_estimates():
 
 
 def test_a_daemon_on_cuda_streams_the_cpu_s_offline_estimates():
-    est = Estimator.load(device="cuda")
+    est = Estimator.load(torch_device="cuda")
     x = simulated_ppg(72, 12.0, FS, seed=1).astype(np.float32)
     windows = cut_windows(x, int(4 * FS), int(FS))  # the daemon of running_daemon: 4 s windows, 1 s hop
-    expected = Estimator.load(device="cpu").predict(windows, FS)
+    expected = Estimator.load(torch_device="cpu").predict(windows, FS)
     with running_daemon(est) as (daemon, addresses), client(addresses) as c:
         c.stream("gpu-watch", x, FS)
         got = c.estimates(lambda g: len(g) >= len(windows))

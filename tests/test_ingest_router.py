@@ -67,3 +67,20 @@ def test_a_registered_topic_reaches_its_handler_through_the_daemon_s_own_socket(
     assert daemon.second and set(daemon.second) == {b"ecg.w1"}
     assert got[0]["device"] == "w1" and got[0]["ok"]
     assert "bad_topic" not in rejected
+
+
+def test_in_a_cluster_every_channel_of_a_device_goes_to_the_same_daemon():
+    """Ownership reads the device from any registered prefix: a device's PPG and its second channel are one daemon's,
+    never split between two (each daemon keeps the devices it owns, and drops the rest unread)."""
+    from p2p_stream.stream.cluster.membership import Membership
+    from p2p_stream.stream.cluster.ownership import Ownership
+
+    members = ["a", "b", "c"]
+    views = {m: Ownership(Membership(m, members), prefixes=[b"ppg.", b"ecg."]) for m in members}
+    for k in range(200):
+        owners = {
+            prefix: [m for m, view in views.items() if view.mine(prefix + f"ward-{k}".encode())]
+            for prefix in (b"ppg.", b"ecg.")
+        }
+        assert len(owners[b"ppg."]) == 1 and owners[b"ppg."] == owners[b"ecg."]
+    assert sum(view.foreign for view in views.values()) == 2 * 200 * 2  # each message dropped by the two others

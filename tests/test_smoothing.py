@@ -183,6 +183,27 @@ def test_interval_keys_are_nil_on_rejected_windows(est):
     assert e["reason"] == "backend_unavailable" and all(e[k] is None for k in INTERVAL)
 
 
+class HalfDownBackend(LocalBackend):
+    """A network that answers windows of one input shape and not the other (a replica that died mid-batch)."""
+
+    def predict(self, x: np.ndarray, features: np.ndarray) -> np.ndarray:
+        if x.shape[1] > 2:  # an 8 s window's four crops: this call fails
+            raise BackendUnavailable("no replica answered")
+        return super().predict(x, features)
+
+
+def test_a_network_that_answers_part_of_a_batch_keeps_what_it_answered(est):
+    """Windows of two lengths go to the network in two calls; one fails: its windows go out backend_unavailable, the
+    others with their numbers, and a window the gate refused keeps the gate's reason."""
+    long = Window("d8", simulated_ppg(66, 8, FS, seed=8).astype(np.float32), FS, T0, time.monotonic(), seq=0)
+    flat = Window("flat", np.full(int(4 * FS), 2048.0, np.float32), FS, T0, time.monotonic(), seq=0)
+    got = run(make_worker(est, HalfDownBackend(est)), [ppg_window(1, "d4"), long, flat])
+    assert [(e["device"], e["ok"], e.get("reason")) for e in got] == [
+        ("d4", True, None), ("d8", False, "backend_unavailable"), ("flat", False, "flatline"),
+    ]  # fmt: skip
+    assert isinstance(got[0]["sbp"], float) and got[1]["sbp"] is None
+
+
 class NoIntervalBackend(LocalBackend):
     """The real network's estimate without an interval: two columns (the old answer), or NaN where one would be."""
 

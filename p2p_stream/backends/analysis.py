@@ -4,7 +4,7 @@
 batched by model input), then the windows that passed through the network — through the crop cache when there is
 one (each crop computed once), else `network(x, meta)` once per model-input shape. A local backend passes the
 estimator's own network, the Ray backend its remote call; a `BackendUnavailable` from it leaves the gate's verdicts
-standing and marks the answer `unavailable`.
+standing and marks the answer `unavailable`: the windows it left NaN got no number.
 """
 
 from __future__ import annotations
@@ -39,12 +39,14 @@ def analyse(est: Estimator, request: Request, network: Network, cache: CropCache
         inputs = est.crop_inputs([windows[k].x for k in passed], [windows[k].fs for k in passed])
     else:
         inputs = [inputs[k] for k in passed]
-    try:
-        for shape in {x.shape for x in inputs}:
-            picked = [i for i, x in enumerate(inputs) if x.shape == shape]
-            at = [passed[i] for i in picked]  # positions in `windows`, which `meta` follows
+    unavailable = None
+    for shape in {x.shape for x in inputs}:
+        picked = [i for i, x in enumerate(inputs) if x.shape == shape]
+        at = [passed[i] for i in picked]  # positions in `windows`, which `meta` follows
+        try:
             answer = np.asarray(network(np.stack([inputs[i] for i in picked]), meta[at]), dtype=np.float32)
-            rows[at, : answer.shape[1]] = answer
-    except BackendUnavailable as exc:
-        return Answer(qualities, np.full_like(rows, np.nan), unavailable=str(exc))
-    return Answer(qualities, rows)
+        except BackendUnavailable as exc:  # this shape's windows stay NaN; the others keep their answers
+            unavailable = str(exc)
+            continue
+        rows[at, : answer.shape[1]] = answer
+    return Answer(qualities, rows, unavailable)

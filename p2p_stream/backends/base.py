@@ -7,7 +7,8 @@ what a client's state touches (calibration, smoothing, publishing) and never lea
 A backend that cannot answer says so in one of two ways, and the worker publishes the windows concerned as
 rejected (`reason: "backend_unavailable"`, counted) and carries on:
 - the future raises `BackendUnavailable`: nothing of the batch was answered, the gate included;
-- the answer has the gate's verdicts but `unavailable` set: the windows that passed the gate got no number.
+- the answer has the gate's verdicts but `unavailable` set: the windows that passed with NaN rows got no number.
+A batch still at the backend when the daemon stops goes out as the first case, whatever its gate would have said.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Answer(NamedTuple):
 
     qualities: list[Quality]
     rows: np.ndarray  # (N, 6) mmHg, `estimator.OUTPUTS`; NaN where the window did not pass (or where no interval)
-    unavailable: str | None = None  # why the windows that passed got no number (the network did not answer)
+    unavailable: str | None = None  # set: the network did not answer every window that passed (those left NaN), why
 
 
 class Backend(Protocol):

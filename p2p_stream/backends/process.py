@@ -78,7 +78,8 @@ class ProcessBackend:
         self.est, self.capacity, self.window_s = estimator, capacity, window_s
         self.caches_crops = reuse_crops and estimator.caches_crops
         self.reuse_crops, self.threads = reuse_crops, threads
-        self.runs_on = f"{estimator.torch_device} (child process)"
+        self.runs_on = estimator.torch_device  # the heartbeat's `backend_device`: the torch device, as in this process
+        self.ready = threading.Event()  # the child has loaded: a child still loading is killed at close, not awaited
         self.lock = threading.Lock()
         # Sent or queued to send, with when: answered strictly in this order.
         self.pending: deque[tuple[Future, float]] = deque()
@@ -162,6 +163,7 @@ class ProcessBackend:
             except (EOFError, OSError):
                 break
             if isinstance(answer, str) and answer == READY:
+                self.ready.set()
                 ready_at = time.monotonic()
                 continue
             with self.lock:
@@ -190,6 +192,8 @@ class ProcessBackend:
             proc = self.proc
             self.outbox.put(None)
         if proc is not None:
+            if not self.ready.is_set():  # a failed start-up (a taken port, a refused lease): no batch to finish
+                proc.kill()
             proc.join(timeout=3.0)
             if proc.is_alive():
                 proc.terminate()

@@ -56,7 +56,7 @@ class PressureModel:
             for name, data in files.items():
                 (Path(d) / name).write_bytes(data)
             # The same SHA-256 and architecture checks as in the daemon; Ray sets CUDA_VISIBLE_DEVICES to our GPUs.
-            self.est = Estimator.load(d, device="cuda" if ray.get_gpu_ids() else "cpu")
+            self.est = Estimator.load(d, torch_device="cuda" if ray.get_gpu_ids() else "cpu")
         self.requests = self.forwards = 0  # in info(): how far @serve.batch merged the daemons' batches
         self.predict.set_max_batch_size(max_batch)
         self.predict.set_batch_wait_timeout_s(max_wait_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -26,7 +27,7 @@ def default_model_path() -> Path:
     return Path(str(resources.files("p2p_stream") / "assets" / "default"))
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_torch_device(device: str) -> torch.device:
     """'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when present)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -159,9 +160,13 @@ class Estimator:
         self.crop = window_samples(self.crop_s, self.preprocess.fs) if self.crop_s > 0 else 0
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str = "cpu") -> Estimator:
-        """Load a checkpoint folder (default: the shipped model) onto `device` ('cpu', 'cuda', 'auto')."""
-        model, metadata = load_checkpoint(path or default_model_path(), resolve_device(device))
+    def load(cls, path: str | Path | None = None, torch_device: str = "cpu", *, device: str | None = None) -> Estimator:
+        """Load a checkpoint folder (default: the shipped model) onto `torch_device` ('cpu', 'cuda', 'cuda:N',
+        'auto'). `device` is its old name (a "device" is a wearable everywhere else): accepted, with a warning."""
+        if device is not None:
+            warnings.warn("Estimator.load(device=...) is deprecated; use torch_device=", DeprecationWarning, 2)
+            torch_device = device
+        model, metadata = load_checkpoint(path or default_model_path(), resolve_torch_device(torch_device))
         return cls(model, metadata)
 
     @property

@@ -43,7 +43,7 @@ DRAIN_PER_POLL = 2000  # messages read per wake-up before control, the stop flag
 DRAIN_BUDGET_S = 0.05  # …or this much ingest time, whichever comes first (one message may overrun it)
 
 
-# ---------------------------------------------------------------- the daemon: parts + sockets + worker + loop
+# ---------------------------------------------------------------- the daemon: build → bind → run → ingest
 
 
 class Daemon:
@@ -69,7 +69,7 @@ class Daemon:
         self.keyed = curve is not None
         self.grants = DeviceGrants(curve.keys if curve is not None else None, config.limits.max_devices_per_key)
         try:  # in a cluster: the live daemons (a fixed list, or Redis leases) and which devices are this daemon's
-            self.cluster = follower_for(config.cluster)
+            self.cluster = follower_for(config.cluster, self.router.prefixes)
         except BaseException:
             self.sockets.close()
             self._release_parts()

@@ -58,7 +58,7 @@ def check_windowing(config: DaemonConfig, estimator: Estimator) -> None:
 
 def build(config: DaemonConfig, estimator: Estimator | None = None) -> DaemonParts:
     """The daemon's parts: the model loaded (or `estimator`) and checked against the windowing, then each stage."""
-    estimator = estimator or Estimator.load(config.model.path or None, device=config.model.torch_device)
+    estimator = estimator or Estimator.load(config.model.path or None, torch_device=config.model.torch_device)
     check_windowing(config, estimator)
     checkpoint = Path(config.model.path) if config.model.path else default_model_path()
     # Opened before anything else that holds resources: a store that cannot be used stops the start-up here.

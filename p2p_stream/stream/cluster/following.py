@@ -19,10 +19,11 @@ log = logging.getLogger(__name__)
 class ClusterFollower:
     """On the daemon's loop thread: `mine(topic)` per message, `follow(devices)` once per loop turn."""
 
-    def __init__(self, membership: Membership, cluster_name: str) -> None:
-        """`membership` already started (it holds this daemon's lease, when on Redis)."""
+    def __init__(self, membership: Membership, cluster_name: str, prefixes: list[bytes]) -> None:
+        """`membership` already started (it holds this daemon's lease, when on Redis); `prefixes`: the topics the
+        ingest router takes, `<prefix><device>` each."""
         self.membership, self.cluster_name = membership, cluster_name
-        self.ownership = Ownership(membership)
+        self.ownership = Ownership(membership, prefixes)
         self._taken_over: set[str] = set()  # devices taken over from another daemon, not heard here since
 
     def mine(self, topic: bytes) -> bool:
@@ -59,11 +60,11 @@ class ClusterFollower:
         self.membership.stop()
 
 
-def follower_for(cluster) -> ClusterFollower | None:
+def follower_for(cluster, prefixes: list[bytes]) -> ClusterFollower | None:
     """The follower a `[cluster]` config asks for, its membership started (a ConfigError says why it cannot be);
     None for a standalone daemon."""
     membership = membership_for(cluster)
     if membership is None:
         return None
     membership.start()
-    return ClusterFollower(membership, cluster.name)
+    return ClusterFollower(membership, cluster.name, prefixes)

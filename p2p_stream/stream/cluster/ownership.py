@@ -31,27 +31,31 @@ def owner(device: str, members: Sequence[str]) -> str | None:
 
 
 class Ownership:
-    """`mine(topic)`: whether this daemon owns the device of an ingest topic, cached per topic; `refresh()` follows
+    """`mine(topic)`: whether this daemon owns the device of a message's topic (`<prefix><device>`, one of the
+    ingest router's prefixes: every channel of a device goes to one daemon), cached per topic; `refresh()` follows
     the live set. Both on the daemon's loop thread only (the cache is not locked)."""
 
-    def __init__(self, membership: Membership) -> None:
+    def __init__(self, membership: Membership, prefixes: Sequence[bytes] = (INGEST_PREFIX,)) -> None:
         self.membership = membership
         self.me = membership.me
+        self.prefixes = tuple(prefixes)
         self._version = -1  # the live set the cache was made for
-        self._cache: dict[bytes, bool] = {}
+        self._cache: dict[bytes, tuple[str, bool]] = {}  # topic → (its device, whether it is this daemon's)
         self.foreign = 0  # messages of devices another daemon owns: dropped unread
 
     def mine(self, topic: bytes) -> bool:
         if len(self._cache) > CACHE_MAX:
             self._cache.clear()
-        known = self._cache.get(topic)
-        if known is None:
-            if not topic.startswith(INGEST_PREFIX):
-                return True  # not an ingest topic: the decoder counts it, on whichever daemon reads it
-            known = self._cache[topic] = self.owns(_device(topic))
-        if not known:
+        cached = self._cache.get(topic)
+        if cached is None:
+            prefix = next((p for p in self.prefixes if topic.startswith(p)), None)
+            if prefix is None:
+                return True  # not a topic any handler takes: the router counts it, on whichever daemon reads it
+            device = topic[len(prefix) :].decode("utf-8", "replace")
+            cached = self._cache[topic] = (device, self.owns(device))
+        if not cached[1]:
             self.foreign += 1
-        return known
+        return cached[1]
 
     def owns(self, device: str) -> bool:
         return owner(device, self.membership.members) == self.me
@@ -62,11 +66,7 @@ class Ownership:
         if self._version == self.membership.version:
             return None
         self._version = self.membership.version
-        heard_as_others = (_device(t) for t, was_mine in self._cache.items() if not was_mine)
-        taken = [d for d in heard_as_others if self.owns(d)]
+        heard_as_others = {device for device, was_mine in self._cache.values() if not was_mine}
+        taken = sorted(d for d in heard_as_others if self.owns(d))
         self._cache.clear()
         return taken
-
-
-def _device(topic: bytes) -> str:
-    return topic[len(INGEST_PREFIX) :].decode("utf-8", "replace")

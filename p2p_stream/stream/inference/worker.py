@@ -21,7 +21,7 @@ from p2p_stream.model.estimator import Estimator
 from p2p_stream.ratelimit import RateLimitedLog
 from p2p_stream.stream.counters import Counters
 from p2p_stream.stream.inference.batcher import DynamicBatcher
-from p2p_stream.stream.ingest.ring_buffer import Window
+from p2p_stream.stream.ingest.ring_buffer import CropAhead, Window
 from p2p_stream.stream.state.calibration import Calibrations
 from p2p_stream.stream.state.smoothing import Smoother
 from p2p_stream.wire.estimate import INTERVAL_KEYS  # columns 2-5 of a backend's answer, when it has them
@@ -178,9 +178,9 @@ class InferenceWorker(threading.Thread):
 
     def submit(self, batch: list[Window]) -> InFlight:
         """The windows with samples (and crops cut ahead) to the backend; break markers wait for their turn."""
-        ahead = [w for w in batch if w.warm]  # `CropAhead`: features to keep, no estimate
-        batch = [w for w in batch if not w.warm]
-        live = [w for w in batch if not w.reason]
+        ahead = [w for w in batch if isinstance(w, CropAhead)]  # features to keep, no estimate
+        batch = [w for w in batch if not isinstance(w, CropAhead)]
+        live = [w for w in batch if not w.reason]  # not a `BreakMarker`
         if not live and not ahead:
             return InFlight(batch, None)
         burst = self.batcher.qsize() >= self.batcher.max_batch  # a burst queued behind this batch
@@ -238,9 +238,10 @@ class InferenceWorker(threading.Thread):
         rows = answer.rows
         out, passed = self._gate(job.batch, {k: (q, rows[i]) for i, (k, q) in enumerate(zip(live, answer.qualities))})
         answers: dict[int, np.ndarray] = {}
-        if answer.unavailable is not None:  # the gate's verdicts stand; those that passed got no number
-            self._unanswered(BackendUnavailable(answer.unavailable), [e for _, e, _ in passed])
-            return out, answers
+        if answer.unavailable is not None:  # the gate's verdicts stand; those that passed and got no number go
+            unanswered = [e for _, e, row in passed if np.isnan(row[:2]).any()]
+            self._unanswered(BackendUnavailable(answer.unavailable), unanswered)
+            passed = [(w, e, row) for w, e, row in passed if not np.isnan(row[:2]).any()]
         for _, e, row in passed:
             self._answer(e, np.asarray(row, dtype=np.float64), answers)
         return out, answers

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from p2p_stream.config.daemon import Limits
 from p2p_stream.errors import P2PError
 from p2p_stream.stream.ingest.bounds import MB
-from p2p_stream.stream.ingest.ring_buffer import DeviceStream, PushResult, ring_nbytes
+from p2p_stream.stream.ingest.ring_buffer import DeviceStream, PushResult, Window, ring_nbytes
 from p2p_stream.wire.protocol import Ingest
 
 # Every DeviceStream this process creates gets the next number: a device forgotten (or evicted) and heard from
@@ -89,7 +89,7 @@ class DeviceTable:
         result.replaced = replaced
         if result.dropped is None:  # only accepted messages keep a device alive: garbage cannot hold its slot
             self.last_seen[msg.device] = arrival
-            if any(w.x is not None and not w.warm for w in result.windows):  # a crop cut ahead is no window yet
+            if any(type(w) is Window for w in result.windows):  # a break marker or a crop cut ahead is no window
                 self.last_window[msg.device] = self.clock
                 self.last_window.move_to_end(msg.device)
         return result

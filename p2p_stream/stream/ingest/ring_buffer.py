@@ -66,7 +66,6 @@ class Window:
     # repeats within a generation): the key under which a backend keeps the features of this window's crops.
     # -1: not from a DeviceStream, nothing to share.
     end: int = -1
-    warm: bool = False  # a crop cut ahead (`CropAhead`): features to compute, no estimate
 
 
 class BreakMarker(Window):
@@ -86,7 +85,7 @@ class CropAhead(Window):
 
     def __init__(self, device: str, x: np.ndarray, fs: float, t_last: float, arrival: float, *, generation: int,
                  end: int) -> None:  # fmt: skip
-        super().__init__(device, x, fs, t_last, arrival, generation=generation, end=end, warm=True)
+        super().__init__(device, x, fs, t_last, arrival, generation=generation, end=end)
 
 
 # Reasons a device's run restarts that are events of its stream, not faults of a message or a window: counted in the
@@ -126,7 +125,7 @@ class DeviceStream:
         """Windows of `window_s` every `hop_s` seconds, chunks of at most `max_chunk` samples, a time gap above
         `gap_tolerance_s` breaks the run; samples at most `rate_factor` times `fs`, sustained, plus `burst_s` seconds of
         them at once (on `push`'s arrival clock). `warm_crop_s` > 0: the crops of `warm_crop_s` seconds that the first
-        window of each run holds before its last are cut as `warm` windows as soon as their samples are in."""
+        window of each run holds before its last are cut ahead (`CropAhead`) as soon as their samples are in."""
         self.device = device
         self.generation = generation  # given by DeviceTable, process-wide increasing; every window carries it
         self.window_s, self.hop_s, self.max_chunk, self.gap_tolerance_s = window_s, hop_s, max_chunk, gap_tolerance_s

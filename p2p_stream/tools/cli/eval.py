@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None, prog: str = "p2p-eval") -> int:
     else:
         if not args.data:
             raise ConfigError("--model needs --data, the dataset path (e.g. ../shared/data)")
-        est = Estimator.load(None if args.model == "default" else args.model, device=args.torch_device)
+        est = Estimator.load(None if args.model == "default" else args.model, torch_device=args.torch_device)
         dataset = args.dataset or est.metadata["data"]["dataset"]
         if dataset == "pool":
             raise ConfigError(f"{est.name} was trained on several datasets; name one with --dataset")

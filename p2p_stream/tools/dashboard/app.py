@@ -1,10 +1,10 @@
 """Dashboard: `p2p monitor`, a live terminal view of every device's estimates and the daemon's heartbeat.
 
 The command: its flags, the SUB to the daemon's estimates, and the loop that feeds `render` to rich's `Live`.
-What it shows lives beside it, one concept a file: `dashboard_state.py` (what was heard, per device),
-`dashboard_daemons.py` (each daemon's latest heartbeat, which went silent, and their total behind a proxy),
-`dashboard_columns.py` (each column's cell and fixed width, and which columns fit a width) and
-`dashboard_view.py` (the screen: header, table, legend, the research-use line).
+What it shows lives beside it, one concept a file: `state.py` (what was heard, per device), `daemons.py` (each
+daemon's latest heartbeat, which went silent, and their total behind a proxy), `columns.py` (each column's cell
+and fixed width, and which columns fit a width), `category.py` (the BP category of a reading) and `view.py` (the
+screen: header, table, legend, the research-use line).
 
 Column priorities, most important first; a narrower terminal leaves out columns from the end and never shortens
 one: device id (never truncated), SBP ± interval, DBP ± interval, updated, status, SQI, pulse, cuff, est−cuff,
