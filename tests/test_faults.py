@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zmq
 from helpers import simulated_ppg
+from hostile import ALLOWANCE_S, SLOWDOWN
 from zmq_helpers import Client, Subscriber, daemon_process, fleet, ipc_addresses, wait_ready
 
 from p2p_stream.wire.protocol import encode_ingest
@@ -122,24 +123,34 @@ def test_a_subscriber_that_stops_reading_costs_nothing_to_the_others():
 
 @pytest.mark.slow
 def test_sigterm_at_full_load_exits_cleanly():
-    with ipc_addresses() as a, daemon_process(a) as daemon:
+    """SIGTERM at full load ends the daemon cleanly, and about as fast as it ends an idle twin on the same machine
+    (no wall-clock limit: a busy machine slows both alike)."""
+    with ipc_addresses() as a, ipc_addresses() as b, daemon_process(a) as daemon, daemon_process(b) as twin:
         wait_ready(a["control"])
+        wait_ready(b["control"])
         pub = fleet(a["ingest"], devices=300)
         sub = Subscriber(a["publish"])
         try:
             sub.collect(lambda g: len(g) >= 300, 60)  # the fleet is in, windows are being inferred
-            daemon.send_signal(signal.SIGTERM)
+            for proc in (daemon, twin):
+                proc.send_signal(signal.SIGTERM)
             start = time.monotonic()
-            code = daemon.wait(timeout=15)
-            elapsed = time.monotonic() - start
+            elapsed: dict[str, float] = {}
+            while len(elapsed) < 2 and time.monotonic() < start + 15:  # each one's exit, as it happens
+                for name, proc in (("loaded", daemon), ("idle", twin)):
+                    if name not in elapsed and proc.poll() is not None:
+                        elapsed[name] = time.monotonic() - start
+                time.sleep(0.01)
         finally:
             pub.kill()
             pub.wait(10)
             sub.close()
         output = daemon.output()
-    assert code == 0, output
+    assert set(elapsed) == {"loaded", "idle"}, f"still running 15 s after SIGTERM: {elapsed}"
+    assert daemon.returncode == 0 and twin.returncode == 0, output
     assert "Traceback" not in output
-    assert elapsed < 5.0, f"took {elapsed:.1f} s to stop"
+    # At most SLOWDOWN × the idle twin's time, plus a scheduling hiccup (tests/hostile.py explains both).
+    assert elapsed["loaded"] <= SLOWDOWN * elapsed["idle"] + ALLOWANCE_S, f"took {elapsed} s to stop"
 
 
 @pytest.mark.slow

@@ -183,6 +183,7 @@ def test_under_a_flood_sigterm_ping_and_the_heartbeat_keep_the_pace_of_a_daemon_
             flood.wait(10)
             ctx.destroy(linger=0)
         output = flooded.output()
+    assert set(stop_s) == {"flooded", "twin"}, f"still running 60 s after SIGTERM: {stop_s}"
     gaps = {name: np.diff(times) for name, times in beat_times.items()}
     longest = {name: round(float(g.max()), 2) for name, g in gaps.items()}
     print(f"samples {samples}: SIGTERM → exit {stop_s} s; ping {pings_s} s; longest heartbeat gap {longest} s; "
