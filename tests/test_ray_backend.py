@@ -150,6 +150,8 @@ def test_backend_unavailable_names_the_app_and_the_cause(local_ray, est):
     serve.delete("p2p-msg")
 
 
+# ~20 s; CI keeps the down-backend tests above; test_ray_outage.py (slow too) redeploys on a real cluster
+@pytest.mark.slow
 def test_a_backend_found_down_fails_batches_at_once_then_redeploys_its_app(local_ray, est):
     """After a batch found the app gone, the next fail at once (not after timeout_s × tries each); the probe
     deploys the app again and batches are answered, with no new backend."""
