@@ -13,10 +13,12 @@ $(STAMP): pyproject.toml constraints/ci.txt
 	$(BIN)/pip install -q -c constraints/ci.txt -e '.[dev]'
 	touch $(STAMP)
 
-# Ray Serve (the optional inference tier) only where it is used: the tests and `make cluster`, not the demo.
-$(CLUSTER): $(STAMP)
+# Ray Serve (the optional inference tier) only where it is used: the tests and `make cluster`, not the demo. One pip
+# run for both extras on a fresh machine (two cost CI a second resolve of every dependency).
+$(CLUSTER): pyproject.toml constraints/ci.txt
+	test -x $(BIN)/pip || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints/ci.txt -e '.[dev,cluster]'
-	touch $(CLUSTER)
+	touch $(STAMP) $(CLUSTER)
 
 setup: $(STAMP)
 
