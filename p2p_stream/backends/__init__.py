@@ -39,12 +39,11 @@ def make_backend(config: DaemonConfig, estimator: Estimator, checkpoint: Path) -
     steady, burst = torch_threads(config)
     torch.set_num_threads(steady)
     if m.backend == "local":
+        capacity, window_s = config.limits.max_devices, config.windowing.window_s
+        caches_crops = m.reuse_crops and estimator.caches_crops  # the one crop-cache decision, wherever it runs
         if m.inference_process:
-            capacity, window_s = config.limits.max_devices, config.windowing.window_s
-            return ProcessBackend(estimator, capacity, window_s, reuse_crops=m.reuse_crops, threads=steady)
-        cache = None
-        if m.reuse_crops and estimator.caches_crops:
-            cache = CropCache(estimator, capacity=config.limits.max_devices, window_s=config.windowing.window_s)
+            return ProcessBackend(estimator, capacity, window_s, caches_crops=caches_crops, threads=steady)
+        cache = CropCache(estimator, capacity=capacity, window_s=window_s) if caches_crops else None
         return LocalBackend(estimator, cache, threads=(steady, burst))
     try:
         from p2p_stream.backends.ray import RayBackend

@@ -36,14 +36,14 @@ POLL_S = 0.5  # how often the reader looks at the oldest batch's age while no an
 READY = "ready"  # the child's first message: loaded, answering (a batch's age counts from here at the earliest)
 
 
-def _serve(conn, estimator: Estimator, capacity: int, window_s: float, reuse_crops: bool, threads: int) -> None:
+def _serve(conn, estimator: Estimator, capacity: int, window_s: float, caches_crops: bool, threads: int) -> None:
     """The child: answer each request in order until the pipe closes or a None arrives."""
     import torch
 
     from p2p_stream.backends.crop_cache import CropCache
 
     torch.set_num_threads(threads)
-    cache = CropCache(estimator, capacity, window_s) if reuse_crops and estimator.caches_crops else None
+    cache = CropCache(estimator, capacity, window_s) if caches_crops else None
     gc.collect()  # torch and the model stay for good: keep full collections from walking them (as the daemon does)
     gc.freeze()
     conn.send(READY)
@@ -72,12 +72,11 @@ class ProcessBackend:
 
     max_in_flight = 4  # requests sent and unanswered: enough that the child never waits between two
 
-    def __init__(self, estimator: Estimator, capacity: int, window_s: float, reuse_crops: bool, threads: int) -> None:
-        """The child keeps a crop cache of `capacity` devices for `window_s` windows when `reuse_crops` and the model
-        averages crops; its network runs on `threads` torch threads."""
+    def __init__(self, estimator: Estimator, capacity: int, window_s: float, caches_crops: bool, threads: int) -> None:
+        """The child keeps a crop cache of `capacity` devices for `window_s` windows when `caches_crops` (`make_backend`
+        decides: `model.reuse_crops` on a model that averages crops); its network runs on `threads` torch threads."""
         self.est, self.capacity, self.window_s = estimator, capacity, window_s
-        self.caches_crops = reuse_crops and estimator.caches_crops
-        self.reuse_crops, self.threads = reuse_crops, threads
+        self.caches_crops, self.threads = caches_crops, threads
         self.runs_on = estimator.torch_device  # the heartbeat's `backend_device`: the torch device, as in this process
         self.ready = threading.Event()  # the child has loaded: a child still loading is killed at close, not awaited
         self.lock = threading.Lock()
@@ -94,7 +93,7 @@ class ProcessBackend:
         """A new child and the daemon's end of its pipe (blocks while Python starts it: never on the worker)."""
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        args = (child, self.est, self.capacity, self.window_s, self.reuse_crops, self.threads)
+        args = (child, self.est, self.capacity, self.window_s, self.caches_crops, self.threads)
         proc = ctx.Process(target=_serve, args=args, name="p2p-inference", daemon=True)
         proc.start()
         child.close()
