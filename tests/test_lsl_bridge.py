@@ -110,8 +110,10 @@ class Lost(RuntimeError):
 class FakeInfo:
     """What a resolver lists about one stream."""
 
-    def __init__(self, uid: str, source_id: str, name: str = "wrist", rate: float = FS) -> None:
-        self._uid, self._source_id, self._name, self._rate = uid, source_id, name, rate
+    def __init__(
+        self, uid: str, source_id: str, name: str = "wrist", rate: float = FS, host: str = "remote-pc"
+    ) -> None:
+        self._uid, self._source_id, self._name, self._rate, self._host = uid, source_id, name, rate, host
 
     def uid(self) -> str:
         return self._uid
@@ -132,7 +134,7 @@ class FakeInfo:
         return 1  # cf_float32
 
     def hostname(self) -> str:
-        return "remote-pc"
+        return self._host
 
 
 class FakeInlet:
@@ -239,27 +241,34 @@ def test_time_stamps_become_unix_time_through_the_stream_s_clock_correction():
     )
 
 
-def test_a_second_stream_for_the_same_device_waits_until_the_first_goes(caplog):
+def test_a_second_outlet_for_the_same_device_waits_until_the_first_goes(caplog):
+    """Another outlet its pin admits (the same host, source_id and name: the app started twice) waits while the
+    first feeds the device and takes over when it goes; another source_id mapped to the same id is refused as a
+    lookalike, and a stream the daemon cannot window by its reason, each said once."""
     lsl, sock = FakeLSL(), Sent()
     bridge = Bridge(lsl, sock, "", devices=parse_devices(["pulse-1"]))
-    lsl.streams = [FakeInfo("uid-1", "a"), FakeInfo("uid-2", "b"), FakeInfo("uid-3", "c", rate=0.0)]
+    lsl.streams = [FakeInfo("uid-1", "a")]
+    bridge.discover()
+    lsl.streams += [FakeInfo("uid-2", "a"), FakeInfo("uid-3", "c", rate=0.0), FakeInfo("uid-4", "b")]
     with caplog.at_level("WARNING"):
         bridge.discover()
         bridge.discover()  # each said once
     assert set(lsl.inlets) == {"uid-1"}
     said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 2, said
-    waits, refused = said
-    assert waits.startswith("LSL stream 'wrist' (source_id 'b', on remote-pc) waits: it would be device 'pulse-1'")
+    assert len(said) == 3, said
+    refused, lookalike, waits = said
     assert refused.startswith("LSL stream 'wrist' (source_id 'c', on remote-pc) refused: its rate is irregular")
+    assert lookalike.startswith("refusing LSL outlet 'wrist' (source_id 'b', on remote-pc) (uid uid-4) for device ")
+    assert waits.startswith("LSL stream 'wrist' (source_id 'a', on remote-pc) waits: it would be device 'pulse-1'")
     lsl.inlets["uid-1"].chunks = [(np.ones((5, 2)), 100 + np.arange(5) / FS), Lost]
     bridge.pump()
     bridge.pump()  # uid-1 is lost...
-    bridge.discover()  # ...and uid-2 takes its device over, counting on
+    bridge.discover()  # ...and uid-2 takes its device over, counting on; uid-4 never
     assert set(lsl.inlets) == {"uid-1", "uid-2"}
     lsl.inlets["uid-2"].chunks = [(np.ones((5, 2)), 200 + np.arange(5) / FS)]
     bridge.pump()
     assert [(m.device, m.seq) for m in sock.got] == [("pulse-1", 0), ("pulse-1", 1)]
+    assert bridge.refused == 1
 
 
 # ---------------------------------------------------------------- real LSL streams

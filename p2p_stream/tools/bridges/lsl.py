@@ -18,6 +18,22 @@ this machine's, and the offset between `local_clock()` and `time.time()` onto Un
 message's `t0` is the Unix time of its first sample; a jump of more than 0.1 s between two samples starts a new
 message there, so the daemon sees the break where it happened. `fs` is the stream's nominal rate: a stream of
 irregular rate (nominal rate 0) cannot be windowed by sample count and is refused, as are text streams.
+
+Who may feed a device: LSL has no authentication, so any program on the network can announce an outlet with any
+name and source_id. A device is therefore pinned to the first outlet that fed it, and a lookalike (the same name
+and source_id, another outlet) is refused — never forwarded, logged as "refusing LSL outlet ...", counted:
+  --pin-mode host (default)  after a dropout, only an outlet on the same host (LSL's hostname) with the same
+                             source_id and name feeds the device again: the device's app restarting its outlet
+                             (a new uid) comes back; an outlet on another machine does not.
+  --pin-mode uid             only that very outlet instance (its LSL uid): a restarted outlet is refused too,
+                             until the operator restarts the bridge with --pin DEVICE=uid:UID.
+  --pin DEVICE=host:HOST     DEVICE is fed only by an outlet on HOST, from the start (not whichever comes first).
+  --pin DEVICE=uid:UID       DEVICE is fed only by the outlet UID (`--list` shows each outlet's host and uid).
+Pins live as long as the bridge: a restarted bridge trusts again whichever outlet comes first, unless --pin says.
+Outlets that claim a device no outlet has fed yet, and differ (host, source_id or name; uid with --pin-mode uid),
+are all refused until one is pinned: the bridge cannot tell which is genuine. Pinning is not authentication (a
+host and a uid are only what an outlet announces): run the bridge on the outlet's host or an isolated network, and
+give it a CURVE key bound to the bridged devices (docs/devices.md).
 """
 
 from __future__ import annotations
@@ -55,6 +71,8 @@ NOTE_EVERY_S = 10.0  # while nothing matches, a note this often
 LIST_WAIT_S = 2.0  # `--list`: how long to look
 LSL_CONFIGS = ("lsl_api.cfg", "~/lsl_api/lsl_api.cfg", "/etc/lsl_api/lsl_api.cfg")  # liblsl reads the first found
 LSL_QUIET, LSL_INFO = -3, 0  # liblsl's log levels: fatal only, and its chatty default
+PIN_MODES = ("host", "uid")  # --pin-mode: what of the first trusted outlet a returning one must match
+PIN_KINDS = ("host", "uid")  # --pin DEVICE=KIND:VALUE
 
 
 # ------------------------------------------------------------------------------------------------------ pure parts
@@ -129,6 +147,70 @@ def refusal(rate_hz: float, channels: int, text: bool, channel: int) -> str | No
     return None
 
 
+@dataclass(frozen=True)
+class Outlet:
+    """Who an LSL outlet says it is. `uid` is new with every outlet (a restarted outlet has a new one); `hostname`
+    is the machine it runs on as liblsl reports it; `source_id` and `name` are whatever its program chose — and any
+    other program may choose them too."""
+
+    hostname: str
+    source_id: str
+    name: str
+    uid: str
+
+    @classmethod
+    def of(cls, info) -> Outlet:
+        return cls(info.hostname(), info.source_id(), info.name(), info.uid())
+
+
+def parse_pins(items: list[str]) -> dict[str, tuple[str, str]]:
+    """`--pin` values → {device id: (kind, value)}: `DEVICE=host:HOST` or `DEVICE=uid:UID`."""
+    pins: dict[str, tuple[str, str]] = {}
+    for item in items:
+        device, eq, rest = item.partition("=")
+        kind, colon, value = rest.partition(":")
+        if not (eq and colon and kind in PIN_KINDS and value):
+            raise ConfigError(f"--pin {item!r}: give DEVICE=host:HOST or DEVICE=uid:UID")
+        if not DEVICE_RE.fullmatch(device):
+            raise ConfigError(f"--pin {item!r}: {device!r} is not a device id (1–64 characters of [A-Za-z0-9_.:-])")
+        if device in pins:
+            raise ConfigError(f"--pin {item!r}: {device} is pinned twice; give each device one pin")
+        pins[device] = (kind, value)
+    return pins
+
+
+def identity(outlet: Outlet, mode: str) -> tuple[str, ...]:
+    """What of an outlet a device pinned under `mode` holds it to: its uid, or its host, source_id and name."""
+    return (outlet.uid,) if mode == "uid" else (outlet.hostname, outlet.source_id, outlet.name)
+
+
+def lookalike(outlet: Outlet, trusted: Outlet | None, pin: tuple[str, str] | None, mode: str = "host") -> str | None:
+    """Why `outlet` may not feed a device whose pinned outlet is `trusted` (the first that fed it; None: none yet)
+    and whose `--pin` is `pin` ((kind, value), or None), under `--pin-mode` `mode`; None when it may."""
+    if pin is not None:
+        kind, value = pin
+        if kind == "host" and outlet.hostname != value:
+            return f"it is pinned by --pin to host {value!r}"
+        if kind == "uid" and outlet.uid != value:
+            return f"it is pinned by --pin to the outlet uid {value}"
+    if trusted is None:
+        return None
+    if mode == "uid" or (pin is not None and pin[0] == "uid"):
+        if outlet.uid != trusted.uid:
+            return (
+                f"it is pinned to the outlet on host {trusted.hostname!r} (uid {trusted.uid}) by uid: no other "
+                "outlet may feed it, not even that outlet restarted"
+            )
+        return None
+    if identity(outlet, "host") != identity(trusted, "host"):
+        return (
+            f"it is pinned to the outlet on host {trusted.hostname!r} (uid {trusted.uid}, source_id "
+            f"{trusted.source_id!r}, name {trusted.name!r}): only an outlet on that host with that source_id and name "
+            "may feed it again"
+        )
+    return None
+
+
 def runs(t: np.ndarray, fs: float, tolerance_s: float = GAP_SPLIT_S) -> list[tuple[int, int]]:
     """[start, stop) pieces of time stamps `t` (s) with no step further than `tolerance_s` from one period."""
     breaks = np.flatnonzero(np.abs(np.diff(t) - 1.0 / fs) > tolerance_s) + 1
@@ -172,6 +254,7 @@ class Feed:
     device: str
     seq: int = 0
     uid: str | None = None  # the LSL stream feeding it now; None while it is away
+    trusted: Outlet | None = None  # the outlet it is pinned to: the first that fed it
 
 
 @dataclass
@@ -191,26 +274,41 @@ class Bridge:
     """LSL streams in, ingest messages out on `sock` (an XPUB or PUB connected to the daemon's ingest)."""
 
     def __init__(
-        self, lsl: ModuleType, sock: zmq.Socket, query: str, devices: dict[str, str] | None = None, channel: int = 0
+        self,
+        lsl: ModuleType,
+        sock: zmq.Socket,
+        query: str,
+        devices: dict[str, str] | None = None,
+        channel: int = 0,
+        pins: dict[str, tuple[str, str]] | None = None,
+        pin_mode: str = "host",
     ) -> None:
+        if pin_mode not in PIN_MODES:
+            raise ConfigError(f"--pin-mode {pin_mode!r}: give one of {', '.join(PIN_MODES)}")
         self.lsl, self.sock, self.query = lsl, sock, query
         self.devices, self.channel = devices or {}, channel
+        self.pins, self.pin_mode = pins or {}, pin_mode
         self.resolver = lsl.ContinuousResolver(pred=query) if query else lsl.ContinuousResolver()
         self.feeds: dict[str, Feed] = {}  # device id → its feed, kept while its stream is away
         self.links: dict[str, Link] = {}  # stream uid → its open inlet
         self.skip: dict[str, str] = {}  # stream uid → why it is never bridged (said once); lost ones too
         self.waiting: set[str] = set()  # stream uids whose device another stream feeds now (said once)
+        self.unsure: set[str] = set()  # stream uids among several that claim a device none has fed yet (said once)
+        self.refused = 0  # lookalike outlets refused: each another outlet than the one its device is pinned to
         self.messages = 0
         self.samples = 0
 
     # ---------------------------------------------------------------- streams
 
     def discover(self) -> None:
-        """Open an inlet for each new matching stream; a returning stream finds its device's feed again."""
+        """Open an inlet for each new matching stream; a returning stream finds its device's feed again, if it is
+        the outlet its device is pinned to: a lookalike is refused."""
         infos = self.resolver.results()
         seen = {info.uid() for info in infos}
         self.skip = {uid: why for uid, why in self.skip.items() if uid in seen}  # forgotten by LSL: forget too
         self.waiting &= seen
+        self.unsure &= seen
+        fresh: dict[str, list[tuple[object, Outlet, str]]] = {}  # device → its new candidate outlets, in order
         for info in infos:
             uid = info.uid()
             if uid in self.links or uid in self.skip:
@@ -223,21 +321,53 @@ class Bridge:
                 log.warning("LSL stream %s refused: %s", label, why)
                 self.skip[uid] = why
                 continue
-            device = device_for(info.source_id(), info.name(), self.devices)
+            outlet = Outlet.of(info)
+            device = device_for(outlet.source_id, outlet.name, self.devices)
             feed = self.feeds.get(device)
-            if feed is not None and feed.uid is not None:  # another stream feeds that device: this one waits
-                if uid not in self.waiting:
-                    log.warning(
-                        "LSL stream %s waits: it would be device %r, which %s feeds now; give each its own id with "
-                        "--device SOURCE=ID", label, device, self.links[feed.uid].label,
-                    )  # fmt: skip
-                    self.waiting.add(uid)
+            why = lookalike(outlet, feed and feed.trusted, self.pins.get(device), self.pin_mode)
+            if why is not None:
+                self._refuse(outlet, label, device, why)
                 continue
-            self.waiting.discard(uid)
-            self._open(info, uid, label, feed or Feed(device))
+            fresh.setdefault(device, []).append((info, outlet, label))
+        for device, candidates in fresh.items():
+            mode = "uid" if self.pin_mode == "uid" or self.pins.get(device, ("",))[0] == "uid" else "host"
+            if device not in self.feeds and len({identity(o, mode) for _, o, _ in candidates}) > 1:
+                uids = {o.uid for _, o, _ in candidates}
+                if not uids <= self.unsure:
+                    log.error(
+                        "LSL outlets %s all claim device %s, which none has fed yet: the bridge cannot tell which is "
+                        "genuine and takes none of them; choose one with --pin %s=host:HOST or --pin %s=uid:UID "
+                        "(--list shows each outlet's host and uid), or bridge one by --name / --source-id",
+                        ", ".join(f"{label} uid {o.uid}" for _, o, label in candidates), device, device, device,
+                    )  # fmt: skip
+                    self.unsure |= uids
+                continue
+            for info, outlet, label in candidates:
+                feed = self.feeds.get(device)
+                if feed is not None and feed.uid is not None:  # its pinned outlet feeds it now: this one waits
+                    if outlet.uid not in self.waiting:
+                        log.warning(
+                            "LSL stream %s waits: it would be device %r, which %s feeds now; give each its own id "
+                            "with --device SOURCE=ID", label, device, self.links[feed.uid].label,
+                        )  # fmt: skip
+                        self.waiting.add(outlet.uid)
+                    continue
+                self.waiting.discard(outlet.uid)
+                self.unsure.discard(outlet.uid)
+                self._open(info, outlet, label, feed or Feed(device))
 
-    def _open(self, info, uid: str, label: str, feed: Feed) -> None:
-        lsl = self.lsl
+    def _refuse(self, outlet: Outlet, label: str, device: str, why: str) -> None:
+        log.error(
+            "refusing LSL outlet %s (uid %s) for device %s: %s; nothing it sends is forwarded. An outlet restarted or "
+            "moved on purpose needs the operator: check it is the device's, then restart p2p lsl with --pin %s=uid:%s "
+            "(or --pin %s=host:%s)",
+            label, outlet.uid, device, why, device, outlet.uid, device, outlet.hostname,
+        )  # fmt: skip
+        self.skip[outlet.uid] = f"lookalike: {why}"  # said and counted once while LSL lists it
+        self.refused += 1
+
+    def _open(self, info, outlet: Outlet, label: str, feed: Feed) -> None:
+        lsl, uid = self.lsl, outlet.uid
         inlet = lsl.StreamInlet(info, max_buflen=BUFFER_S, recover=False)
         try:
             inlet.open_stream(timeout=OPEN_TIMEOUT_S)
@@ -251,6 +381,7 @@ class Bridge:
         back = feed.device in self.feeds
         self.feeds[feed.device] = feed
         feed.uid = uid
+        feed.trusted = feed.trusted or outlet  # pinned to the first outlet that fed it, for good
         self.links[uid] = Link(uid, label, inlet, feed, fs, self.channel, correction)
         if back:
             log.info(
@@ -339,17 +470,22 @@ class Bridge:
         self.links.clear()
 
 
-def listing(lsl: ModuleType, query: str, devices: dict[str, str], channel: int) -> str:
-    """`--list`: the streams that match now, each with the device id it would feed or why it is refused."""
+def listing(
+    lsl: ModuleType, query: str, devices: dict[str, str], channel: int, pins: dict[str, tuple[str, str]] | None = None
+) -> str:
+    """`--list`: the streams that match now, each with its host and uid, and the device id it would feed or why it
+    is refused (its rate, its format, or a `--pin` it does not match)."""
     resolver = lsl.ContinuousResolver(pred=query) if query else lsl.ContinuousResolver()
     time.sleep(LIST_WAIT_S)
     lines = []
     for info in sorted(resolver.results(), key=lambda i: (i.name(), i.source_id())):
         why = refusal(info.nominal_srate(), info.channel_count(), info.channel_format() == lsl.cf_string, channel)
-        fate = f"refused: {why}" if why else f"→ device {device_for(info.source_id(), info.name(), devices)}"
+        device = device_for(info.source_id(), info.name(), devices)
+        why = why or lookalike(Outlet.of(info), None, (pins or {}).get(device))
+        fate = f"refused: {why}" if why else f"→ device {device}"
         lines.append(
             f"{info.name()!r} type {info.type()!r} source_id {info.source_id()!r} {info.nominal_srate():g} Hz "
-            f"{info.channel_count()} ch on {info.hostname()}  {fate}"
+            f"{info.channel_count()} ch on {info.hostname()} uid {info.uid()}  {fate}"
         )
     return "\n".join(lines) or f"no LSL stream matches ({query or 'any'}) after {LIST_WAIT_S:g} s"
 
@@ -375,7 +511,31 @@ def main(argv: list[str] | None = None, prog: str = "p2p lsl") -> int:
         "one stream is bridged (default: the stream's source_id, else its name, made to fit the id rule)",
     )
     group.add_argument("--channel", type=int, default=0, help="which channel of each stream is the PPG (default 0)")
-    group.add_argument("--list", action="store_true", help="print the matching streams and their device ids; exit")
+    group.add_argument(
+        "--list", action="store_true", help="print the matching streams, their hosts, uids and device ids; exit"
+    )
+    group = p.add_argument_group(
+        "which outlet may feed a device (LSL has no authentication: any program can announce any name and source_id)"
+    )
+    group.add_argument(
+        "--pin-mode",
+        choices=PIN_MODES,
+        default="host",
+        help="a device is pinned to the first outlet that feeds it, and any other outlet for it is refused (not "
+        "forwarded, logged 'refusing LSL outlet'). host (default): after a dropout an outlet on the same host with "
+        "the same source_id and name feeds it again, so the device's app restarting its outlet (a new uid) comes "
+        "back. uid: only that very outlet instance; a restarted outlet is refused too, until you restart the "
+        "bridge with --pin DEVICE=uid:UID",
+    )
+    group.add_argument(
+        "--pin",
+        action="append",
+        default=[],
+        metavar="DEVICE=host:HOST|DEVICE=uid:UID",
+        help="from the start, not trusting whichever outlet comes first: device DEVICE is fed only by an outlet "
+        "on host HOST (its hostname as LSL reports it), or only by the outlet of uid UID (--list shows both); "
+        "repeat per device",
+    )
     p.add_argument(
         "--chunk-s",
         type=float,
@@ -392,17 +552,21 @@ def main(argv: list[str] | None = None, prog: str = "p2p lsl") -> int:
             f"--channel must be ≥ 0 and --chunk-s within 0.01–10 s, got {args.channel} and {args.chunk_s}"
         )
     devices = parse_devices(args.device)
+    pins = parse_pins(args.pin)
     query = predicate(args.type, args.name, args.source_id)
     lsl = load_pylsl(verbose=args.log_level == "DEBUG")
     if args.list:
-        print(listing(lsl, query, devices, args.channel), flush=True)
+        print(listing(lsl, query, devices, args.channel, pins), flush=True)
         return 0
 
     def publish(sock: zmq.Socket) -> int:
-        bridge = Bridge(lsl, sock, query, devices, args.channel)
-        log.info("bridging LSL streams (%s) to %s", query or "any", args.ingest)
+        bridge = Bridge(lsl, sock, query, devices, args.channel, pins, args.pin_mode)
+        log.info("bridging LSL streams (%s) to %s, pinning by %s", query or "any", args.ingest, args.pin_mode)
         sent = bridge.run(args.duration_s, chunk_s=args.chunk_s)
-        log.info("%d samples of %d device(s)", bridge.samples, len(bridge.feeds))
+        log.info(
+            "%d samples of %d device(s); %d lookalike outlet(s) refused", bridge.samples, len(bridge.feeds),
+            bridge.refused,
+        )  # fmt: skip
         return sent
 
     return run_publisher(args.ingest, publish, args.wait_s, curve)
