@@ -3,6 +3,8 @@ the shipped estimator. Helpers that are not fixtures live in helpers.py and zmq_
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +14,20 @@ from helpers import SAMPLE, SHARED_DATA
 
 if TYPE_CHECKING:
     from p2p_stream.model.estimator import Estimator
+
+
+@pytest.fixture(scope="session", autouse=True)
+def state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Daemons started with the default state store (`state.path`: under $XDG_STATE_HOME) keep it in this run's
+    own folder, never in the user's; the daemons a test starts through zmq_helpers get a store each."""
+    folder = tmp_path_factory.mktemp("xdg-state")
+    before = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = before
 
 
 @pytest.fixture

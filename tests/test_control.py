@@ -17,11 +17,13 @@ from p2p_stream.wire.protocol import pack
 class FakeState:
     """A daemon as the control protocol sees it: one known wearable, "watch"; every call recorded."""
 
-    def __init__(self, applied: bool = True, store_fails: bool = False) -> None:
+    def __init__(self, applied: bool = True, store_fails: bool = False, quota: int = 1000) -> None:
         self.devices = {"watch"}
         self.applied = applied
         self.store_fails = store_fails  # the daemon's state store cannot save: calibrate and forget raise
+        self.quota = quota  # state changes admitted before `admit` refuses
         self.calls: list[tuple] = []
+        self.session = 7  # watch's wearer session
 
     def status(self) -> dict:
         self.calls.append(("status",))
@@ -39,11 +41,23 @@ class FakeState:
         self.devices.discard(device)
         return known
 
-    def calibrate(self, device: str, sbp: float, dbp: float) -> bool:
+    def calibrate(self, device: str, sbp: float, dbp: float, wearer: str | None = None) -> dict:
         self.calls.append(("calibrate", device, sbp, dbp))
         if self.store_fails:
             raise StoreError("state store s.db could not save it (disk full); nothing was changed")
-        return self.applied
+        return {"applied": self.applied, "session": self.session}
+
+    def end_session(self, device: str) -> int | None:
+        self.calls.append(("end_session", device))
+        ended, self.session = self.session, self.session + 1
+        return ended if device in self.devices else None
+
+    def admit(self, device: str) -> str | None:
+        self.calls.append(("admit", device))
+        if self.quota <= 0:
+            return "over_quota: this client key made 60 state changes in the last minute"
+        self.quota -= 1
+        return None
 
     def history(self, device: str, limit: int) -> list[dict]:
         self.calls.append(("history", device, limit))
@@ -64,8 +78,8 @@ def test_stats_is_the_heartbeat_map():
 def test_calibrate_a_known_device(applied):
     state = FakeState(applied)
     reply = handle({"cmd": "calibrate", "device": "watch", "sbp": 128, "dbp": 81.5}, state)
-    assert reply == {"ok": True, "applied": applied}
-    assert state.calls == [("known", "watch"), ("calibrate", "watch", 128.0, 81.5)]
+    assert reply == {"ok": True, "applied": applied, "session": 7}
+    assert state.calls == [("known", "watch"), ("admit", "watch"), ("calibrate", "watch", 128.0, 81.5)]
     assert all(isinstance(v, float) for v in state.calls[-1][2:])  # ints from msgpack arrive as mmHg floats
 
 
@@ -83,7 +97,9 @@ def test_requests_arrive_as_frames_bytes_or_a_map():
 @pytest.mark.parametrize(
     "request_,error",
     [
-        ({"cmd": "reboot"}, "unknown cmd 'reboot'; valid: ping, stats, calibrate, forget, history"),
+        ({"cmd": "reboot"}, "unknown cmd 'reboot'; valid: ping, stats, calibrate, forget, end_session, history"),
+        ({"cmd": "end_session", "device": "never-seen"}, "unknown device 'never-seen': it is not streaming here"),
+        ({"cmd": "calibrate", "device": "watch", "sbp": 120, "dbp": 80, "wearer": "a b"}, "calibrate 'wearer'"),
         ({"cmd": "history"}, "history needs 'device'"),
         ({"cmd": "history", "device": "watch", "limit": 0}, "history 'limit' is a whole number of rows, 1–1000"),
         ({"cmd": "history", "device": "watch", "limit": 1001}, "history 'limit'"),
@@ -120,7 +136,7 @@ def test_every_error_is_a_clear_reply_and_touches_nothing(request_, error):
     reply = handle(request_, state)
     assert reply["ok"] is False and error in reply["error"], reply
     assert set(reply) == {"ok", "error"}
-    assert [c for c in state.calls if c[0] != "known"] == []  # validated before acting
+    assert [c for c in state.calls if c[0] != "known"] == []  # validated before acting (and before any quota)
 
 
 def test_calibrating_a_device_that_has_sent_nothing_is_an_error():
@@ -147,6 +163,32 @@ def test_a_change_the_store_cannot_save_is_refused_whole():
             "error": f"{request['cmd']} not done: state store s.db could not save it (disk full); nothing was changed",
         }
     assert state.devices == {"watch"}
+
+
+def test_a_state_change_over_quota_is_refused_and_touches_nothing():
+    state = FakeState(quota=2)
+    for request in (
+        {"cmd": "calibrate", "device": "watch", "sbp": 120, "dbp": 80},
+        {"cmd": "forget", "device": "watch"},
+    ):
+        assert handle(request, state)["ok"]
+    for request in (
+        {"cmd": "calibrate", "device": "watch", "sbp": 120, "dbp": 80},
+        {"cmd": "forget", "device": "watch"},
+        {"cmd": "end_session", "device": "watch"},
+    ):
+        state.devices.add("watch")
+        state.calls.clear()
+        reply = handle(request, state)
+        assert reply == {"ok": False, "error": "over_quota: this client key made 60 state changes in the last minute"}
+        assert [c[0] for c in state.calls if c[0] not in ("known", "admit")] == []  # nothing changed
+
+
+def test_end_session_names_the_session_that_ended():
+    state = FakeState()
+    assert handle({"cmd": "end_session", "device": "watch"}, state) == {"ok": True, "session": 7}
+    assert handle({"cmd": "end_session", "device": "watch"}, state) == {"ok": True, "session": 8}
+    assert state.calls[:3] == [("known", "watch"), ("admit", "watch"), ("end_session", "watch")]
 
 
 def test_history_defaults_to_20_rows_and_passes_the_limit():

@@ -30,8 +30,8 @@ def ctl(capsys, *argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def daemon():
-    """One plain daemon process for the module; its addresses."""
-    with ipc_addresses() as addresses, daemon_process(addresses) as proc:
+    """One plain daemon process for the module, its state in memory (`state.path=`); its addresses."""
+    with ipc_addresses() as addresses, daemon_process(addresses, "--set", "state.path=") as proc:
         wait_ready(addresses["control"])
         assert proc.poll() is None, proc.output()
         yield addresses

@@ -146,9 +146,11 @@ def test_control_commands_and_calibration(est):
         _, expected = offline(est, x, FS)
         expected = expected[:, :2]
         cuff = (130.0, 82.0)
-        assert c.control({"cmd": "calibrate", "device": "cuffed", "sbp": cuff[0], "dbp": cuff[1]}) == {
+        reply = c.control({"cmd": "calibrate", "device": "cuffed", "sbp": cuff[0], "dbp": cuff[1]})
+        assert reply == {
             "ok": True,
             "applied": True,  # two estimates in its span already: calibration.min_estimates
+            "session": first[0]["session"],  # the wearer session streaming now
         }
         c.stream("cuffed", x[750:], FS, t0=T0 + 750 / FS, seq0=seq)
         later = c.estimates(lambda g: len(g) >= 4)

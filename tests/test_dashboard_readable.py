@@ -281,3 +281,15 @@ def test_stream_breaks_are_shown_apart_from_rejections():
     s.update(encode_status({**HEARTBEAT, "rejected": {"time_gap": 48, "flatline": 2, "not_msgpack": 1}}), NOW)
     header = " ".join(rendered(s, 160, now=NOW + 0.5).split())
     assert "rejected 3 (flatline 2, not_msgpack 1)" in header and "breaks 48" in header
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_calibration_or_facts_from_an_earlier_stream_of_the_session_are_marked_and_explained(width):
+    """Issue 24: the dashboard says when what a device's estimate rests on was kept from before a restart or pause."""
+    s = ward(0)
+    publish(s, IDS[0], 128, 80, calibrated=True, carried=["calibration", "facts"], seq=1)
+    publish(s, IDS[1], 99, 61, calibrated=True, seq=1)  # calibrated in this stream: no mark
+    text = rendered(s, width)
+    assert cell(text, IDS[0], "status").endswith("⟲") and cell(text, IDS[1], "status").endswith("*")
+    assert "⟲: calibration or facts kept from before a restart or pause, same wearer" in " ".join(text.split())
+    assert "⟲" not in rendered(ward(0), width)  # nothing carried, no legend entry

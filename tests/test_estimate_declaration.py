@@ -103,7 +103,8 @@ def test_every_estimate_of_a_real_daemon_is_declared(est, extended, tmp_path):
     answer and a break marker, from a daemon alone and from one with a state store in a cluster (`epoch`, `daemon`)."""
     sections = {"state": {"path": str(tmp_path / "state.sqlite")}, "cluster": {"id": "a", "members": "a"}}
     x = simulated_ppg(72, 8, FS, seed=11)
-    with running_daemon(est, **(sections if extended else {})) as (_, addresses), client(addresses) as c:
+    alone = {"state": {"path": ""}}  # in memory: no `epoch`
+    with running_daemon(est, **(sections if extended else alone)) as (_, addresses), client(addresses) as c:
         c.stream("ok-1", x, FS, ref=(121.0, 79.0))
         c.stream("flat-1", np.full(int(6 * FS), 2048.0), FS)
         c.stream("wild-1", (x - x.mean()) / x.std() * 1e37, FS)  # finite samples the model's arithmetic overflows

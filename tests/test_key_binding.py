@@ -120,9 +120,12 @@ def test_control_refuses_a_device_the_key_may_not_act_for_and_touches_nothing():
             self.calls.append(("forget", device))
             return True
 
-        def calibrate(self, device, sbp, dbp):
+        def calibrate(self, device, sbp, dbp, wearer=None):
             self.calls.append(("calibrate", device))
-            return True
+            return {"applied": True, "session": 1}
+
+        def admit(self, device):
+            return None
 
     state, asked = State(), []
 

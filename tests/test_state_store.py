@@ -1,7 +1,8 @@
 """What an operator tells the daemon survives: calibrations and device facts across a kill -9, an idle eviction and a
-restart; `forget` is for good; a calibration made for another model is not applied; a store that cannot be used
-stops the start-up with one clear line (exit 2). Real daemon processes on a real SQLite file (docs/reliability.md,
-"What survives what")."""
+restart of the same wearer's stream (its counter and clock going on); `forget` is for good; a calibration made for
+another model is not applied; a store that cannot be used stops the start-up with one clear line (exit 2). Real
+daemon processes on a real SQLite file (docs/reliability.md, "What survives what"). Who the wearer is:
+tests/test_wearer_sessions.py."""
 
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ from helpers import simulated_ppg
 from zmq_helpers import Client, daemon_process, ipc_addresses
 
 from p2p_stream.errors import ConfigError
+from p2p_stream.stream.state.sessions import Position
 from p2p_stream.stream.state.store import Saved, StateStore, StoreError
 
 FS = 125.0
 T0 = 1_700_000_000.0
 X = simulated_ppg(75, 12, FS, seed=3)  # 12 s: 9 windows of 4 s every 1 s
 WINDOWS = 9
+MESSAGES = 60  # X in messages of 25 samples: a stream that goes on after it starts at seq 60
 CUFF = (121.0, 79.0)
 META = {"age": 61, "sex": "F"}
 
@@ -49,6 +52,12 @@ def session(c: Client, t0: float, **extra) -> list[dict]:
     return c.estimates(lambda g: len([e for e in g if e["device"] == "watch"]) >= WINDOWS)
 
 
+def reading(store: StateStore, device: str, cuff, t: float, client: str | None = None):
+    """A cuff reading of `device`'s session (opened at seq 0, `t`): (the session, the reading's key)."""
+    session = store.open_session(device, None, 0, t, False)
+    return session, store.add_calibration(device, session, cuff, t, Position(0, t), client)
+
+
 def values(estimates: list[dict]) -> np.ndarray:
     return np.array([[e["sbp_window"], e["dbp_window"]] for e in estimates])  # (n, 2)
 
@@ -61,6 +70,7 @@ def calibrate_then_kill(path, *flags: str) -> tuple[np.ndarray, int]:
         assert c.control({"cmd": "calibrate", "device": "watch", "sbp": CUFF[0], "dbp": CUFF[1]}) == {
             "ok": True,
             "applied": True,
+            "session": first[0]["session"],
         }
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
@@ -81,8 +91,10 @@ def test_a_calibration_survives_kill_9_and_the_restart_is_a_new_epoch(tmp_path):
     offset = np.array(CUFF) - np.median(before, axis=0)  # the reference: the median of the 9 estimates before
     assert rows(path, "SELECT cmd, device, outcome FROM audit WHERE device = 'watch'") == [("calibrate", "watch", "ok")]
     with daemon(path) as (_, c):
-        again = session(c, T0 + 100)  # the same signal, later, without meta: the facts come from the store
+        # The same signal, later, its counter going on, without meta: the same wearer, facts from the store.
+        again = session(c, T0 + 100, seq0=MESSAGES)
     assert all(e["calibrated"] for e in again)
+    assert all(e["carried"] == ["calibration", "facts"] for e in again)  # kept from before the crash, and said so
     np.testing.assert_allclose(values(again), before + offset, atol=0.03)  # the same offset as before the crash
     assert {e["epoch"] for e in again} == {epoch + 1}  # (device, epoch, seq) never repeats: seq restarted at 0
     assert again[0]["seq"] == 0
@@ -97,7 +109,7 @@ def test_a_calibration_survives_idle_eviction(tmp_path):
         while c.control({"cmd": "stats"})["devices"] > 0:  # evicted: its stream, and its calibration in memory
             assert time.monotonic() < deadline, "never evicted"
             time.sleep(0.1)
-        again = session(c, T0 + 100)
+        again = session(c, T0 + 100, seq0=MESSAGES)
     assert all(e["calibrated"] for e in again)
     np.testing.assert_allclose(values(again), before + np.array(CUFF) - np.median(before, axis=0), atol=0.03)
 
@@ -105,19 +117,21 @@ def test_a_calibration_survives_idle_eviction(tmp_path):
 def test_forget_is_for_good_across_a_restart(tmp_path):
     path = tmp_path / "state.db"
     calibrate_then_kill(path)
-    assert rows(path, "SELECT device, age, sex FROM device_facts") == [("watch", 61.0, "F")]
+    facts = "SELECT s.device, f.age, f.sex FROM facts f JOIN sessions s ON s.id = f.session"
+    assert rows(path, facts) == [("watch", 61.0, "F")]
     with daemon(path) as (proc, c):
         assert c.control({"cmd": "forget", "device": "watch"}) == {"ok": True, "known": False}  # evicted: on disk only
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     assert rows(path, "SELECT count(*) FROM calibrations") == [(0,)]
-    assert rows(path, "SELECT count(*) FROM device_facts") == [(0,)]
+    assert rows(path, "SELECT count(*) FROM facts") == [(0,)]
+    assert rows(path, "SELECT count(*) FROM sessions") == [(0,)]
     assert [r[0] for r in rows(path, "SELECT cmd FROM audit WHERE device = 'watch' ORDER BY id")] == [
         "calibrate",
         "forget",
     ]
     with daemon(path) as (_, c):
-        assert not any(e["calibrated"] for e in session(c, T0 + 100))
+        assert not any(e["calibrated"] for e in session(c, T0 + 100, seq0=MESSAGES))
 
 
 def test_a_calibration_for_another_model_is_not_applied(tmp_path):
@@ -128,7 +142,7 @@ def test_a_calibration_for_another_model_is_not_applied(tmp_path):
     db.commit()
     db.close()
     with daemon(path) as (proc, c):
-        again = session(c, T0 + 100)
+        again = session(c, T0 + 100, seq0=MESSAGES)  # the same wearer: only the model differs
         log = " ".join(proc.output().split())  # the console log wraps long lines
     assert not any(e["calibrated"] for e in again)
     assert "calibration for watch was made for model other-net@00000000, not " in log
@@ -151,11 +165,13 @@ def test_daemons_on_one_machine_share_a_store_safely(tmp_path):
     a, b = StateStore(path, "m@1"), StateStore(path, "m@1")
     try:
         assert (a.boot, b.boot) == (1, 2)
-        key = a.add_calibration("watch", (121.0, 79.0), 10.0, None)
+        sa, key = reading(a, "watch", (121.0, 79.0), 10.0)
         a.set_reference("watch", key, (110.0, 70.0))
-        assert b.recall("watch")[0] == Saved(key, (121.0, 79.0), 10.0, (110.0, 70.0))  # b took the device over
+        sb = b.open_session("watch", None, 1, 10.5, False)  # b takes the device over: the stream goes on
+        assert sb.id == sa.id and sb.resumed
+        assert b.recall("watch", sb.id)[0] == Saved(key, (121.0, 79.0), 10.0, (110.0, 70.0))
         for i in range(50):
-            (a if i % 2 else b).add_calibration(f"d{i}", (120.0, 80.0), 1.0, None)
+            reading(a if i % 2 else b, f"d{i}", (120.0, 80.0), 1.0)
         assert len(rows(path, "SELECT device FROM calibrations")) == 51
         assert len(a.history("d3", 5)) == len(b.history("d4", 5)) == 1
     finally:
@@ -245,7 +261,7 @@ def test_a_full_disk_refuses_calibrate_and_forget_whole_and_the_daemon_goes_on(t
             assert f"{request['cmd']} not done: state store {disk / 'state.db'} could not save it" in reply["error"]
             assert "nothing was changed" in reply["error"]
         assert c.control({"cmd": "stats"})["devices"] == 1  # not forgotten
-        again = [e for e in session(c, T0 + 100) if e["t"] > T0 + 100]  # not the last stream's `gap` estimate
+        again = [e for e in session(c, T0 + 100, seq0=MESSAGES) if e["t"] > T0 + 100]  # not the last stream's gap
         assert again and all(e["calibrated"] for e in again)  # with the reading that was saved, not the refused one
         expected = before + np.array(CUFF) - np.median(before, axis=0)
         np.testing.assert_allclose(values(again), expected[: len(again)], atol=0.03)
@@ -261,18 +277,19 @@ def test_a_refused_write_leaves_the_store_as_it_was(tmp_path):
     """The same without a mount: SQLite's own page limit refuses the write as a full disk does."""
     store = StateStore(tmp_path / "state.db", "m@1")
     try:
-        key = store.add_calibration("d", (120.0, 80.0), 10.0, None)
+        d, key = reading(store, "d", (120.0, 80.0), 10.0)
         store.set_reference("d", key, (110.0, 70.0))
         store.db.execute(f"PRAGMA max_page_count={store.db.execute('PRAGMA page_count').fetchone()[0]}")
-        with pytest.raises(StoreError, match="could not save it .*full.*; nothing was changed"):
+        with pytest.raises(StoreError, match="could not save it: the disk holding it is full.*; nothing was changed"):
             for i in range(1000):  # until the audit table needs a page it may not have
-                store.add_calibration(f"device-{i}", (120.0 + i % 50, 80.0), 10.0, "k" * 40)
+                last, _ = reading(store, f"device-{i}", (120.0 + i % 50, 80.0), 10.0, "k" * 40)
         saved = i
-        with pytest.raises(StoreError):
-            for j in range(1000):  # devices it never had: nothing deleted, until their audit rows have no room
-                store.forget(f"never-{j}", "k" * 40)
-        assert store.recall("d")[0] == Saved(key, (120.0, 80.0), 10.0, (110.0, 70.0))  # not forgotten
-        assert store.recall(f"device-{saved}") == (None, None)  # the refused reading: not there
+        for j in range(1000):  # devices it never had: nothing to delete, nothing written, not even an audit row
+            assert store.forget(f"never-{j}", "k" * 40, known=False) is False
+        with pytest.raises(StoreError, match="full"):  # a device it has: the delete and its audit row, refused whole
+            store.forget("d", "k" * 40, known=True)
+        assert store.recall("d", d.id)[0] == Saved(key, (120.0, 80.0), 10.0, (110.0, 70.0))  # not forgotten
+        assert rows(store.path, "SELECT count(*) FROM audit WHERE device LIKE 'never-%'") == [(0,)]
         assert len(store.history(f"device-{saved - 1}", 5)) == 1 and store.history(f"device-{saved}", 5) == []
     finally:
         store.close()
@@ -282,7 +299,7 @@ def test_history_is_each_change_in_order_and_needs_the_store(tmp_path):
     path = tmp_path / "state.db"
     calibrate_then_kill(path)
     with daemon(path) as (_, c):
-        session(c, T0 + 100)
+        session(c, T0 + 100, seq0=MESSAGES)
         assert c.control({"cmd": "calibrate", "device": "watch", "sbp": 130, "dbp": 85})["ok"]
         assert c.control({"cmd": "forget", "device": "watch"})["ok"]
         history = c.control({"cmd": "history", "device": "watch", "limit": 2})["history"]
@@ -291,7 +308,7 @@ def test_history_is_each_change_in_order_and_needs_the_store(tmp_path):
     assert [h["cmd"] for h in history] == ["calibrate", "forget"]  # the latest two, oldest first
     assert history[0]["values"] == {"sbp": 130.0, "dbp": 85.0, "t_cal": pytest.approx(T0 + 100 + 12 - 1 / FS)}
     assert history[0]["time"] <= history[1]["time"] <= time.time()
-    with ipc_addresses() as addresses, daemon_process(addresses) as proc:  # no state.path
+    with ipc_addresses() as addresses, daemon_process(addresses, "--set", "state.path=") as proc:  # memory only
         c = Client(addresses)
         try:
             c.join(timeout_s=60)
@@ -308,36 +325,51 @@ def test_history_is_each_change_in_order_and_needs_the_store(tmp_path):
 def test_the_store_keeps_the_applied_reading_and_a_newer_pending_one(tmp_path):
     store = StateStore(tmp_path / "state.db", "m@1")
     try:
-        old = store.add_calibration("d", (120.0, 80.0), 10.0, None)
+        d, old = reading(store, "d", (120.0, 80.0), 10.0)
         store.set_reference("d", old, (110.0, 70.0))
-        new = store.add_calibration("d", (130.0, 85.0), 20.0, None)  # waiting for its reference: the old one applies
-        active, pending = store.recall("d")
+        new = store.add_calibration("d", d, (130.0, 85.0), 20.0, Position(9, 20.0), None)  # the old one applies
+        active, pending = store.recall("d", d.id)
         assert active is not None and active.key == old and active.reference == (110.0, 70.0)
         assert pending is not None and pending.key == new and pending.reference is None
         store.set_reference("d", new, (112.0, 71.0))  # formed: it applies, the old one is gone
-        active, pending = store.recall("d")
+        active, pending = store.recall("d", d.id)
         assert active is not None and active.key == new and pending is None
-        assert store.recall("other") == (None, None)
+        other = store.open_session("d", None, 0, 30.0, True)  # a new wearer of "d": none of it
+        assert other.id != d.id and store.recall("d", other.id) == (None, None)
     finally:
         store.close()
 
 
-def test_device_facts_come_back_to_a_stream_that_starts_without_them(tmp_path):
-    from p2p_stream.stream.state.store import RememberingDeviceTable
+def test_device_facts_come_back_after_a_restart_not_to_a_new_wearer_nor_after_eviction(tmp_path):
+    """A restart (a new table on the same store) gives a stream that goes on its session's facts; a counter that
+    started again gets none; an evicted device's facts-only session is pruned (an id that sent `meta` once must not
+    keep a row for ever)."""
+    from p2p_stream.stream.state.remembering import RememberingDeviceTable
     from p2p_stream.wire.protocol import Ingest
 
-    store = StateStore(tmp_path / "state.db", "m@1")
-    try:
-        table = RememberingDeviceTable(
+    def table(store):
+        return RememberingDeviceTable(
             store, window_s=4.0, hop_s=1.0, max_chunk=1024, gap_tolerance_s=0.2, max_devices=10, idle_s=60.0
         )
-        x = np.ones(125, dtype=np.float32)
-        table.push(Ingest("d", 0, T0, FS, x, None, {"age": 61.0, "sex": "F"}), 0.0)
-        table.evict_idle(now=1000.0)  # evicted: out of the table, kept in the store
-        assert "d" not in table.streams
-        table.push(Ingest("d", 0, T0 + 100, FS, x, None, None), 1000.0)
-        assert table.streams["d"].meta == {"age": 61.0, "sex": "F"}
-        table.push(Ingest("d", 1, T0 + 101, FS, x, None, {"age": 62.0}), 1000.0)  # new facts replace them
-        assert store.facts("d") == {"age": 62.0}
+
+    x = np.ones(125, dtype=np.float32)
+    store = StateStore(tmp_path / "state.db", "m@1")
+    try:
+        first = table(store)
+        first.push(Ingest("d", 0, T0, FS, x, None, {"age": 61.0, "sex": "F"}), 0.0)
+        first.flush()
+        again = table(store)  # the daemon restarted
+        again.push(Ingest("d", 1, T0 + 100, FS, x, None, None), 0.0)  # its counter and clock go on
+        assert again.streams["d"].meta == {"age": 61.0, "sex": "F"} and again.streams["d"].facts_carried
+        again.push(Ingest("d", 2, T0 + 101, FS, x, None, {"age": 62.0}), 0.0)  # new facts replace them
+        assert store.facts(again.streams["d"].session.id) == {"age": 62.0}
+        assert not again.streams["d"].facts_carried
+        again.push(Ingest("d", 0, T0 + 102, FS, x, None, None), 0.0)  # the counter started again: a new wearer
+        assert again.streams["d"].meta is None
+        again.push(Ingest("d", 1, T0 + 103, FS, x, None, {"age": 30.0}), 0.0)
+        again.evict_idle(now=1000.0)
+        again.flush()
+        assert rows(store.path, "SELECT count(*) FROM facts") == [(0,)]  # both facts-only sessions pruned
+        assert rows(store.path, "SELECT count(*) FROM sessions") == [(0,)]
     finally:
         store.close()

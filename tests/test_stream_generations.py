@@ -139,7 +139,7 @@ def test_windows_queued_across_forget_do_not_reach_the_next_wearer(est):
         assert values(old) == [WEARER_1] * 3 and not any(e["calibrated"] for e in old)  # still published
         assert values(new[:1]) == [WEARER_2] and values(new[:1], "sbp_window") == [WEARER_2]
         assert values(new) == [WEARER_2] * 2 and not any(e["calibrated"] for e in new)
-        assert daemon.on_control(CALIBRATE) == {"ok": True, "applied": True}  # wearer 2's two estimates
+        assert daemon.on_control(CALIBRATE).items() >= {"ok": True, "applied": True}.items()  # wearer 2's estimates
         send(daemon, "watch", x2[625:750], T0 + 14, seq)
         (after,) = drain(daemon)
         assert after["calibrated"] and values([after], "sbp_window") == [CUFF]
@@ -160,7 +160,7 @@ def test_windows_in_flight_across_forget_and_a_calibrate_before_they_land(est):
         assert daemon.on_control(FORGET)["known"]
         send(daemon, "watch", x2[:625], T0 + 8)
         reply = daemon.on_control(CALIBRATE)
-        assert reply == {"ok": True, "applied": False}  # wearer 2 has no estimate yet
+        assert reply.items() >= {"ok": True, "applied": False}.items()  # wearer 2 has no estimate yet
         old = [e for _, e in daemon.worker.finish(in_flight)]
         assert values(old) == [WEARER_1] * 2 and values(old, "sbp_window") == [WEARER_1] * 2
         assert not any(e["calibrated"] for e in old)

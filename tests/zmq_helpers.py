@@ -35,11 +35,16 @@ def ipc_addresses() -> Iterator[dict[str, str]]:
 FIXED_T0_SKEW_S = 1e9
 
 
+def fresh_store(folder: str) -> dict:
+    """A daemon's own state store in `folder` (the default one would be shared by every daemon of the run)."""
+    return {"path": os.path.join(folder, "state.sqlite")}
+
+
 @contextmanager
 def running_daemon(estimator: Estimator, **sections) -> Iterator[tuple[Daemon, dict[str, str]]]:
     """A real Daemon on ipc:// sockets, its loop in a thread; `sections` override config tables (key by key)."""
-    with ipc_addresses() as addresses:
-        base = {"sockets": addresses, "windowing": {"window_s": 4.0, "hop_s": 1.0}}
+    with ipc_addresses() as addresses, tempfile.TemporaryDirectory(prefix="p2p-state-") as state:
+        base = {"sockets": addresses, "windowing": {"window_s": 4.0, "hop_s": 1.0}, "state": fresh_store(state)}
         overrides = [{**base, "limits": {"max_clock_skew_s": FIXED_T0_SKEW_S}}, sections]
         daemon = Daemon(load_daemon_config(None, overrides), estimator)
         thread = threading.Thread(target=daemon.run, daemon=True)
@@ -146,17 +151,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @contextmanager
-def daemon_process(addresses: dict[str, str], *flags: str) -> Iterator[subprocess.Popen]:
+def daemon_process(addresses: dict[str, str], *flags: str, own_store: bool = True) -> Iterator[subprocess.Popen]:
     """`daemon.py` as a real process on `addresses` (4 s windows, 1 s hop, CPU); killed if still running at exit.
 
-    Its log goes to a temporary file, read back with `proc.output()`. Its clock-skew limit is FIXED_T0_SKEW_S unless
-    `flags` set another (`--set limits.max_clock_skew_s=…`: a later --set wins).
+    Its log goes to a temporary file, read back with `proc.output()`. Its clock-skew limit is FIXED_T0_SKEW_S, and it
+    has a state store of its own, unless `flags` set others (`--set limits.max_clock_skew_s=…`, `--set state.path=…`:
+    a later --set wins); `own_store=False`: the default store, as a user gets it ($XDG_STATE_HOME).
     """
-    cmd = [sys.executable, "daemon.py", "--torch-device", "cpu", "--window-s", "4", "--hop-s", "1",
-           "--ingest", addresses["ingest"], "--publish", addresses["publish"], "--control", addresses["control"],
-           "--set", f"limits.max_clock_skew_s={FIXED_T0_SKEW_S:.0f}", *flags]  # fmt: skip
-    with logged_process(cmd) as proc:
-        yield proc
+    with tempfile.TemporaryDirectory(prefix="p2p-state-") as state:
+        cmd = [sys.executable, "daemon.py", "--torch-device", "cpu", "--window-s", "4", "--hop-s", "1",
+               "--ingest", addresses["ingest"], "--publish", addresses["publish"], "--control", addresses["control"],
+               "--set", f"limits.max_clock_skew_s={FIXED_T0_SKEW_S:.0f}",
+               *(("--set", f"state.path={fresh_store(state)['path']}") if own_store else ()), *flags]  # fmt: skip
+        with logged_process(cmd) as proc:
+            yield proc
 
 
 @contextmanager

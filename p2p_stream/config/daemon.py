@@ -3,6 +3,7 @@ the p2p-daemon flags and their --help are derived from these declarations (setti
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,15 +217,50 @@ class Operation:
     heartbeat_s: float = setting(1.0, "the `status` heartbeat period", unit="s", range=(0.05, 60))
 
 
+DEFAULT_STATE_PATH = "~/.local/state/p2p/state.sqlite"  # under $XDG_STATE_HOME when that is set (`state_path`)
+
+
 @dataclass
 class State:
-    """What an operator tells the daemon (calibrations, device facts), kept across restarts (docs/reliability.md)."""
+    """What an operator tells the daemon (calibrations, device facts), kept per wearer session across restarts and
+    crashes (docs/reliability.md, "State")."""
 
     path: str = setting(
-        "", "SQLite file of calibrations, device facts and the audit of calibrate/forget; '' = kept in memory only "
-        "(lost at a restart). Daemons of a cluster on one machine share one file; elsewhere each has its own",
-        metavar="FILE",
+        DEFAULT_STATE_PATH, "SQLite file of wearer sessions, calibrations, device facts and the audit of "
+        "calibrate/forget/end_session ($XDG_STATE_HOME/p2p/state.sqlite when XDG_STATE_HOME is set); '' = in memory "
+        "only, lost at a restart. Daemons of a cluster on one machine share one file", metavar="FILE",
     )  # fmt: skip
+    resume_gap_s: float = setting(
+        1800.0, "a wearable back (after a restart, an eviction) with its counter and clock going on, within this "
+        "long of its last sample, is the same wearer; later, or with a restarted counter, only its `wearer` key "
+        "brings its session back", unit="s", range=(1, 30 * 86_400),
+    )  # fmt: skip
+    keep_days: float = setting(
+        90.0, "a session with a `wearer` key unseen this long is dropped with its calibration and facts (the audit "
+        "stays)", unit="days", range=(1, 3650),
+    )  # fmt: skip
+    audit_rows_per_device: int = setting(
+        1000, "audit rows kept per wearable; its oldest beyond are folded into one 'compacted' row (count, time "
+        "span, commands, clients)", range=(10, 1_000_000),
+    )  # fmt: skip
+    adopt: bool = setting(
+        False, "take a store its witness does not recognise (restored from a backup, replaced, or missing) for this "
+        "start; its epochs go on after the witness's (docs/reliability.md)",
+    )  # fmt: skip
+    control_per_key_per_min: float = setting(
+        60.0, "calibrate/forget/end_session one client key (with CURVE; without, all clients together) may make per "
+        "minute, a minute's worth at once; beyond, refused (counted 'over_quota')", unit="/min", range=(1, 60_000),
+    )  # fmt: skip
+    control_per_device_per_min: float = setting(
+        6.0, "…and per wearable, whichever key asks", unit="/min", range=(1, 60_000),
+    )  # fmt: skip
+
+
+def state_path(state: State) -> str:
+    """The store's file: `state.path` with ~ expanded; the default under $XDG_STATE_HOME when that is set; '' = none."""
+    if state.path == DEFAULT_STATE_PATH and os.environ.get("XDG_STATE_HOME"):
+        return os.path.join(os.environ["XDG_STATE_HOME"], "p2p", "state.sqlite")
+    return os.path.expanduser(state.path) if state.path else ""
 
 
 @dataclass

@@ -36,6 +36,8 @@ from p2p_stream.stream.parts import build
 from p2p_stream.stream.security.grants import DeviceGrants, recv_keyed
 from p2p_stream.stream.sockets import bind
 from p2p_stream.stream.state.daemon_control import DaemonControl
+from p2p_stream.stream.state.following import StoreFollower
+from p2p_stream.stream.state.quotas import ControlQuotas
 from p2p_stream.wire.protocol import INGEST_PREFIX, decode_ingest, pack
 
 log = logging.getLogger(__name__)
@@ -90,10 +92,13 @@ class Daemon:
             daemon=config.cluster.id or socket.gethostname(),
             cluster_status=self.cluster.status if self.cluster is not None else None,
         )
+        st = config.state
         self.control = DaemonControl(
             devices=p.devices, calibrations=p.calibrations, smoother=p.smoother, store=p.store, grants=self.grants,
             status=self.worker.status, refuse=self._refuse_for_key,
+            quotas=ControlQuotas(st.control_per_key_per_min, st.control_per_device_per_min),
         )  # fmt: skip
+        self.store_follower = StoreFollower(p.store, p.devices, self.control) if p.store is not None else None
 
     def register(self, router: IngestRouter) -> None:
         """The kinds of message the wearables send, each to its handler: a new kind (a second channel) is one line."""
@@ -145,6 +150,8 @@ class Daemon:
                     gone = self.parts.devices.evict_idle()
                     self._left_table(gone)
                     self._log_evicted(gone)
+                    if self.store_follower is not None:  # positions saved, other daemons' forgets followed
+                        self.store_follower.tick(time.monotonic())
                     next_evict = time.monotonic() + 1.0
         finally:
             self.close()
@@ -247,7 +254,15 @@ class Daemon:
         stream = self.parts.devices.streams.get(device)
         if stream is not None:
             self._enqueue(
-                BreakMarker(device, stream.fs, t, arrival, seq=stream.take_seq(), generation=stream.generation)
+                BreakMarker(
+                    device,
+                    stream.fs,
+                    t,
+                    arrival,
+                    seq=stream.take_seq(),
+                    generation=stream.generation,
+                    session=stream.session.id if stream.session is not None else 0,
+                )
             )
 
     def _refuse_for_key(self, reason: str, user: str | None, device: str) -> None:
@@ -256,6 +271,10 @@ class Daemon:
         if reason == "unauthorized_device":
             self.warn.warning(reason, "refused key %s acting for device %s: not among its devices (its key file's "
                               "devices patterns)", self.grants.name(user), device)  # fmt: skip
+        elif reason == "over_quota":
+            self.warn.warning(reason, "refused a state change for %s from key %s: over its quota (state.control_per_"
+                              "key_per_min, state.control_per_device_per_min)", device,
+                              self.grants.name(user) if user else "(no CURVE)")  # fmt: skip
         else:  # a separate rate limit from the table's own too_many_devices
             self.warn.warning(f"key_{reason}", "refused new device %s from key %s: it holds %d device ids already "
                               "(limits.max_devices_per_key)", device, self.grants.name(user),

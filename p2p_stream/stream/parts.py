@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p2p_stream.backends import Backend, make_backend
-from p2p_stream.config.daemon import DaemonConfig
+from p2p_stream.config.daemon import DEFAULT_STATE_PATH, DaemonConfig, state_path
 from p2p_stream.errors import ConfigError
 from p2p_stream.model.estimator import Estimator, default_model_path
 from p2p_stream.stream.counters import Counters
@@ -15,8 +15,9 @@ from p2p_stream.stream.inference.batcher import DynamicBatcher
 from p2p_stream.stream.ingest.bounds import MB
 from p2p_stream.stream.ingest.devices import DeviceTable
 from p2p_stream.stream.state.calibration import Calibrations, params_from_metadata
+from p2p_stream.stream.state.remembering import RememberingDeviceTable
 from p2p_stream.stream.state.smoothing import Smoother
-from p2p_stream.stream.state.store import RememberingDeviceTable, StateStore
+from p2p_stream.stream.state.store import StateStore
 
 
 @dataclass
@@ -62,7 +63,7 @@ def build(config: DaemonConfig, estimator: Estimator | None = None) -> DaemonPar
     check_windowing(config, estimator)
     checkpoint = Path(config.model.path) if config.model.path else default_model_path()
     # Opened before anything else that holds resources: a store that cannot be used stops the start-up here.
-    store = StateStore(config.state.path, estimator.name) if config.state.path else None
+    store = open_store(config, estimator.name)
     backend = None
     try:
         backend = make_backend(config, estimator, checkpoint)
@@ -77,6 +78,24 @@ def build(config: DaemonConfig, estimator: Estimator | None = None) -> DaemonPar
         parts.calibrations.recall = store.recall
         parts.calibrations.on_reference = store.set_reference
     return parts
+
+
+def open_store(config: DaemonConfig, model: str) -> StateStore | None:
+    """The state store `state.path` names (its folder made for the default one), or None for '' (memory only)."""
+    path = state_path(config.state)
+    if not path:
+        return None
+    if config.state.path == DEFAULT_STATE_PATH:
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"state.path: cannot make the folder of the default store {path} ({exc}); set "
+                "state.path to a file in a writable folder, or '' to keep state in memory"
+            ) from exc
+    s = config.state
+    return StateStore(path, model, resume_gap_s=s.resume_gap_s, keep_days=s.keep_days,
+                      audit_rows_per_device=s.audit_rows_per_device, adopt=s.adopt)  # fmt: skip
 
 
 def _parts(config: DaemonConfig, estimator: Estimator, backend: Backend, store: StateStore | None) -> DaemonParts:

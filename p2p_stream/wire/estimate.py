@@ -27,6 +27,7 @@ VALUE, NIL, EITHER, ABSENT = "value", "nil", "value or nil", "absent"  # a key's
 
 # When an optional key is in the map at all. ALWAYS and NOT_OK follow from the message; the others from the daemon.
 ALWAYS, INTERVAL, EPOCH, CLUSTER, NOT_OK, REF = "always", "interval", "epoch", "cluster", "not_ok", "ref"
+CARRIED = "carried"
 WHEN = {
     ALWAYS: "always",
     INTERVAL: "the model has an interval",
@@ -34,8 +35,10 @@ WHEN = {
     CLUSTER: "the daemon is one of a cluster (`cluster.id`)",
     NOT_OK: "`ok` is false",
     REF: "the device's ingest carried `ref` (the latest is echoed): a cuff reading, a replay's reference",
+    CARRIED: "the calibration applied, or the facts the model read, were kept from an earlier stream of the session",
 }
-TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}  # a float may come as a msgpack int
+# a float may come as a msgpack int
+TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,)}
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ FIELDS: tuple[Field, ...] = (
     Field("sqi", "float", "", ALWAYS, _V, "signal quality index; 0 for a `gap` and for most rejections", 0, 1),
     Field("hr", "float", "bpm", ALWAYS, (VALUE, EITHER, NIL), "pulse rate over the window", nil_note=_HR_NIL),
     Field("calibrated", "bool", "", ALWAYS, _V, "true when a calibration of this device was applied (false if not ok)"),
+    Field("session", "int", "", ALWAYS, _V, "the device's wearer session: a new number when a new wearer begins (a "
+          "`wearer` change, a counter reset, `end_session`); its calibration and facts apply to it alone", 1),
     Field("model", "str", "", ALWAYS, _V, "`<name>@<first 8 hex of the weights' SHA-256>`"),
     Field("latency_ms", "float", "ms", ALWAYS, _V, "from the arrival of the window's last sample to publication", 0),
     Field("sbp_lo", "float", "mmHg", INTERVAL, _BOUND, "lower bound of the SBP interval, smoothed like `sbp`",
@@ -95,6 +100,8 @@ FIELDS: tuple[Field, ...] = (
     Field("reason", "str", "", NOT_OK, (ABSENT, VALUE, VALUE), "why there is no number: one of the reasons below"),
     Field("ref_sbp", "float", "mmHg", REF, _V, "echo of the ingest's `ref.sbp`"),
     Field("ref_dbp", "float", "mmHg", REF, _V, "echo of the ingest's `ref.dbp`"),
+    Field("carried", "list", "", CARRIED, (VALUE, ABSENT, ABSENT), "what comes from before this stream (a restart, an "
+          "eviction, a pause), of the same session: `calibration`, `facts` or both"),
 )
 # fmt: on
 FIELD = {f.name: f for f in FIELDS}
@@ -194,6 +201,7 @@ def example_estimate(
         "sqi": 0.9 if ok else 0.0,
         "hr": 72.0 if ok else None,
         "calibrated": False,
+        "session": 1,
         "model": "example@00000000",
         "latency_ms": 5.0,
     }

@@ -2,7 +2,7 @@
 
 Every message is two frames, ``[topic, msgpack map]``:
 
-    ppg.<device>  ingest     {v, device, seq, t0, fs, ppg, ref?, meta?}
+    ppg.<device>  ingest     {v, device, seq, t0, fs, ppg, ref?, meta?, wearer?}
     sbp.<device>  estimate   {v, device, seq, t, window_s, sbp, dbp, ok, ...}: declared in wire/estimate.py (FIELDS)
     status        heartbeat  {uptime_s, devices, windows_total, windows_per_s, batch_mean, latency_p50_ms,
                               latency_p99_ms, rejected, ...}
@@ -49,6 +49,9 @@ class Ingest:
     ppg: np.ndarray  # (n,) float32; may hold NaN/Inf (a gap), never empty
     ref: tuple[float, float] | None  # (sbp, dbp) mmHg
     meta: dict | None
+    # Who wears the device: an opaque key of the operator's choosing (a subject or session id, never a name). A
+    # change starts a new wearer session (stream/state/sessions.py); None says nothing, the session goes on.
+    wearer: str | None = None
 
 
 def _unpack(payload: bytes) -> object:
@@ -143,7 +146,10 @@ def decode_ingest(
     meta = msg.get("meta")
     if meta is not None and type(meta) is not dict:
         raise ProtocolError("bad_type", "'meta' must be a map")
-    return Ingest(device, seq, t0, fs, _samples(ppg), ref, _known_meta(meta) if meta else None)
+    wearer = msg.get("wearer")
+    if wearer is not None and (type(wearer) is not str or not DEVICE_RE.fullmatch(wearer)):
+        raise ProtocolError("bad_wearer", f"'wearer' {str(wearer)[:80]!r} is not 1–64 of [A-Za-z0-9_.:-]")
+    return Ingest(device, seq, t0, fs, _samples(ppg), ref, _known_meta(meta) if meta else None, wearer)
 
 
 def _known_meta(meta: dict | None) -> dict | None:
@@ -169,6 +175,7 @@ def encode_ingest(
     ppg: np.ndarray,
     ref: tuple[float, float] | None = None,
     meta: dict | None = None,
+    wearer: str | None = None,
 ) -> list[bytes]:
     """Frames of one ingest message, samples as little-endian float32 bytes."""
     msg: dict = {
@@ -183,6 +190,8 @@ def encode_ingest(
         msg["ref"] = {"sbp": float(ref[0]), "dbp": float(ref[1])}
     if meta:
         msg["meta"] = meta
+    if wearer is not None:
+        msg["wearer"] = wearer
     return [INGEST_PREFIX + device.encode(), msgpack.packb(msg, use_bin_type=True)]
 
 

@@ -157,6 +157,7 @@ class InferenceWorker(threading.Thread):
             "sqi": round(float(sqi), 4),
             "hr": None if hr is None else round(float(hr), 2),
             "calibrated": False,
+            "session": w.session,
             "model": self.model_name,
             "latency_ms": 0.0,
         }
@@ -273,13 +274,20 @@ class InferenceWorker(threading.Thread):
         A window of a stream the device no longer has (forgotten while it was queued or at the backend) goes out
         as the model answered it, uncalibrated and unsmoothed, and leaves the new stream's state alone.
         """
-        cal = self.calibrations.apply(w.device, w.t_last, row, w.generation)
+        cal = self.calibrations.apply(w.device, w.t_last, row, w.generation, w.session)
         smooth = cal.row if cal.stale else self.smoother.add(w.device, cal.row, cal.version, w.generation)
         e["sbp"], e["dbp"] = mmhg(smooth[0]), mmhg(smooth[1])
         e["sbp_window"], e["dbp_window"] = mmhg(cal.row[0]), mmhg(cal.row[1])
         e["calibrated"] = cal.calibrated
         if len(smooth) >= 6:
             e.update({key: mmhg(value) for key, value in zip(INTERVAL_KEYS, smooth[2:6])})
+        # What of it was kept from an earlier stream of the wearer's session (a restart, an eviction): said, so a
+        # dashboard can show it (wire/estimate.py).
+        carried = ["calibration"] * (cal.calibrated and cal.carried) + ["facts"] * (
+            w.facts_carried and self.est.uses_demographics
+        )
+        if carried:
+            e["carried"] = carried
 
     def publish(self, results: list[tuple[Window, dict]]) -> None:
         """Send the estimates; each one's latency runs from when its last sample reached the socket (`arrival`,

@@ -17,10 +17,12 @@ from p2p_stream.config.daemon import Limits
 from p2p_stream.errors import P2PError
 from p2p_stream.stream.ingest.bounds import MB
 from p2p_stream.stream.ingest.ring_buffer import DeviceStream, PushResult, Window, ring_nbytes
+from p2p_stream.stream.state.sessions import MemorySessions, SessionBook
 from p2p_stream.wire.protocol import Ingest
 
-# Every DeviceStream this process creates gets the next number: a device forgotten (or evicted) and heard from
-# again is a new stream with a higher generation, which its windows carry to calibration and smoothing.
+# Every DeviceStream this process creates gets the next number, and so does each new wearer session of one: a device
+# forgotten (or evicted) and heard from again, or worn by someone else, is a new generation, which its windows carry
+# to calibration and smoothing.
 _GENERATIONS = itertools.count(1)
 # A device that has cut no window for this many window lengths (of arrival time) may lose its slot to a new one:
 # a streaming wearable cuts one every hop, and one just back from a break has its first within one window length.
@@ -48,15 +50,18 @@ class DeviceTable:
         rate_factor: float = Limits().rate_factor,
         burst_s: float = Limits().burst_s,
         warm_crop_s: float = 0.0,
+        sessions: SessionBook | None = None,
     ) -> None:
         """Windows of `window_s` every `hop_s` seconds; chunks of at most `max_chunk` samples; a time gap above
         `gap_tolerance_s` seconds breaks a stream; at most `max_devices` devices whose rings hold at most
         `ring_memory_bytes` together (None: no bound), each forgotten after `idle_s` seconds without an accepted
-        message; each device's samples budgeted at `rate_factor` times its rate plus `burst_s` seconds of them."""
+        message; each device's samples budgeted at `rate_factor` times its rate plus `burst_s` seconds of them.
+        `sessions`: where wearer sessions are opened (the state store; in memory without one)."""
         self.window_s, self.hop_s, self.max_chunk, self.gap_tolerance_s = window_s, hop_s, max_chunk, gap_tolerance_s
         self.max_devices, self.idle_s, self.ring_memory_bytes = max_devices, idle_s, ring_memory_bytes
         self.rate_factor, self.burst_s = rate_factor, burst_s
         self.warm_crop_s = warm_crop_s  # each stream cuts its first window's crops ahead (`DeviceStream`): 0 = not
+        self.sessions = sessions if sessions is not None else MemorySessions()
         self.streams: dict[str, DeviceStream] = {}
         self.last_seen: dict[str, float] = {}  # arrival of the last accepted message (or of the creating one)
         # When each device last cut a window (or was created), on `clock`, oldest first: the front is the least
@@ -107,6 +112,7 @@ class DeviceTable:
             burst_s=self.burst_s,
             warm_crop_s=self.warm_crop_s,
         )
+        stream.opener = self._open  # its first message opens its session (DeviceStream.push)
         self.streams[msg.device] = stream
         self.ring_bytes += stream.nbytes
         # Seen and productive from its creation: a device whose every message is refused is evicted after `idle_s`,
@@ -114,6 +120,27 @@ class DeviceTable:
         self.last_seen[msg.device] = arrival
         self.last_window[msg.device] = self.clock
         return stream
+
+    def _open(self, stream: DeviceStream, wearer: str | None, seq: int, t0: float, fresh: bool) -> None:
+        """`stream`'s session from (`seq`, `t0`) on (stream/state/sessions.py), resumed or new. A stream that had one
+        takes a new generation, so calibration and smoothing start again; the facts are the session's own."""
+        if stream.session is not None:
+            stream.generation = next(_GENERATIONS)
+        stream.session = self.sessions.open_session(stream.device, wearer, seq, t0, fresh)
+        stream.meta, stream.facts_carried = None, False
+
+    def end_session(self, device: str) -> int | None:
+        """The device's wearer session ends now (an operator's `end_session`): its stream goes on as a new session
+        that knows nothing of the last one. The ended session's id, or None for a device not in the table."""
+        stream = self.streams.get(device)
+        if stream is None or stream.session is None:
+            return None
+        ended = stream.session.id
+        seq = stream.last_seq if stream.last_seq is not None else 0
+        t = stream.next_t0 if stream.next_t0 is not None else 0.0
+        self._open(stream, None, seq, t, fresh=True)
+        stream.run = 0  # no window holds samples of both sessions: the next one is cut from samples after this
+        return ended
 
     def _over_memory(self, ring_bytes: int) -> bool:
         return self.ring_memory_bytes is not None and ring_bytes > self.ring_memory_bytes

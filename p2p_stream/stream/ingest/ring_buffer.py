@@ -6,6 +6,7 @@ window ever spans a hole. Repeated or older `seq` numbers are dropped, and so is
 between the messages cannot hold (`seq_jump`). No single message can lock a device out: `RESYNC_MESSAGES` refused
 messages in a row that continue each other (seq + 1, samples where the last ended) restart the stream from them
 (`resync`), so a forged or buggy message that moved the stream's seq or clock ahead costs its device two messages.
+A new wearer (stream/state/sessions.py: another `wearer` key, a counter restart) breaks the run too (`new_wearer`).
 
 No device takes more than its share (budget.py): samples at `rate_factor` times the declared rate, sustained, plus a
 burst of `burst_s` seconds of them; a message beyond that is shed whole (`over_budget`) and changes nothing. Break
@@ -15,6 +16,7 @@ A message full of holes costs O(n) numpy work plus Python work per window it cut
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +24,7 @@ import numpy as np
 from p2p_stream.config.daemon import Limits
 from p2p_stream.ppg.crops import crop_length, crop_starts
 from p2p_stream.stream.ingest.budget import TokenBucket
+from p2p_stream.stream.state.sessions import Session, new_wearer
 from p2p_stream.wire.protocol import Ingest
 
 # Refused messages in a row, each continuing the one before, after which the stream restarts from them: a genuine
@@ -66,6 +69,8 @@ class Window:
     # repeats within a generation): the key under which a backend keeps the features of this window's crops.
     # -1: not from a DeviceStream, nothing to share.
     end: int = -1
+    session: int = 0  # the wearer session it belongs to (stream/state/sessions.py; 0: built elsewhere)
+    facts_carried: bool = False  # its `meta` was kept from an earlier stream of the session (the state store)
 
 
 class BreakMarker(Window):
@@ -74,9 +79,10 @@ class BreakMarker(Window):
 
     def __init__(
         self, device: str, fs: float, t_last: float, arrival: float, *, seq: int, generation: int = 0,
-        reason: str = "gap", ref: tuple[float, float] | None = None, meta: dict | None = None,
+        reason: str = "gap", ref: tuple[float, float] | None = None, meta: dict | None = None, session: int = 0,
     ) -> None:  # fmt: skip
-        super().__init__(device, None, fs, t_last, arrival, ref, meta, reason=reason, seq=seq, generation=generation)
+        super().__init__(device, None, fs, t_last, arrival, ref, meta, reason=reason, seq=seq, generation=generation,
+                         session=session)  # fmt: skip
 
 
 class CropAhead(Window):
@@ -90,7 +96,7 @@ class CropAhead(Window):
 
 # Reasons a device's run restarts that are events of its stream, not faults of a message or a window: counted in the
 # heartbeat's `rejected` map all the same (the contract's one map), told apart by those who show it.
-STREAM_BREAKS = ("seq_gap", "seq_reset", "resync", "time_gap", "fs_change")
+STREAM_BREAKS = ("seq_gap", "seq_reset", "resync", "time_gap", "fs_change", "new_wearer")
 
 
 @dataclass
@@ -137,7 +143,12 @@ class DeviceStream:
         self.refused: tuple[int, float, float, int] | None = None
         self.estimates = 0  # estimate `seq` numbers handed out so far
         self.meta: dict | None = None
+        self.facts_carried = False  # `meta` came from the state store, not from this stream's messages
         self.ref: tuple[float, float] | None = None
+        # Who wears it (stream/state/sessions.py). `opener(stream, wearer, seq, t0, fresh)`, given by the device table,
+        # opens the session of the stream's first message and of each new wearer (a new generation, its own facts).
+        self.session: Session | None = None
+        self.opener: Callable[[DeviceStream, str | None, int, float, bool], None] | None = None
         # Counted in seconds of signal (a message costs len / fs), so a change of fs keeps the bucket as full as it was.
         self.samples = TokenBucket(burst_s, rate_factor)
         self.markers = TokenBucket(MARKER_BURST, rate_factor / hop_s)
@@ -179,7 +190,7 @@ class DeviceStream:
             return
         result.windows.append(
             BreakMarker(self.device, self.fs, t, arrival, seq=self.take_seq(), generation=self.generation,
-                        ref=self.ref, meta=self.meta)
+                        ref=self.ref, meta=self.meta, session=self.session.id if self.session else 0)
         )  # fmt: skip
 
     def _append(self, x: np.ndarray, t0: float, arrival: float) -> list[Window]:
@@ -222,6 +233,8 @@ class DeviceStream:
                         seq=self.take_seq(),
                         generation=self.generation,
                         end=taken0 + end_run - run0,
+                        session=self.session.id if self.session is not None else 0,
+                        facts_carried=self.facts_carried,
                     )
                 )
         return windows
@@ -287,6 +300,7 @@ class DeviceStream:
             restart = "seq_reset"
         self.refused = None
 
+        begin, fresh = new_wearer(restart, msg.wearer, self.session)
         result = PushResult([])
         last_t = self.next_t0 - 1.0 / self.fs if self.next_t0 is not None else msg.t0  # the last sample so far
         if restart == "resync":
@@ -300,13 +314,17 @@ class DeviceStream:
             self._configure(msg.fs)
         elif restart:
             self._break(result, restart, last_t, arrival)
+        elif begin and self.session is not None:  # another wearer: no window holds two people's samples
+            self._break(result, "new_wearer", last_t, arrival)
         elif self.last_seq is not None and msg.seq != self.last_seq + 1:
             self._break(result, "seq_gap", last_t, arrival)
         elif self.next_t0 is not None and abs(msg.t0 - self.next_t0) > self.gap_tolerance_s:
             self._break(result, "time_gap", last_t, arrival)
+        if begin and self.opener is not None:  # windows cut from here on are the new session's
+            self.opener(self, msg.wearer, msg.seq, msg.t0, fresh)
         self.last_seq = msg.seq
         if msg.meta is not None:
-            self.meta = msg.meta
+            self.meta, self.facts_carried = msg.meta, False
         if msg.ref is not None:
             self.ref = msg.ref
         finite = np.isfinite(msg.ppg)

@@ -35,9 +35,11 @@ first drops the device's history and calibrations; a window of an older one (que
 device was forgotten) changes nothing and goes out uncalibrated (`Applied.stale`). A cuff reading is for the
 generation streaming when it arrives, so a previous wearer's estimates never form its reference.
 
-With a state store (`state.path`, stream/state/store.py) the readings outlive the stream: each reference formed or
-refined is saved (`on_reference`), and a device's new generation — after a restart or an eviction, not a
-`forget`, which deletes them — starts with its stored readings (`recall`), the reference kept as it was.
+Readings belong to the wearer session (stream/state/sessions.py) streaming when they were made: a new wearer is a
+new generation, and a new generation starts with its *session's* readings only. With a state store (`state.path`,
+stream/state/store.py) they outlive the stream: each reference formed or refined is saved (`on_reference`), and a
+new generation of the same session — after a restart or an eviction, not a `forget` or `end_session`, which delete
+them — starts with its stored readings (`recall`), the reference kept as it was: `Applied.carried`.
 """
 
 from __future__ import annotations
@@ -160,6 +162,7 @@ class _Reading:
     reference: tuple[float, float] | None = None
     frozen: bool = False
     key: int | None = None  # its row in the state store, when there is one
+    carried: bool = False  # recalled from the store: made in an earlier stream of the session
 
 
 @dataclass
@@ -177,6 +180,7 @@ class Applied(NamedTuple):
     calibrated: bool
     version: int  # changes whenever a new calibration starts to apply: values of two versions are not to be mixed
     stale: bool = False  # the window is of an older stream generation than the device's: not remembered, not smoothed
+    carried: bool = False  # the calibration applied was made in an earlier stream of the session (before a restart)
 
 
 class Calibrations:
@@ -197,16 +201,17 @@ class Calibrations:
         self._devices: dict[str, _Device] = {}
         # With a state store (stream/state/store.py): a new stream generation takes the device's stored readings
         # (`recall`), and a reference formed or refined is saved (`on_reference`). Both run under the lock.
-        self.recall: Callable[[str], tuple[Saved | None, Saved | None]] | None = None
+        self.recall: Callable[[str, int], tuple[Saved | None, Saved | None]] | None = None
         self.on_reference: Callable[[str, int, tuple[float, float]], None] | None = None
 
-    def _state(self, device: str, generation: int) -> _Device | None:
-        """The device's state for `generation` (new when it has none or an older one); None when it is stale."""
+    def _state(self, device: str, generation: int, session: int) -> _Device | None:
+        """The device's state for `generation` (new when it has none or an older one: with the stored readings of
+        its wearer `session`); None when it is stale."""
         d = self._devices.get(device)
         if d is None or generation > d.generation:
             d = self._devices[device] = _Device(deque(maxlen=self.capacity), generation)
-            if self.recall is not None:
-                self._restore(d, *self.recall(device))
+            if self.recall is not None and session:
+                self._restore(d, *self.recall(device, session))
         elif generation < d.generation or d.closed:
             return None
         return d
@@ -215,23 +220,24 @@ class Calibrations:
         """A stored calibration applies to the device's new stream as it was: its reference no longer refined (its
         span's estimates are gone); a stored reading without one forms it from the new stream's estimates."""
         if active is not None:
-            d.active = _Reading(active.cuff, active.t, deque(maxlen=1), active.reference, True, active.key)
+            d.active = _Reading(active.cuff, active.t, deque(maxlen=1), active.reference, True, active.key, True)
             d.version = 1
         if pending is not None:
-            d.pending = _Reading(pending.cuff, pending.t, deque(maxlen=self.capacity), key=pending.key)
+            d.pending = _Reading(pending.cuff, pending.t, deque(maxlen=self.capacity), key=pending.key, carried=True)
 
     def _saved(self, device: str, reading: _Reading) -> None:
         if self.on_reference is not None and reading.key is not None and reading.reference is not None:
             self.on_reference(device, reading.key, reading.reference)
 
     def calibrate(
-        self, device: str, sbp: float, dbp: float, t: float, generation: int = 0, key: int | None = None
-    ) -> bool:
-        """Store a cuff reading taken at `t` (the device's clock) for the device's stream `generation`; True when
-        its reference could be formed now. A reading for an older generation than the one held is ignored (False).
-        `key`: the reading's row in the state store, given to `on_reference`."""
+        self, device: str, sbp: float, dbp: float, t: float, generation: int = 0, key: int | None = None,
+        session: int = 0,
+    ) -> bool:  # fmt: skip
+        """Store a cuff reading taken at `t` (the device's clock) for the device's stream `generation` (of wearer
+        `session`); True when its reference could be formed now. A reading for an older generation than the one held
+        is ignored (False). `key`: the reading's row in the state store, given to `on_reference`."""
         with self._lock:
-            d = self._state(device, generation)
+            d = self._state(device, generation, session)
             if d is None:
                 return False
             collected = deque((e for e in d.history if e[0] >= t - self.span_s / 2), maxlen=self.capacity)
@@ -244,13 +250,13 @@ class Calibrations:
             self._saved(device, reading)
             return True
 
-    def apply(self, device: str, t: float, row: np.ndarray, generation: int = 0) -> Applied:
-        """One window's uncalibrated answer (its last sample at `t`, cut by stream `generation`) → `Applied`;
-        remembers it in the history. A window of an older generation than the device's changes nothing and comes
-        back as it was, `stale`."""
+    def apply(self, device: str, t: float, row: np.ndarray, generation: int = 0, session: int = 0) -> Applied:
+        """One window's uncalibrated answer (its last sample at `t`, cut by stream `generation` of wearer `session`)
+        → `Applied`; remembers it in the history. A window of an older generation than the device's changes nothing
+        and comes back as it was, `stale`."""
         estimate = (t, float(row[0]), float(row[1]))
         with self._lock:
-            d = self._state(device, generation)
+            d = self._state(device, generation, session)
             if d is None:
                 return Applied(np.asarray(row, dtype=np.float64), False, 0, stale=True)
             d.history.append(estimate)
@@ -268,7 +274,7 @@ class Calibrations:
         if active is None or active.reference is None:
             return Applied(np.asarray(row, dtype=np.float64), False, version)
         calibrated = calibrate_row(row, active.cuff, active.reference, self.change_gain, self.halfwidths)
-        return Applied(calibrated, True, version)
+        return Applied(calibrated, True, version, carried=active.carried)
 
     def _refine(self, reading: _Reading, estimate: Estimate) -> None:
         if estimate[0] > reading.t + self.span_s / 2 and reading.reference is not None:

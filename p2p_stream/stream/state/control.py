@@ -4,15 +4,20 @@ Requests and replies are one-frame msgpack maps (docs/protocol.md, "Control"):
 
     {"cmd": "ping"}                                       → {"ok": true}
     {"cmd": "stats"}                                      → {"ok": true, ...heartbeat...}
-    {"cmd": "calibrate", "device": id, "sbp": mmHg, "dbp": mmHg} → {"ok": true, "applied": bool}
+    {"cmd": "calibrate", "device": id, "sbp": mmHg, "dbp": mmHg, "wearer"?: key} → {"ok": true, "applied": bool,
+                                                              "session": n}
     {"cmd": "forget", "device": id}                       → {"ok": true, "known": bool}
+    {"cmd": "end_session", "device": id}                  → {"ok": true, "session": n}  (the session that ended)
     {"cmd": "history", "device": id, "limit": n}          → {"ok": true, "history": [{time, cmd, values, outcome,
                                                               client}, ...]}  (oldest first; needs a state store)
 
 Every failure is `{"ok": false, "error": "<what is wrong and what would be right>"}`; `handle` never raises for a
-bad request. The request is validated in full before `state` is touched; a state change the state store could not
-save (`P2PError` from `state`) is refused whole: `ok: false`, nothing changed. With CURVE, a command naming a device the
-client's key may not act for is refused (`unauthorized_device: …`) before anything else is said about the device;
+bad request. The request is validated in full before `state` is touched; a state change (calibrate, forget,
+end_session) must then fit the requester's and the device's quota (`admit`), and one the state store could not save
+(`P2PError` from `state`) is refused whole: `ok: false`, nothing changed. A `calibrate` naming a `wearer` is refused
+unless that wearer's session is the device's now, so a reading never lands on the next person. With CURVE, a command
+naming a device the client's key may not act for is refused (`unauthorized_device: …`) before anything else is said
+about the device;
 `ping` and `stats` are open to every admitted key; `history` needs the device, as its changes do.
 """
 
@@ -25,7 +30,8 @@ from typing import Protocol
 from p2p_stream.errors import P2PError, ProtocolError
 from p2p_stream.wire.protocol import DEVICE_RE, decode_map
 
-COMMANDS = ("ping", "stats", "calibrate", "forget", "history")
+COMMANDS = ("ping", "stats", "calibrate", "forget", "end_session", "history")
+CHANGES = ("calibrate", "forget", "end_session")  # the commands that change state: quota'd and audited
 HISTORY_DEFAULT, HISTORY_MAX = 20, 1000  # audit rows in one history reply
 SBP_RANGE_MMHG = (50.0, 260.0)  # a plausible cuff reading; outside it the request is refused
 DBP_RANGE_MMHG = (25.0, 160.0)
@@ -46,8 +52,17 @@ class ControlState(Protocol):
         """Drop the device's buffer, calibration and smoothing; whether it was known."""
         ...
 
-    def calibrate(self, device: str, sbp: float, dbp: float) -> bool:
-        """Apply a cuff reading (mmHg) to a known device; whether its reference could be formed at once."""
+    def calibrate(self, device: str, sbp: float, dbp: float, wearer: str | None = None) -> dict:
+        """Apply a cuff reading (mmHg) to a known device (whose session must be `wearer`'s, when given): the reply's
+        `applied` (its reference could be formed at once) and `session`."""
+        ...
+
+    def end_session(self, device: str) -> int | None:
+        """End the device's wearer session: the id of the one that ended; None for a device not streaming."""
+        ...
+
+    def admit(self, device: str) -> str | None:
+        """Spend one state change of the requester's and the device's quota; or why not."""
         ...
 
     def history(self, device: str, limit: int) -> list[dict] | None:
@@ -78,7 +93,7 @@ def handle(
         return {"ok": True}
     if cmd == "stats":
         return {"ok": True, **state.status()}
-    if cmd not in ("calibrate", "forget", "history"):
+    if cmd not in (*CHANGES, "history"):
         return _error(f"unknown cmd {repr(cmd)[:64]}; valid: {', '.join(COMMANDS)}")
     device = request.get("device")
     if not isinstance(device, str) or not DEVICE_RE.fullmatch(device):
@@ -95,9 +110,19 @@ def handle(
 
 
 def _for_device(cmd: str, device: str, request: dict, state: ControlState) -> dict:
-    """A validated device's `calibrate`, `forget` or `history` → its reply."""
+    """A validated device's `calibrate`, `forget`, `end_session` or `history` → its reply."""
     if cmd == "forget":
-        return {"ok": True, "known": state.forget(device)}
+        return _refused(state.admit(device)) or {"ok": True, "known": state.forget(device)}
+    if cmd == "end_session":
+        if not state.known(device):
+            return _error(f"unknown device {device!r}: it is not streaming here, so it has no session to end")
+        refused = _refused(state.admit(device))
+        if refused:
+            return refused
+        ended = state.end_session(device)
+        if ended is None:
+            return _error(f"unknown device {device!r}: it left while the request waited")
+        return {"ok": True, "session": ended}
     if cmd == "history":
         limit = request.get("limit", HISTORY_DEFAULT)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= HISTORY_MAX:
@@ -116,9 +141,16 @@ def _for_device(cmd: str, device: str, request: dict, state: ControlState) -> di
             f"implausible cuff reading {sbp}/{dbp} mmHg: need SBP {sbp_lo:g}–{sbp_hi:g}, "
             f"DBP {dbp_lo:g}–{dbp_hi:g}, DBP < SBP"
         )
+    wearer = request.get("wearer")
+    if wearer is not None and (not isinstance(wearer, str) or not DEVICE_RE.fullmatch(wearer)):
+        return _error("calibrate 'wearer', when given, is the key the device's ingest names: 1–64 of [A-Za-z0-9_.:-]")
     if not state.known(device):
         return _error(f"unknown device {device!r}: it has sent no data (or was forgotten)")
-    return {"ok": True, "applied": state.calibrate(device, sbp, dbp)}
+    return _refused(state.admit(device)) or {"ok": True, **state.calibrate(device, sbp, dbp, wearer)}
+
+
+def _refused(why: str | None) -> dict | None:
+    return _error(why) if why is not None else None
 
 
 def _error(message: str) -> dict:

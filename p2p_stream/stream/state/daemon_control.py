@@ -1,14 +1,18 @@
 """The daemon's answers to control requests: `control.ControlState` over its device table, calibrations, smoothing
-and state store, with each client key held to its devices (CURVE)."""
+and state store, with each client key held to its devices (CURVE) and to its quota of state changes."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
+from p2p_stream.errors import P2PError
 from p2p_stream.stream.ingest.devices import DeviceTable
 from p2p_stream.stream.security.grants import DeviceGrants
 from p2p_stream.stream.state import control
 from p2p_stream.stream.state.calibration import Calibrations
+from p2p_stream.stream.state.quotas import ControlQuotas
+from p2p_stream.stream.state.sessions import Position
 from p2p_stream.stream.state.smoothing import Smoother
 from p2p_stream.stream.state.store import StateStore
 
@@ -29,11 +33,13 @@ class DaemonControl:
         grants: DeviceGrants,
         status: Callable[[], dict],
         refuse: Refuse,
+        quotas: ControlQuotas | None = None,
     ) -> None:
         """`grants`: with CURVE, which devices each client key may act for (`open` without: every client may act for
-        every device); `status`: the heartbeat map; `refuse`: counts and logs a refused request."""
+        every device); `status`: the heartbeat map; `refuse`: counts and logs a refused request; `quotas`: state
+        changes per key and per device (None: unbounded, for tests of other things)."""
         self.devices, self.calibrations, self.smoother, self.store = devices, calibrations, smoother, store
-        self.grants, self.status, self.refuse = grants, status, refuse
+        self.grants, self.status, self.refuse, self.quotas = grants, status, refuse, quotas
         self.client: str | None = None  # the client key of the request being answered (with CURVE), for the audit
 
     def on_control(self, frames: list[bytes] | dict, user: str | None = None) -> dict:
@@ -56,9 +62,21 @@ class DaemonControl:
         stream = self.devices.streams.get(device)
         return stream is not None and stream.next_t0 is not None
 
+    def admit(self, device: str) -> str | None:
+        why = self.quotas.take(self.client, device, time.monotonic()) if self.quotas is not None else None
+        if why is not None:
+            self.refuse("over_quota", self.client, device)
+        return why
+
     def forget(self, device: str) -> bool:
         if self.store is not None:  # for good, on disk first: a restart or its return must not bring it back
-            self.store.forget(device, self.client)  # StoreError: nothing forgotten, the client hears why
+            # StoreError: nothing forgotten, the client hears why. An id neither streaming nor stored: no audit row.
+            self.store.forget(device, self.client, known=device in self.devices.streams)
+        return self.drop(device)
+
+    def drop(self, device: str) -> bool:
+        """What this daemon holds of the device — buffer, calibration, smoothing — gone (a `forget` here or on
+        another daemon sharing the store); whether it was streaming."""
         # Its windows still queued or at the backend are of this generation: they must not rebuild its state.
         stream = self.devices.streams.get(device)
         generation = stream.generation if stream is not None else None
@@ -68,15 +86,32 @@ class DaemonControl:
         self.smoother.forget(device, generation)
         return known
 
-    def calibrate(self, device: str, sbp: float, dbp: float) -> bool:
+    def end_session(self, device: str) -> int | None:
+        stream = self.devices.streams.get(device)
+        if stream is None or stream.session is None:
+            return None
+        if self.store is not None:  # on disk with its audit row first (StoreError: the session goes on)
+            self.store.end_session(device, stream.session, self.client)
+        return self.devices.end_session(device)  # a new generation: calibration and smoothing start again
+
+    def calibrate(self, device: str, sbp: float, dbp: float, wearer: str | None = None) -> dict:
         stream = self.devices.streams[device]  # `control.handle` asked `known(device)` first
+        session = stream.session
+        if wearer is not None and (session is None or session.wearer != wearer):
+            raise WrongWearer(
+                f"{device!r} is worn in another session now (wearer {session.wearer if session else None!r}, not "
+                f"{wearer!r}): the reading would go to someone else"
+            )
         # The reading's time on the device's clock, which its estimates' `t` use: its latest sample.
         # For the stream sending now: estimates of a stream before it (another wearer) never form its reference.
         t_cal = stream.next_t0 - 1.0 / stream.fs
         key = None
         if self.store is not None:  # on disk with its audit row before it is applied (StoreError: not applied at all)
-            key = self.store.add_calibration(device, (sbp, dbp), t_cal, self.client)
-        return self.calibrations.calibrate(device, sbp, dbp, t_cal, stream.generation, key=key)
+            at = Position(stream.last_seq if stream.last_seq is not None else 0, t_cal)
+            key = self.store.add_calibration(device, session, (sbp, dbp), t_cal, at, self.client)
+        sid = session.id if session is not None else 0
+        applied = self.calibrations.calibrate(device, sbp, dbp, t_cal, stream.generation, key=key, session=sid)
+        return {"applied": applied, "session": sid}
 
     def history(self, device: str, limit: int) -> list[dict] | None:
         if self.store is None:
@@ -87,3 +122,7 @@ class DaemonControl:
             if name is not None and name != row["client"]:
                 row["client_name"] = name
         return rows
+
+
+class WrongWearer(P2PError):
+    """A `calibrate` named a wearer whose session is not the device's now."""

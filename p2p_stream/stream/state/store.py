@@ -1,24 +1,33 @@
-"""State store: what an operator tells the daemon (calibrations, device facts) kept on disk, so a restart, a crash
-or an idle eviction does not lose it. One embedded SQLite file (`state.path`) in WAL mode, which the daemons of a
-cluster on one machine share: a device taken over from a dead daemon gets its calibration from the same file, and
-each daemon start gets its own boot number from it (the estimates' `epoch` on the wire). (SQLite's locks need one
-machine's filesystem: not NFS.)
+"""State store: what an operator tells the daemon (calibrations) and what a wearer's device said of them (facts), kept
+on disk per wearer session, so a restart, a crash or an idle eviction does not lose it and a new wearer never gets
+it. One embedded SQLite file (`state.path`, on by default) in WAL mode, which the daemons of a cluster on one machine
+share; each daemon start gets its own number from it (the estimates' `epoch`). (SQLite's locks need one machine's
+filesystem: not NFS.) Opening, the schema and the swap checks: store_file.py.
 
 Tables:
 
-- ``calibrations``: one row per cuff reading: device, sbp, dbp, t_cal (device clock), the reference (median of the
-  device's own estimates, NULL until formed), the model it was made for, created (wall time). At most two per
-  device stay: the one that applies (reference set) and a newer one waiting for its reference.
-- ``device_facts``: device, age, sex, updated: the subject facts (`meta`) last sent, for a device that comes back
-  without them.
-- ``audit``: append-only, one row per `calibrate` and `forget` that changed state: time, cmd, device, values (JSON),
-  outcome, client (its CURVE public key, z85; NULL without CURVE). Refused requests change nothing and are not kept.
-- ``boots``: one row per daemon start; its number is the estimates' ``epoch``.
+- ``sessions``: one row per wearer session that has something to keep (stream/state/sessions.py): device, wearer
+  key, where its stream was last seen (seq, device-clock time; refreshed every few seconds), and its *owner*: the
+  epoch of the daemon streaming it. Only the owner writes a session's rows; a daemon that opens the session later
+  becomes its owner.
+- ``calibrations``: one row per cuff reading of a session: sbp, dbp, t_cal (device clock), the reference (NULL until
+  formed), the model it was made for. At most two per session: the one that applies and a newer one waiting.
+- ``facts``: the subject facts (`meta`: age, sex) a session's device sent, for its stream after a restart.
+- ``audit``: one row per `calibrate`, `forget` and `end_session` that changed something: time, cmd, device, values
+  (JSON), outcome, client (its CURVE key, z85; NULL without CURVE), epoch, session. Refused requests are not kept.
+  Bounded: past `state.audit_rows_per_device` rows, a device's oldest are folded into one `compacted` row that keeps
+  their count, time span, commands and clients.
+- ``boots``: one row per daemon start; ``info``: the store's id and the session ids handed out.
 
-Writes made before a control reply (`calibrate`, `forget`) are one transaction with their audit row, committed with
-synchronous=FULL, so they are on disk before the client hears ok (or the client hears why not, and nothing
-changed); the others (a reference refined, facts changed) commit with synchronous=NORMAL, which survives a crash of
-the daemon (not of the machine) and costs no fsync on the worker thread.
+What is kept is bounded too: a session that holds facts only, with no wearer key, goes when its device leaves the
+table (evicted, replaced); one with no wearer key that has not been seen for `state.resume_gap_s` can never be
+resumed and goes at the next sweep; one with a wearer key after `state.keep_days`. Their audit rows stay.
+
+Writes made before a control reply (`calibrate`, `forget`, `end_session`) are one transaction with their audit row,
+committed with synchronous=FULL, so they are on disk before the client hears ok (or the client hears why not, and
+nothing changed); the others (a reference refined, facts, positions) commit with synchronous=NORMAL, which survives
+a crash of the daemon (not of the machine) and costs no fsync on the worker thread. A full disk refuses writes with
+that cause; the daemon goes on streaming.
 """
 
 from __future__ import annotations
@@ -36,30 +45,29 @@ from typing import NamedTuple
 
 from p2p_stream.errors import ConfigError, P2PError
 from p2p_stream.ratelimit import RateLimitedLog
-from p2p_stream.stream.ingest.devices import DeviceTable
-from p2p_stream.stream.ingest.ring_buffer import DeviceStream, PushResult
-from p2p_stream.wire.protocol import Ingest
+from p2p_stream.stream.state.sessions import Position, Session, continues
+from p2p_stream.stream.state.store_file import (
+    BUSY_TIMEOUT_MS,
+    MIGRATE_1,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SESSION_BLOCK,
+    Witness,
+    check_identity,
+    check_missing,
+    disk_full,
+    explain,
+    file_identity,
+    free_space,
+    new_store_id,
+)
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 2000  # how long a write waits for another daemon's on a shared file
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS boots (
-    epoch INTEGER PRIMARY KEY AUTOINCREMENT, started REAL NOT NULL, model TEXT NOT NULL, pid INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS calibrations (
-    id INTEGER PRIMARY KEY, device TEXT NOT NULL, sbp REAL NOT NULL, dbp REAL NOT NULL, t_cal REAL NOT NULL,
-    ref_sbp REAL, ref_dbp REAL, model TEXT NOT NULL, created REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS calibrations_device ON calibrations (device);
-CREATE TABLE IF NOT EXISTS device_facts (
-    device TEXT PRIMARY KEY, age REAL, sex TEXT, updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY, time REAL NOT NULL, cmd TEXT NOT NULL, device TEXT NOT NULL, "values" TEXT NOT NULL,
-    outcome TEXT NOT NULL, client TEXT);
-"""
+DAY_S = 86_400.0
 
 
 class StoreError(P2PError):
-    """A write the client waits for (calibrate, forget) did not reach the disk; nothing of it was applied."""
+    """A write the client waits for (calibrate, forget, end_session) did not reach the disk; nothing of it applied."""
 
 
 class Saved(NamedTuple):
@@ -72,14 +80,32 @@ class Saved(NamedTuple):
 
 
 class StateStore:
-    """The daemon's SQLite file; thread-safe (the control thread and the inference worker both write)."""
+    """The daemon's SQLite file; thread-safe (the ingest loop, the control requests and the worker all write)."""
 
-    def __init__(self, path: str | Path, model: str) -> None:
-        """Open (or create) the store at `path` for a daemon running `model`, take its lock and record this start
-        (`boot`, the estimates' `epoch`). ConfigError, naming the file and what to do, if it cannot be used."""
+    def __init__(
+        self,
+        path: str | Path,
+        model: str,
+        *,
+        resume_gap_s: float = 1800.0,
+        keep_days: float = 90.0,
+        audit_rows_per_device: int = 1000,
+        adopt: bool = False,
+    ) -> None:
+        """Open (or create) the store at `path` for a daemon running `model` and record this start (`boot`, the
+        estimates' `epoch`). ConfigError, naming the file and what to do, if it cannot be used. `adopt`: take a
+        store the witness does not recognise (store_file.py)."""
         self.path, self.model = Path(path), model
+        self.resume_gap_s, self.keep_s, self.audit_rows_per_device = (
+            resume_gap_s,
+            keep_days * DAY_S,
+            audit_rows_per_device,
+        )
         self._lock = threading.RLock()
         self.warn = RateLimitedLog(log, period_s=10.0)
+        self.broken: str | None = None  # why every write is refused: the file was swapped underneath
+        witness = Witness(self.path)
+        check_missing(self.path, witness, adopt)
         if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
             raise ConfigError(f"state.path: {self.path} is not readable and writable here (its permissions, or a "
                               "read-only filesystem); fix that or point state.path at another file")  # fmt: skip
@@ -89,98 +115,275 @@ class StateStore:
             )
         except sqlite3.Error as exc:
             raise ConfigError(f"state.path: cannot open {self.path} ({exc}); does its folder exist?") from exc
+        checked = None
         try:
-            # WAL: the daemons of a cluster on one machine share the file (each writes the devices it owns); a
-            # writer waits up to busy_timeout for another's commit, which is one small transaction.
             self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            checked = self.db.execute("PRAGMA quick_check").fetchone()[0]
+            if checked != "ok":
+                raise sqlite3.DatabaseError(f"quick_check found damage: {checked}")
             if self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
                 raise sqlite3.OperationalError("cannot switch to WAL mode")
-            if self.db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("quick_check found damage")
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise ConfigError(
-                    f"state.path: {self.path} was written by a newer p2p-daemon (schema {version}, this one reads "
-                    f"{SCHEMA_VERSION}); upgrade, or point state.path elsewhere"
-                )
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("BEGIN IMMEDIATE")
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    self.db.execute(statement)
-            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            cur = self.db.execute(
-                "INSERT INTO boots (started, model, pid) VALUES (?, ?, ?)", (time.time(), model, os.getpid())
-            )
-            self.boot = int(cur.lastrowid)
-            self.db.execute("COMMIT")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._begin(witness, adopt)
         except ConfigError:
             self.db.close()
             raise
         except sqlite3.Error as exc:
+            with suppress(sqlite3.Error):
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
             self.db.close()
-            text = str(exc)
-            if "locked" in text or "busy" in text:
-                why = "it stayed locked by another process; is something other than p2p-daemons holding it?"
-            elif "readonly" in text or "read-only" in text:
-                why = "it is read-only; fix its (or its folder's) permissions or point state.path elsewhere"
-            else:
-                why = f"it is not a usable state store ({text}); move it aside or point state.path elsewhere"
-            raise ConfigError(f"state.path: cannot use {self.path}: {why}") from exc
+            raise ConfigError(f"state.path: cannot use {self.path}: {explain(self.path, exc, checked)}") from exc
+        self.identity = file_identity(self.path)
         self._log_other_models()
+        self._log_legacy()
+
+    def _begin(self, witness: Witness, adopt: bool) -> None:
+        """Schema (migrated), the store's id checked against the witness, this start's row, a block of session ids."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"state.path: {self.path} was written by a newer p2p-daemon (schema {version}, this one reads "
+                f"{SCHEMA_VERSION}); upgrade, or point state.path elsewhere"
+            )
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("BEGIN IMMEDIATE")
+        if version == 1:
+            for statement in MIGRATE_1:
+                self.db.execute(statement)
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                self.db.execute(statement)
+        self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.db.execute("INSERT OR IGNORE INTO info (key, value) VALUES ('store', ?)", (new_store_id(),))
+        self.db.execute("INSERT OR IGNORE INTO info (key, value) VALUES ('sessions', '1')")
+        self.store_id = self.db.execute("SELECT value FROM info WHERE key = 'store'").fetchone()[0]
+        last = self.db.execute("SELECT COALESCE(MAX(epoch), 0) FROM boots").fetchone()[0]
+        seen = witness.read()
+        if adopt and seen is not None:  # epochs go on after every one begun before, on any copy
+            if self.db.execute("SELECT 1 FROM sqlite_sequence WHERE name = 'boots'").fetchone() is None:
+                self.db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('boots', ?)", (seen[1],))
+            self.db.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'boots'", (seen[1],))
+        else:
+            check_identity(self.path, self.store_id, last, seen)
+        cur = self.db.execute(
+            "INSERT INTO boots (started, model, pid) VALUES (?, ?, ?)", (time.time(), self.model, os.getpid())
+        )
+        self.boot = int(cur.lastrowid)
+        if adopt and seen is not None:
+            self._audit("adopt", "-", {"witness_epoch": seen[1], "store": self.store_id}, None)
+        self._reserve_sessions()
+        self.db.execute("COMMIT")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        # After the commit: a crash between the two leaves the witness one start behind, which it accepts.
+        try:
+            witness.write(self.store_id, max(self.boot, seen[1] if seen and seen[0] == self.store_id else 0))
+        except OSError as exc:  # the store is fine; only a later swap would go unnoticed
+            log.warning("state store %s: cannot write its witness %s (%s): a swapped store would not be noticed at "
+                        "the next start", self.path, witness.path, exc)  # fmt: skip
+
+    def _reserve_sessions(self) -> None:
+        """A block of session ids for this start, inside the caller's transaction: ids never repeat on the store."""
+        first = int(self.db.execute("SELECT value FROM info WHERE key = 'sessions'").fetchone()[0])
+        self.db.execute("UPDATE info SET value = ? WHERE key = 'sessions'", (str(first + SESSION_BLOCK),))
+        self._next_session, self._session_end = first, first + SESSION_BLOCK
 
     def _log_other_models(self) -> None:
         """Once per start and device: a calibration made for another model is not applied."""
         rows = self.db.execute(
-            "SELECT device, model FROM calibrations WHERE model != ? GROUP BY device ORDER BY device", (self.model,)
+            "SELECT device, model FROM calibrations WHERE model != ? AND session IS NOT NULL GROUP BY device "
+            "ORDER BY device",
+            (self.model,),
         ).fetchall()
         for device, other in rows:
-            log.warning(
-                "calibration for %s was made for model %s, not %s: device uncalibrated until recalibrated",
-                device, other, self.model,
-            )  # fmt: skip
+            log.warning("calibration for %s was made for model %s, not %s: device uncalibrated until recalibrated",
+                        device, other, self.model)  # fmt: skip
+
+    def _log_legacy(self) -> None:
+        n = self.db.execute("SELECT COUNT(*) FROM calibrations WHERE session IS NULL").fetchone()[0]
+        if n:
+            log.warning("state store %s: %d calibration(s) from before wearer sessions cannot be tied to a wearer: "
+                        "kept for the record, not applied; calibrate again", self.path, n)  # fmt: skip
 
     def close(self) -> None:
         with self._lock:
             self.db.close()
 
+    # ---------------------------------------------------------------- sessions
+
+    def open_session(self, device: str, wearer: str | None, seq: int, t0: float, fresh: bool) -> Session:
+        """The session of a device's stream starting at (`seq`, `t0`) (stream/state/sessions.py): its stored session
+        resumed — this daemon its owner from now — or a new one, stored only once it has something to keep."""
+        row = None
+        if self.broken is None:
+            try:
+                with self._lock:
+                    row = self._find_session(device, wearer, seq, t0, fresh)
+                    if row is not None:
+                        self.db.execute(
+                            "UPDATE sessions SET owner = ?, last_seq = ?, last_t = ?, seen = ? WHERE id = ?",
+                            (self.boot, seq, t0, time.time(), row[0]),
+                        )
+            except sqlite3.Error as exc:
+                self._failed("sessions", exc)
+                row = None
+        if row is not None:
+            return Session(row[0], row[1], resumed=True, stored=True)
+        return Session(self._new_session_id(), wearer)
+
+    def _find_session(self, device: str, wearer: str | None, seq: int, t0: float, fresh: bool) -> tuple | None:
+        if wearer is not None:  # the wearer's own session on this device, whenever it was
+            return self.db.execute(
+                "SELECT id, wearer FROM sessions WHERE device = ? AND wearer = ? ORDER BY id DESC LIMIT 1",
+                (device, wearer),
+            ).fetchone()
+        if fresh:  # the counter restarted, or the session was ended: only a wearer key brings one back
+            return None
+        row = self.db.execute(
+            "SELECT id, wearer, last_seq, last_t FROM sessions WHERE device = ? ORDER BY id DESC LIMIT 1", (device,)
+        ).fetchone()
+        if row is None or not continues(Position(row[2], row[3]), seq, t0, self.resume_gap_s):
+            return None
+        return row[:2]
+
+    def _new_session_id(self) -> int:
+        with self._lock:
+            if self._next_session >= self._session_end and self.broken is None:
+                with suppress(StoreError), self._transaction("sessions", durable=False):
+                    self._reserve_sessions()
+            self._next_session += 1  # a broken store: ids go on past the block (only this daemon hands them out)
+            return self._next_session - 1
+
+    def _keep(self, session: Session, device: str, at: Position) -> None:
+        """Inside a write: the session's row, made if it has none, and this daemon must own it (StoreError if not)."""
+        row = self.db.execute("SELECT owner FROM sessions WHERE id = ?", (session.id,)).fetchone()
+        if row is None:
+            if session.stored:
+                raise StoreError(f"{device}'s session {session.id} was forgotten or ended by another daemon")
+            now = time.time()
+            self.db.execute(
+                "INSERT INTO sessions (id, device, wearer, started, seen, last_seq, last_t, owner) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (session.id, device, session.wearer, now, now, at.seq, at.t, self.boot),
+            )
+            session.stored = True
+        elif row[0] != self.boot:
+            raise StoreError(
+                f"{device}'s session {session.id} is held by another daemon on this store (epoch {row[0]}), which "
+                "streams it now: ask that daemon"
+            )
+
+    def touch(self, seen: dict[int, Position]) -> None:
+        """Where the stored sessions' streams are now (session id → position), in one transaction: after a crash,
+        a stream that goes on from there resumes its session."""
+        if not seen or self.broken is not None:
+            return
+        now = time.time()
+        rows = [(p.seq, p.t, now, sid, self.boot) for sid, p in seen.items()]
+        with suppress(StoreError), self._transaction("sessions", durable=False):
+            self.db.executemany(
+                "UPDATE sessions SET last_seq = ?, last_t = ?, seen = ? WHERE id = ? AND owner = ?", rows
+            )
+
+    def end_session(self, device: str, session: Session | None, client: str | None) -> None:
+        """The session ended by an operator: its calibrations, facts and row gone, with its audit row, in one
+        synchronous commit (StoreError: nothing changed)."""
+        with self._transaction("end_session"):
+            if session is not None:
+                self._drop_sessions([session.id])
+            self._audit("end_session", device, {}, client, session.id if session is not None else None)
+
+    def release(self, sessions: list[Session]) -> None:
+        """Sessions whose devices left the table: those holding facts only, with no wearer key, go (an id that sent
+        one message with `meta` must not keep a row for ever)."""
+        ids = [s.id for s in sessions if s.stored and s.wearer is None]
+        if not ids or self.broken is not None:
+            return
+        with suppress(StoreError), self._transaction("sessions", durable=False):
+            marks = ",".join("?" * len(ids))
+            kept = {r[0] for r in self.db.execute(f"SELECT session FROM calibrations WHERE session IN ({marks})", ids)}
+            self._drop_sessions([i for i in ids if i not in kept], owned=True)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Sessions that can never apply again go: no wearer key and unseen for `resume_gap_s`, or unseen for
+        `keep_days`; then the audit is compacted. The number of sessions dropped."""
+        if self.broken is not None:
+            return 0
+        now = time.time() if now is None else now
+        try:
+            with self._transaction("sweep", durable=False):
+                gone = [r[0] for r in self.db.execute(
+                    "SELECT id FROM sessions WHERE (wearer IS NULL AND seen < ?) OR seen < ? LIMIT 1000",
+                    (now - self.resume_gap_s, now - self.keep_s),
+                )]  # fmt: skip
+                self._drop_sessions(gone)
+                self._compact_audit()
+        except StoreError:
+            return 0
+        return len(gone)
+
+    def _drop_sessions(self, ids: list[int], owned: bool = False) -> None:
+        """Inside a write: sessions' calibrations, facts and rows, by row (`owned`: only those this daemon owns)."""
+        if owned:
+            ids = [i for i in ids if self.db.execute(
+                "SELECT 1 FROM sessions WHERE id = ? AND owner = ?", (i, self.boot)).fetchone()]  # fmt: skip
+        for sid in ids:
+            self.db.execute("DELETE FROM calibrations WHERE session = ?", (sid,))
+            self.db.execute("DELETE FROM facts WHERE session = ?", (sid,))
+            self.db.execute("DELETE FROM sessions WHERE id = ?", (sid,))
+
     # ---------------------------------------------------------------- calibrations
 
-    def add_calibration(self, device: str, cuff: tuple[float, float], t_cal: float, client: str | None) -> int:
-        """A new cuff reading (reference not yet known) → its key, saved with its audit row in one synchronous
-        commit: on disk before the client hears ok. Older readings of the device that wait for a reference, or were
-        made for another model, are superseded. StoreError (nothing written) if the disk refuses."""
+    def add_calibration(
+        self, device: str, session: Session, cuff: tuple[float, float], t_cal: float, at: Position, client: str | None
+    ) -> int:
+        """A new cuff reading of `session` (reference not yet known) → its key, saved with its audit row in one
+        synchronous commit: on disk before the client hears ok. The session's older readings that wait for a
+        reference, or were made for another model, are superseded. StoreError (nothing written) if the disk
+        refuses, or another daemon owns the session."""
         values = {"sbp": cuff[0], "dbp": cuff[1], "t_cal": t_cal}
         with self._transaction("calibrate"):
+            self._keep(session, device, at)
             self.db.execute(
-                "DELETE FROM calibrations WHERE device = ? AND (ref_sbp IS NULL OR model != ?)", (device, self.model)
+                "DELETE FROM calibrations WHERE session = ? AND (ref_sbp IS NULL OR model != ?)",
+                (session.id, self.model),
             )
             cur = self.db.execute(
-                "INSERT INTO calibrations (device, sbp, dbp, t_cal, model, created) VALUES (?, ?, ?, ?, ?, ?)",
-                (device, cuff[0], cuff[1], t_cal, self.model, time.time()),
+                "INSERT INTO calibrations (device, sbp, dbp, t_cal, model, created, session) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (device, cuff[0], cuff[1], t_cal, self.model, time.time(), session.id),
             )
-            self._audit("calibrate", device, values, client)
+            self._audit("calibrate", device, values, client, session.id)
             return int(cur.lastrowid)
 
     def set_reference(self, device: str, key: int, reference: tuple[float, float]) -> None:
-        """Reading `key` formed (or refined) its reference; the device's older readings no longer apply. Called by
-        `Calibrations` under its lock: a failure is logged (by `_transaction`), never raised into the worker."""
+        """Reading `key` formed (or refined) its reference; its session's older readings no longer apply. Only while
+        this daemon owns the session. Called by `Calibrations` under its lock: a failure is logged, never raised."""
+        if self.broken is not None:
+            return
         with suppress(StoreError), self._transaction("reference", durable=False):
+            row = self.db.execute(
+                "SELECT c.session FROM calibrations c JOIN sessions s ON s.id = c.session "
+                "WHERE c.id = ? AND s.owner = ?",
+                (key, self.boot),
+            ).fetchone()
+            if row is None:  # forgotten, ended, or another daemon streams the session now
+                return
             self.db.execute(
                 "UPDATE calibrations SET ref_sbp = ?, ref_dbp = ? WHERE id = ?", (reference[0], reference[1], key)
             )
-            self.db.execute("DELETE FROM calibrations WHERE device = ? AND id < ?", (device, key))
+            self.db.execute("DELETE FROM calibrations WHERE session = ? AND id < ?", (row[0], key))
 
-    def recall(self, device: str) -> tuple[Saved | None, Saved | None]:
-        """The device's stored (active, pending) readings for this model: the latest with a reference, and a newer
+    def recall(self, device: str, session: int) -> tuple[Saved | None, Saved | None]:
+        """The session's stored (active, pending) readings for this model: the latest with a reference, and a newer
         one still waiting for its reference."""
+        if self.broken is not None:
+            return None, None
         try:
             with self._lock:
                 rows = self.db.execute(
-                    "SELECT id, sbp, dbp, t_cal, ref_sbp, ref_dbp FROM calibrations WHERE device = ? AND model = ? "
+                    "SELECT id, sbp, dbp, t_cal, ref_sbp, ref_dbp FROM calibrations WHERE session = ? AND model = ? "
                     "ORDER BY id",
-                    (device, self.model),
+                    (session, self.model),
                 ).fetchall()
         except sqlite3.Error as exc:
             self._failed("recall", exc)
@@ -193,22 +396,25 @@ class StateStore:
                 pending = Saved(key, (sbp, dbp), t, None)
         return active, pending
 
-    # ---------------------------------------------------------------- device facts
+    # ---------------------------------------------------------------- facts
 
-    def save_facts(self, device: str, meta: dict) -> None:
+    def save_facts(self, device: str, session: Session, meta: dict, at: Position) -> None:
+        """The session's facts, as its device last sent them; a failure is logged, the stream goes on."""
+        if self.broken is not None:
+            return
+        with suppress(StoreError), self._transaction("facts", durable=False):
+            self._keep(session, device, at)
+            self.db.execute(
+                "INSERT OR REPLACE INTO facts (session, age, sex, updated) VALUES (?, ?, ?, ?)",
+                (session.id, meta.get("age"), meta.get("sex"), time.time()),
+            )
+
+    def facts(self, session: int) -> dict | None:
+        if self.broken is not None:
+            return None
         try:
             with self._lock:
-                self.db.execute(
-                    "INSERT OR REPLACE INTO device_facts (device, age, sex, updated) VALUES (?, ?, ?, ?)",
-                    (device, meta.get("age"), meta.get("sex"), time.time()),
-                )
-        except sqlite3.Error as exc:
-            self._failed("facts", exc)
-
-    def facts(self, device: str) -> dict | None:
-        try:
-            with self._lock:
-                row = self.db.execute("SELECT age, sex FROM device_facts WHERE device = ?", (device,)).fetchone()
+                row = self.db.execute("SELECT age, sex FROM facts WHERE session = ?", (session,)).fetchone()
         except sqlite3.Error as exc:
             self._failed("facts", exc)
             return None
@@ -217,44 +423,156 @@ class StateStore:
         kept = {k: v for k, v in zip(("age", "sex"), row) if v is not None}
         return kept or None
 
-    # ---------------------------------------------------------------- forget, audit
+    # ---------------------------------------------------------------- forget, audit, others' changes
 
-    def forget(self, device: str, client: str | None) -> None:
-        """The device's calibrations and facts gone for good, with its audit row, in one synchronous commit.
+    def forget(self, device: str, client: str | None, known: bool) -> bool:
+        """Every session of the device — calibrations, facts — gone for good, with its audit row, in one synchronous
+        commit; whether anything was there. A device neither `known` (streaming) nor stored writes no audit row.
         StoreError (nothing deleted) if the disk refuses."""
         with self._transaction("forget"):
-            self.db.execute("DELETE FROM calibrations WHERE device = ?", (device,))
-            self.db.execute("DELETE FROM device_facts WHERE device = ?", (device,))
-            self._audit("forget", device, {}, client)
+            ids = [r[0] for r in self.db.execute("SELECT id FROM sessions WHERE device = ?", (device,))]
+            self._drop_sessions(ids)
+            legacy = self.db.execute("DELETE FROM calibrations WHERE device = ? AND session IS NULL", (device,))
+            held = bool(ids) or legacy.rowcount > 0
+            if held or known:
+                self._audit("forget", device, {}, client)
+            return held
 
-    def _audit(self, cmd: str, device: str, values: dict, client: str | None) -> None:
-        """One audit row, inside the caller's transaction: the table is only ever appended to."""
+    def _audit(self, cmd: str, device: str, values: dict, client: str | None, session: int | None = None) -> None:
+        """One audit row, inside the caller's transaction; then the device's oldest folded if over its bound."""
         self.db.execute(
-            'INSERT INTO audit (time, cmd, device, "values", outcome, client) VALUES (?, ?, ?, ?, ?, ?)',
-            (time.time(), cmd, device, json.dumps(values, sort_keys=True), "ok", client),
+            'INSERT INTO audit (time, cmd, device, "values", outcome, client, epoch, session) '
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), cmd, device, json.dumps(values, sort_keys=True), "ok", client, self.boot, session),
         )
+        self._compact_audit(device)
+
+    def _compact_audit(self, device: str | None = None) -> None:
+        """Fold a device's oldest audit rows past `audit_rows_per_device` into one `compacted` row at the place of
+        the oldest: how many, from when to when, which commands and clients. Every device when `device` is None."""
+        keep = self.audit_rows_per_device
+        if device is None:
+            devices = [r[0] for r in self.db.execute(
+                "SELECT device FROM audit GROUP BY device HAVING COUNT(*) > ?", (keep,))]  # fmt: skip
+        else:
+            count = self.db.execute("SELECT COUNT(*) FROM audit WHERE device = ?", (device,)).fetchone()[0]
+            devices = [device] if count > keep else []
+        for d in devices:
+            old = self.db.execute(
+                'SELECT id, time, cmd, client, "values" FROM audit WHERE device = ? ORDER BY id DESC LIMIT -1 OFFSET ?',
+                (d, keep - 1),
+            ).fetchall()  # the newest keep-1 stay, the rest (and the summary in their place) make keep
+            if len(old) < 2:
+                continue
+            rows, cmds, clients = 0, {}, set()
+            for _, _, cmd, client, values in old:
+                folded = json.loads(values) if cmd == "compacted" else None
+                n = folded["rows"] if folded else 1
+                rows += n
+                for c, k in folded["cmds"].items() if folded else ((cmd, 1),):
+                    cmds[c] = cmds.get(c, 0) + k
+                clients.update(folded["clients"] if folded else ([client] if client else []))
+            first = min(old, key=lambda r: r[0])
+            summary = {"rows": rows, "from": min(r[1] for r in old), "to": max(r[1] for r in old),
+                       "cmds": cmds, "clients": sorted(clients)}  # fmt: skip
+            marks = ",".join("?" * len(old))
+            self.db.execute(f"DELETE FROM audit WHERE id IN ({marks})", [r[0] for r in old])
+            self.db.execute(
+                'INSERT INTO audit (id, time, cmd, device, "values", outcome, client, epoch, session) '
+                "VALUES (?, ?, 'compacted', ?, ?, 'ok', NULL, NULL, NULL)",
+                (first[0], summary["from"], d, json.dumps(summary, sort_keys=True)),
+            )
 
     def history(self, device: str, limit: int) -> list[dict]:
         """The device's latest `limit` audit rows, oldest first. StoreError if the store cannot be read."""
         try:
             with self._lock:
                 rows = self.db.execute(
-                    'SELECT time, cmd, "values", outcome, client FROM audit WHERE device = ? ORDER BY id DESC LIMIT ?',
+                    'SELECT time, cmd, "values", outcome, client, session FROM audit WHERE device = ? '
+                    "ORDER BY id DESC LIMIT ?",
                     (device, limit),
                 ).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"state store {self.path}: cannot read the audit ({exc})") from exc
         return [
-            {"time": t, "cmd": cmd, "values": json.loads(values), "outcome": outcome, "client": client}
-            for t, cmd, values, outcome, client in reversed(rows)
-        ]
+            {"time": t, "cmd": cmd, "values": json.loads(values), "outcome": outcome, "client": client,
+             **({"session": session} if session is not None else {})}
+            for t, cmd, values, outcome, client, session in reversed(rows)
+        ]  # fmt: skip
+
+    def last_change(self) -> int:
+        with self._lock:
+            return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM audit").fetchone()[0]
+
+    def changes_since(self, after: int) -> tuple[int, list[tuple[str, str, int | None]]]:
+        """Forgets and ended sessions other daemons on this store made since audit row `after`: (the latest row id,
+        [(cmd, device, session)]), so this daemon drops what it holds of them too."""
+        if self.broken is not None:
+            return after, []
+        try:
+            with self._lock:
+                rows = self.db.execute(
+                    "SELECT id, cmd, device, session FROM audit WHERE id > ? AND epoch != ? "
+                    "AND cmd IN ('forget', 'end_session') ORDER BY id",
+                    (after, self.boot),
+                ).fetchall()
+                latest = self.db.execute("SELECT COALESCE(MAX(id), ?) FROM audit", (after,)).fetchone()[0]
+        except sqlite3.Error as exc:
+            self._failed("changes", exc)
+            return after, []
+        return max(after, latest), [(cmd, device, session) for _, cmd, device, session in rows]
+
+    # ---------------------------------------------------------------- the file under the store
+
+    def check(self) -> str | None:
+        """Whether the file is still the one this daemon opened and holds its start: None, or why not (then every
+        write is refused from now on, and logged once)."""
+        if self.broken is not None:
+            return self.broken
+        why = None
+        identity = file_identity(self.path)
+        if identity is None:
+            why = "it was unlinked (deleted or moved)"
+        elif identity != self.identity:
+            why = "another file was put in its place"
+        else:
+            why = self._read_afresh()
+        if why is not None:
+            self.broken = (
+                f"state store {self.path}: {why} while the daemon ran; calibrate, forget and end_session are refused "
+                "and nothing more is saved, so nothing is lost into a file no one will read. Restart the daemon: it "
+                "checks the store at start-up"
+            )
+            log.error("%s", self.broken)
+        return self.broken
+
+    def _read_afresh(self) -> str | None:
+        """Why the file, read afresh (not through this connection's cache), is not this store any more, or None: it
+        lacks this daemon's start (a copy was put over it), or a new reader meets an I/O error on a disk with room
+        (its journal files were swapped away). Busy, or a full disk, is not a swap: the write itself will say."""
+        try:
+            fresh = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
+            try:
+                found = fresh.execute("SELECT 1 FROM boots WHERE epoch = ?", (self.boot,)).fetchone()
+            finally:
+                fresh.close()
+        except sqlite3.Error as exc:
+            io = getattr(exc, "sqlite_errorname", "").startswith("SQLITE_IOERR") or "disk I/O error" in str(exc)
+            if io and not disk_full(exc, self.path):
+                return f"it was overwritten (a new reader of it fails: {exc})"
+            return None
+        if found is None:
+            return f"it was overwritten by a copy that lacks this daemon's start (epoch {self.boot})"
+        return None
 
     @contextmanager
     def _transaction(self, what: str, durable: bool = True) -> Iterator[None]:
         """One write, committed or rolled back whole (a failure raised as StoreError, and logged). `durable`: a
-        write the client waits for, committed with synchronous=FULL (it and every write before it are on disk
-        after); else with NORMAL, which survives a crash of the daemon and costs the worker no fsync."""
+        write the client waits for, committed with synchronous=FULL after checking the file is still this store's;
+        else with NORMAL, which survives a crash of the daemon and costs the worker no fsync."""
         with self._lock:
+            if durable and self.check() is not None:
+                raise StoreError(self.broken)
             try:
                 if durable:
                     self.db.execute("PRAGMA synchronous=FULL")
@@ -263,41 +581,19 @@ class StateStore:
                     yield
                     self.db.execute("COMMIT")
                 except BaseException:
-                    if self.db.in_transaction:
+                    if self.db.in_transaction:  # SQLite may have rolled back already (a full disk does)
                         self.db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
                 self._failed(what, exc)
-                raise StoreError(f"state store {self.path} could not save it ({exc}); nothing was changed") from exc
+                cause = (
+                    f"the disk holding it is full ({free_space(self.path)})" if disk_full(exc, self.path) else str(exc)
+                )
+                raise StoreError(f"state store {self.path} could not save it: {cause}; nothing was changed") from exc
             finally:
                 with suppress(sqlite3.Error):
                     self.db.execute("PRAGMA synchronous=NORMAL")
 
     def _failed(self, what: str, exc: sqlite3.Error) -> None:
-        self.warn.log(logging.ERROR, f"state_{what}", "state store %s: could not use %s: %s", self.path, what, exc)
-
-
-class RememberingDeviceTable(DeviceTable):
-    """A `DeviceTable` that keeps each device's facts (`meta`) in a `StateStore`: saved when they change, given back
-    to a stream that starts without them (after a restart, or an eviction)."""
-
-    def __init__(self, store: StateStore, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.store = store
-        self._saved: dict[str, dict | None] = {}  # facts as stored, for the devices in the table
-
-    def _create(self, msg: Ingest, arrival: float) -> DeviceStream:
-        stream = super()._create(msg, arrival)
-        stream.meta = self._saved[msg.device] = self.store.facts(msg.device)  # a message's own meta replaces them
-        return stream
-
-    def push(self, msg: Ingest, arrival: float) -> PushResult:
-        result = super().push(msg, arrival)
-        if msg.meta is not None and result.dropped is None and self._saved.get(msg.device) != msg.meta:
-            self.store.save_facts(msg.device, msg.meta)
-            self._saved[msg.device] = msg.meta
-        return result
-
-    def forget(self, device: str) -> bool:
-        self._saved.pop(device, None)  # out of the table only: the store keeps them (Daemon.forget deletes them)
-        return super().forget(device)
+        cause = f"disk full ({free_space(self.path)})" if disk_full(exc, self.path) else str(exc)
+        self.warn.log(logging.ERROR, f"state_{what}", "state store %s: could not save %s: %s", self.path, what, cause)

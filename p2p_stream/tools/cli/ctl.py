@@ -5,7 +5,9 @@
     p2p ctl stats --json                  # the daemon's raw reply, for scripts
     p2p ctl stats --control A --control B # several daemons (a cluster): each one's table, then the cluster's total
     p2p ctl calibrate watch-17 128 82     # a cuff reading (SBP DBP, mmHg) for one wearable
+    p2p ctl calibrate watch-17 128 82 --wearer p-0042   # …refused unless p-0042 wears it now
     p2p ctl forget watch-17               # drop a wearable's buffer, calibration and smoothing
+    p2p ctl end-session watch-17          # its wearer took it off: the next one starts with nothing known
     p2p ctl history watch-17              # who calibrated or forgot it, when, with what (needs state.path)
 
 With CURVE on, give the daemon's public key and an allowed client's secret key, as replay does:
@@ -309,7 +311,10 @@ def stats(args: argparse.Namespace) -> str:
 
 
 def calibrate(args: argparse.Namespace) -> str:
-    reply = ask(args, {"cmd": "calibrate", "device": args.device, "sbp": args.sbp, "dbp": args.dbp})
+    request = {"cmd": "calibrate", "device": args.device, "sbp": args.sbp, "dbp": args.dbp}
+    if args.wearer is not None:
+        request["wearer"] = args.wearer
+    reply = ask(args, request)
     reading = f"{args.sbp:g}/{args.dbp:g} mmHg"
     if reply.get("applied"):
         return f"calibrated {args.device} with {reading}: its estimates are calibrated from now on"
@@ -326,6 +331,14 @@ def forget(args: argparse.Namespace) -> str:
     return f"{args.device} was not known to the daemon at {args.control}; nothing to forget"
 
 
+def end_session(args: argparse.Namespace) -> str:
+    reply = ask(args, {"cmd": "end_session", "device": args.device})
+    return (
+        f"ended session {reply['session']} of {args.device}: its calibration and facts no longer apply; the next "
+        "wearer starts with nothing known"
+    )
+
+
 def render_history(device: str, rows: list[dict]) -> str:
     """The `history` reply as one line per change, oldest first, times in UTC."""
     if not rows:
@@ -334,7 +347,12 @@ def render_history(device: str, rows: list[dict]) -> str:
     for row in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["time"]))
         values = row.get("values") or {}
-        what = f"{values['sbp']:g}/{values['dbp']:g} mmHg" if row["cmd"] == "calibrate" else ""
+        if row["cmd"] == "calibrate":
+            what = f"{values['sbp']:g}/{values['dbp']:g} mmHg"
+        elif row["cmd"] == "compacted":  # older rows folded into one: how many, and since when
+            what = f"{values['rows']} since {time.strftime('%Y-%m-%d', time.gmtime(values['from']))}"
+        else:
+            what = f"session {row['session']}" if row.get("session") is not None else ""
         who = row.get("client_name") or row.get("client") or "-"  # its key file's name, or the key itself
         lines.append(f"  {when}  {row['cmd']:<9}  {what:<16}  {row['outcome']:<3}  {who}")
     return "\n".join(lines)
@@ -396,7 +414,7 @@ def parser(prog: str) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[parent_parser()],
-        usage=f"{prog} [flags] {{ping,stats,calibrate,forget,history}} ...",
+        usage=f"{prog} [flags] {{ping,stats,calibrate,forget,end-session,history}} ...",
     )
     connection_args(p, suppress=False)
     verbs = p.add_subparsers(title="commands", metavar="<command>", dest="cmd", required=True)
@@ -412,10 +430,20 @@ def parser(prog: str) -> argparse.ArgumentParser:
     c.add_argument("device", help="the wearable's device id")
     c.add_argument("sbp", type=float, help="systolic pressure of the cuff reading, mmHg")
     c.add_argument("dbp", type=float, help="diastolic pressure of the cuff reading, mmHg")
+    c.add_argument(
+        "--wearer", metavar="KEY", help="refuse unless this wearer (the `wearer` key of its ingest) wears it now"
+    )
     f = verbs.add_parser(
         "forget", prog=f"{prog} forget", parents=[shared], help="drop a wearable's buffer, calibration and smoothing"
     )
     f.add_argument("device", help="the wearable's device id")
+    e = verbs.add_parser(
+        "end-session",
+        prog=f"{prog} end-session",
+        parents=[shared],
+        help="its wearer took it off: calibration and facts no longer apply, the next wearer starts anew",
+    )
+    e.add_argument("device", help="the wearable's device id")
     h = verbs.add_parser(
         "history",
         prog=f"{prog} history",
@@ -429,7 +457,14 @@ def parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-VERBS = {"ping": ping, "stats": stats, "calibrate": calibrate, "forget": forget, "history": history}
+VERBS = {
+    "ping": ping,
+    "stats": stats,
+    "calibrate": calibrate,
+    "forget": forget,
+    "end-session": end_session,
+    "history": history,
+}
 
 
 @command

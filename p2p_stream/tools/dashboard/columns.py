@@ -44,6 +44,9 @@ FULL_LABELS = {
 }
 SHORT_LABELS = {**FULL_LABELS, "crisis": "crisis", "stage 2": "stage 2 HTN", "stage 1": "stage 1 HTN"}
 CALIBRATED = "*"  # after the category: the estimate is calibrated to the wearer's cuff reading
+# In its place: its calibration or facts were kept from an earlier stream of the wearer's session (a restart, an
+# eviction, a pause), not set in this one: the estimate's `carried` (wire/estimate.py).
+CARRIED = "⟲"
 REJECTED_SHORT = "✗ "  # before the reason, for "rejected: "
 
 
@@ -177,7 +180,8 @@ def status_text(row: DeviceRow, now: float, full: bool) -> Text:
         return Text(words if fits else REJECTED_SHORT + reason, style="bold magenta")
     category = bp_category(shown["sbp"], shown["dbp"])
     labels = FULL_LABELS if full else SHORT_LABELS
-    return Text(labels[category] + (CALIBRATED if e.get("calibrated") else ""), style=CATEGORIES[category][0])
+    mark = CARRIED if e.get("carried") else CALIBRATED if e.get("calibrated") else ""  # one character: fits 80 columns
+    return Text(labels[category] + mark, style=CATEGORIES[category][0])
 
 
 def cells(row: DeviceRow, ctx: CellContext) -> list[Text]:

@@ -26,6 +26,7 @@ from p2p_stream.stream.ingest.ring_buffer import STREAM_BREAKS
 from p2p_stream.tools.dashboard.category import CATEGORIES, bp_category
 from p2p_stream.tools.dashboard.columns import (
     CALIBRATED,
+    CARRIED,
     GAP,
     REJECTED_SHORT,
     STALE_S,
@@ -228,6 +229,8 @@ def _legend(layout: Layout, rows: list[DeviceRow], now: float, view: View) -> li
             entries.append((REJECTED_SHORT.strip(), "window rejected, the reason follows"))
         if any(r.latest.get("calibrated") for r in rows):
             entries.append((CALIBRATED, "calibrated to a cuff"))
+        if any(r.latest.get("carried") for r in rows):
+            entries.append((CARRIED, "calibration or facts kept from before a restart or pause, same wearer"))
         if any(is_stale(r, now) for r in rows):
             entries.append(("stale", f"no window for {STALE_S:.0f} s"))
     if layout.has("pulse"):
