@@ -316,7 +316,7 @@ def test_daemon_restarted_mid_recording(tmp_path, store):
     publishes the same (device, model, seq, t) again, seq from 0. With a state store each start has its own `epoch`
     and both starts' estimates are kept; without one nothing tells them apart, and the repeats are kept once."""
     db = tmp_path / "restart.sqlite"
-    flags = (*WINDOW, "--set", f"state.path={tmp_path / 'state.sqlite'}") if store else WINDOW
+    flags = (*WINDOW, "--set", f"state.path={tmp_path / 'state.sqlite'}" if store else "state.path=")
     n_boot = expected_estimates(4, 1)
     with ipc_addresses() as addresses:
         with recorder_process(addresses["publish"], str(db), "--heartbeat") as rec:
@@ -369,7 +369,7 @@ def good_estimate(device: str, seq: int, **extra) -> dict:
 
 def test_the_columns_are_the_declared_keys():
     """A column per key the estimate declares (wire/estimate.py), of its type; `daemon` goes to `extra`."""
-    kinds = {"int": "int", "float": "num", "str": "text", "bool": "bool"}
+    kinds = {"int": "int", "float": "num", "str": "text", "bool": "bool", "list": "list"}
     declared = {f.name: kinds[f.type] for f in FIELDS if f.name != "daemon"}
     assert {k: kind for k, (kind, _) in ESTIMATE_KEYS.items()} == declared
 
@@ -526,6 +526,74 @@ def test_the_natural_key_holds_epoch_and_an_absent_epoch_is_one_value(tmp_path):
         assert [r["epoch"] for r in table] == [None, None, 1, 1, 2, 2, 3]
 
 
+def test_whoever_binds_the_address_is_recorded_but_never_two_rows_of_one_device_epoch_seq(tmp_path, caplog):
+    """The red team's forgery: the daemon's PUB goes away (a restart) and a second publisher binds its address,
+    publishing estimates of the same (device, epoch, seq) with other values. The recorder cannot tell who sent what
+    (the estimates socket has no CURVE: docs/recording.md, "Who can write into a recording"), but it keeps the first
+    row of each (device, epoch, seq) and counts each contradicting one as a conflict, logged, not written."""
+    with fake_daemon(tmp_path, flush_s=0.05) as (pub, db, recorder):
+        until_recorded(pub, db, "estimates", lambda n: encode_estimate(good_estimate("probe", n)))
+        for seq in range(10):
+            pub.send_multipart(encode_estimate(good_estimate("w", seq, epoch=1)))
+        wait_rows(db, lambda got: (got[-1]["device"], got[-1]["seq"]) == ("w", 9), timeout_s=10)
+        pub.close(linger=0)  # the daemon stops; the recorder's SUB keeps reconnecting …
+        ctx = zmq.Context()
+        try:
+            forger = ctx.socket(zmq.PUB)  # … and finds whoever binds the address next
+            forger.setsockopt(zmq.LINGER, 0)
+            forger.bind(recorder.address)
+            until_recorded(forger, db, "estimates", lambda n: encode_estimate(good_estimate("probe2", n)),
+                           where="device = 'probe2'")  # fmt: skip
+            forged = [
+                *({**good_estimate("w", seq, epoch=1, sbp=200.0), "t": T0 + seq + 0.5} for seq in range(5, 10)),
+                good_estimate("w", 3, epoch=1, sbp=180.0),  # its very natural key, another value
+                good_estimate("w", 2, epoch=1),  # an exact copy: already there, not a conflict
+                good_estimate("w", 10, epoch=1, sbp=200.0),  # a seq the daemon has not used yet: nothing tells it apart
+            ]
+            for e in [*forged, good_estimate("end", 0)]:
+                forger.send_multipart(encode_estimate(e))
+            wait_rows(db, lambda got: got[-1]["device"] == "end", timeout_s=10)
+        finally:
+            ctx.destroy(linger=0)
+    got = rows(db, "device = 'w'")
+    assert [(r["seq"], r["t"], r["sbp"]) for r in got] == [(s, T0 + s, 120.0) for s in range(10)] + [
+        (10, T0 + 10, 200.0)
+    ]
+    assert (recorder.counts.conflicts, recorder.counts.already_there) == (6, 1)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT conflicts, already_there FROM runs").fetchone() == (6, 1)
+    warned = [r.getMessage() for r in caplog.records if "conflicts in all" in r.getMessage()]
+    assert warned and "(w, 1, " in warned[0] and recorder.address in warned[0], warned
+
+
+def test_a_later_stream_of_a_device_is_kept_and_what_contradicts_one_is_not(tmp_path):
+    """A daemon starts a device's seq again from 0 when it hears from it after forgetting it (silent for
+    limits.device_idle_s), its epoch unchanged, and at each start without a state store (no epoch): those estimates
+    are rows of their own. What no later stream explains (a t between two streams', a repeated seq at a later t with
+    no seq 0 before it) is a conflict."""
+    sent = [
+        *(good_estimate("w", s, epoch=1) for s in range(3)),
+        *({**good_estimate("w", s, epoch=1), "t": T0 + 100 + s} for s in range(3)),  # forgotten, back: seq from 0
+        *(good_estimate("n", s) for s in range(3)),
+        *({**good_estimate("n", s), "t": T0 + 100 + s} for s in range(3)),  # no state store: a restart, seq from 0
+        {**good_estimate("w", 1, epoch=1, sbp=150.0), "t": T0 + 50},  # seq 1 between the two streams' seq 1
+        *(good_estimate("x", s, epoch=1) for s in range(3)),
+        {**good_estimate("x", 2, epoch=1, sbp=150.0), "t": T0 + 100},  # seq 2 again, later, but no seq 0 before it
+    ]
+    with fake_daemon(tmp_path, flush_s=0.05) as (pub, db, recorder):
+        until_recorded(pub, db, "estimates", lambda n: encode_estimate(good_estimate("probe", n)))
+        for e in [*sent, good_estimate("end", 0)]:
+            pub.send_multipart(encode_estimate(e))
+        wait_rows(db, lambda got: got[-1]["device"] == "end", timeout_s=10)
+    got = rows(db, "device IN ('w', 'n', 'x')")
+    streams = [(s, T0 + s) for s in range(3)] + [(s, T0 + 100 + s) for s in range(3)]
+    assert [(r["seq"], r["t"]) for r in got if r["device"] == "w"] == streams
+    assert [(r["seq"], r["t"]) for r in got if r["device"] == "n"] == streams
+    assert [(r["seq"], r["t"]) for r in got if r["device"] == "x"] == streams[:3]
+    assert all(r["sbp"] == 120.0 for r in got)
+    assert (recorder.counts.conflicts, recorder.counts.already_there) == (2, 0)
+
+
 # A recording as `p2p record` wrote it before `epoch` had a column: schema version 1, word for word.
 V1_SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -580,7 +648,8 @@ PRAGMA user_version = 1;
 
 def test_a_version_1_file_is_upgraded_and_appended_to(tmp_path, capsys):
     """Yesterday's recording (schema 1, `epoch` in `extra`): export still reads it as it is; a recorder opening it
-    upgrades it (epoch a column and in the key, its rows and ids unchanged) and goes on appending to it."""
+    upgrades it (epoch a column and in the key, its rows and ids unchanged, `runs` given `conflicts` and `dropped`)
+    and goes on appending to it."""
     db = tmp_path / "fake.sqlite"  # the file fake_daemon records into
     with sqlite3.connect(db) as conn:
         conn.executescript(V1_SCHEMA)
@@ -605,15 +674,17 @@ def test_a_version_1_file_is_upgraded_and_appended_to(tmp_path, capsys):
         until_recorded(pub, db, "estimates", lambda n: encode_estimate(good_estimate("probe", n)),
                        where="device = 'probe'")  # fmt: skip
         for e in [
-            good_estimate("nostore", 1),  # already there (no epoch, as before)
-            good_estimate("boot", 1, epoch=1),  # already there: the epoch moved out of `extra` into the key
+            # The file holds these two keys with other values (sbp 121, 123, no `ok`): each a conflict, not a second
+            # row — the second proves the epoch moved out of `extra` into the key (else it would be a new row).
+            good_estimate("nostore", 1),
+            good_estimate("boot", 1, epoch=1),
             good_estimate("boot", 1, epoch=2),  # the next start's: a new row (seq 0 of it never came: 1 missed)
             good_estimate("nostore", 4),  # seq 2, 3 never came: the gap after the file's last row, 2 missed
             good_estimate("end", 0),
         ]:
             pub.send_multipart(encode_estimate(e))
         wait_rows(db, lambda got: got[-1]["device"] == "end", timeout_s=10)
-    assert (recorder.counts.already_there, recorder.counts.missed) == (2, 3)
+    assert (recorder.counts.already_there, recorder.counts.conflicts, recorder.counts.missed) == (0, 2, 3)
     got = rows(db)
     old = ["id", "run", "received", "v", "device", "seq", "t", "sbp", "model"]
     assert [{k: r[k] for k in old} for r in got[:4]] == [{k: r[k] for k in old} for r in before]  # rows and ids kept
@@ -622,10 +693,11 @@ def test_a_version_1_file_is_upgraded_and_appended_to(tmp_path, capsys):
     assert new == [("boot", 2, 1), ("nostore", None, 4), ("end", None, 0)]
     assert list(got[0]) == ["id", *ESTIMATE_COLUMNS]  # the columns of a new file, in its order
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         indexes = {r[1]: r[2] for r in conn.execute("PRAGMA index_list(estimates)")}
-        assert indexes == {"estimates_key": 1, "estimates_device_t": 0}  # the v1 UNIQUE is gone
-        assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 2  # yesterday's run, and this one
+        assert indexes == {"estimates_key": 1, "estimates_device_t": 0, "estimates_seq": 0}  # the v1 UNIQUE is gone
+        runs = conn.execute("SELECT conflicts, dropped FROM runs ORDER BY id").fetchall()
+        assert runs == [(0, "{}"), (2, "{}")]  # yesterday's run, and this one
     assert record_main(["export", str(db), "--csv", str(tmp_path / "v2.csv")]) == 0
     with (tmp_path / "v2.csv").open(newline="") as f:
         assert [r["epoch"] for r in csv.DictReader(f) if r["device"] == "boot"] == ["1", "1", "2"]
@@ -697,6 +769,20 @@ def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
     assert "recorded 0 estimates" in capsys.readouterr().out
     assert record_main(["score", str(tmp_path / "empty.sqlite")]) == 2
     assert "carries a reference" in capsys.readouterr().err
+
+
+def test_a_damaged_recording_is_named_as_such_and_exit_2(tmp_path, capsys):
+    """An error no retry fixes ends the recorder with its cause (here SQLITE_CORRUPT), not "cannot write"."""
+    db = RecordingDB(tmp_path / "d.sqlite")
+    db.start_run("tcp://127.0.0.1:5556", None, False, T0)
+    db.commit()
+    db.close()
+    with open(tmp_path / "d.sqlite", "r+b") as f:  # every page but the first (the header, the schema) overwritten
+        f.seek(4096)
+        f.write(b"\xff" * ((tmp_path / "d.sqlite").stat().st_size - 4096))
+    assert record_main(["--db", str(tmp_path / "d.sqlite"), "--duration-s", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is damaged (SQLITE_CORRUPT" in err and err.count("\n") == 1, err
 
 
 def test_export_needs_a_format(tmp_path, capsys):
