@@ -1,6 +1,7 @@
 """Benchmark: the attacks of issue 14 for longer than CI allows, one after another or all at once.
 
     python benchmarks/hostile.py [--seconds 60] [--attacks nan_flood,odd_rate,...] [--all-at-once] [--no-attack-first]
+                                 [--set model.inference_process=true]
 
 Each run starts a real daemon process with the tight limits of tests/test_hostile_inputs.py and 50 good devices
 (`fleet.py`, 125 Hz), runs the attack(s) and prints, per run: windows the good devices lost, their p99 delay as a
@@ -27,6 +28,8 @@ def main() -> None:
     p.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated, of: " + ", ".join(ATTACKS))
     p.add_argument("--all-at-once", action="store_true", help="run the chosen attacks together, in one daemon")
     p.add_argument("--no-attack-first", action="store_true", help="first the same run without any attack")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a daemon setting, e.g. "
+                   "model.inference_process=true (repeatable)")  # fmt: skip
     args = p.parse_args()
     names = args.attacks.split(",")
     unknown = [n for n in names if n not in ATTACKS]
@@ -36,7 +39,7 @@ def main() -> None:
     if args.no_attack_first:
         runs.insert(0, [])
     for group in runs:
-        m = suite.under_attack(group, seconds=args.seconds, connections=25)
+        m = suite.under_attack(group, seconds=args.seconds, connections=25, settings=tuple(args.set))
         verdict = "held" if _held(m, args.seconds) else "BROKEN"
         print(json.dumps({"attacks": group, "verdict": verdict, **m}, default=str), flush=True)
 

@@ -71,16 +71,22 @@ def p99(delays: list[float]) -> float:
 
 
 def under_attack(
-    names: str | list[str], seconds: float = PHASE_S, connections: int = 3, twins: dict[str, dict] | None = None
+    names: str | list[str],
+    seconds: float = PHASE_S,
+    connections: int = 3,
+    twins: dict[str, dict] | None = None,
+    settings: tuple[str, ...] = (),
 ) -> dict:
     """50 good devices stream to one daemon through two phases: the baseline (YARDSTICK_S), with the attack(s) `names`
     aimed at a Decoy (the machine pays for sending them, the daemon does not), then with them aimed at the daemon for
     `seconds`. Return what was measured in each phase. `twins`: per attack, the options of its benign twin, aimed at
     the daemon in the baseline instead (an attack that is also load, such as 400 devices, which the daemon must carry
-    either way). `connections`: the ingest and control connections the attacks open, for the memory bound."""
+    either way). `connections`: the ingest and control connections the attacks open, for the memory bound.
+    `settings`: the daemon's further `--set KEY=VALUE` (benchmarks/hostile.py)."""
     names = [names] if isinstance(names, str) else names
     twins = twins or {}
-    with ipc_addresses() as a, daemon_process(a, *flags(LIMITS)) as proc, Decoy() as decoy:
+    extra = [arg for kv in settings for arg in ("--set", kv)]
+    with ipc_addresses() as a, daemon_process(a, *flags(LIMITS), *extra) as proc, Decoy() as decoy:
         wait_ready(a["control"])
         good = fleet(a["ingest"], devices=GOOD_DEVICES)
         sub = Subscriber(a["publish"])
