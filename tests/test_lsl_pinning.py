@@ -274,6 +274,7 @@ def test_a_real_impostor_on_another_host_is_refused_after_the_real_outlet_drops_
 
 
 @needs_pylsl
+@pytest.mark.slow  # ~12 s; the uid rule itself is checked without LSL above, the real impostor on another host in CI
 def test_a_real_impostor_on_this_host_is_refused_when_pinned_by_uid(tmp_path):
     """On one host an impostor's outlet and a restarted one look the same but for the uid: `--pin-mode uid`
     refuses both once the real outlet drops out, and the operator admits the restarted one by `--pin DEVICE=uid:`."""

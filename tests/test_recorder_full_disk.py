@@ -197,6 +197,7 @@ def test_beyond_the_backlog_the_oldest_are_dropped_and_counted(tmp_path):
         assert runs(db) == [(150, 0, '{"estimates":200}', 1)]
 
 
+@pytest.mark.slow  # ~14 s; the same wait and retry as a disk that fills mid-run, which CI runs
 def test_a_recorder_started_on_a_full_disk_waits_for_room(tmp_path):
     """The red team's restart: a recording closed cleanly, the disk filled, the recorder started again. SQLite cannot
     even open the file (its -shm needs room): the recorder says so, subscribes anyway, holds what arrives, and is
