@@ -261,3 +261,9 @@ def test_config_imports_no_stream_tool_offline_zmq_or_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_resume_gap_shorter_than_the_idle_time_is_refused():
+    """A device paused but still in the table must be able to resume its wearer session (issue 24 review)."""
+    with pytest.raises(ConfigError, match=r"state.resume_gap_s \(1800.0 s\) must be at least limits.device_idle_s"):
+        load_daemon_config(None, [{"limits": {"device_idle_s": 3600.0}}])

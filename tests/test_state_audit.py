@@ -4,6 +4,7 @@ device, and only their owner writes them (stream/state/store.py)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from p2p_stream.stream.state.sessions import Position
@@ -78,3 +79,64 @@ def test_only_the_owner_writes_a_session_and_deletes_are_by_row(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_a_wearer_who_came_between_closes_the_last_ones_session_to_resumption_by_position(tmp_path):
+    """Review of issue 24: Bob streams and is stored; the device reboots and Alice wears it (a new session, nothing
+    stored of her); the daemon restarts; her stream goes on from where it was. It must not resume Bob's session —
+    the highest stored id, whose position her seq and clock happen to continue."""
+    from p2p_stream.stream.state.remembering import RememberingDeviceTable
+    from p2p_stream.wire.protocol import Ingest
+
+    def table(store):
+        return RememberingDeviceTable(
+            store, window_s=4.0, hop_s=1.0, max_chunk=1024, gap_tolerance_s=0.2, max_devices=10, idle_s=60.0
+        )
+
+    x = np.ones(125, dtype=np.float32)
+    t0 = 1_700_000_000.0
+    store = StateStore(tmp_path / "s.db", "m@1")
+    try:
+        first = table(store)
+        first.push(Ingest("d", 199, t0, 125.0, x, None, {"age": 80.0, "sex": "M"}), 0.0)  # Bob, his facts stored
+        bob = first.streams["d"].session
+        calibrate(store, bob)  # a calibration: his session is kept when his stream ends
+        first.push(Ingest("d", 0, t0 + 10, 125.0, x, None, None), 0.0)  # rebooted: Alice, nothing of hers stored
+        assert first.streams["d"].session.id != bob.id
+        first.flush()
+        again = table(store)  # the daemon restarted
+        again.push(Ingest("d", 300, t0 + 20, 125.0, x, None, None), 0.0)  # her counter and clock go on
+        assert again.streams["d"].session.id != bob.id and again.streams["d"].meta is None
+        again.push(Ingest("d", 0, t0 + 30, 125.0, x, None, None, "bob"), 0.0)  # a wearer key still finds its own
+    finally:
+        store.close()
+
+
+def test_a_write_that_failed_does_not_mark_the_session_stored(tmp_path):
+    """Review of issue 24: the first calibrate of a session refused by a full disk must not make every later one
+    refused as 'forgotten by another daemon'."""
+    store = StateStore(tmp_path / "s.db", "m@1")
+    try:
+        session = store.open_session("d", None, 0, 10.0, False)
+        pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+        store.db.execute(f"PRAGMA max_page_count={pages}")
+        with pytest.raises(StoreError, match="full"):
+            for i in range(1000):  # until its row needs a page it may not have
+                calibrate(store, store.open_session(f"e{i}", None, 0, 10.0, False), f"e{i}")
+        with pytest.raises(StoreError, match="full"):
+            calibrate(store, session)
+        assert not session.stored
+        store.db.execute("PRAGMA max_page_count=1000000")
+        calibrate(store, session)  # room again: saved
+        assert session.stored and store.recall("d", session.id)[1] is not None
+    finally:
+        store.close()
+
+
+def test_the_witness_never_goes_back(tmp_path):
+    from p2p_stream.stream.state.store_file import Witness
+
+    witness = Witness(tmp_path / "s.db")
+    witness.write("abc", 6)
+    witness.write("abc", 5)  # a daemon that started first and wrote last
+    assert witness.read() == ("abc", 6)

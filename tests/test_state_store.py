@@ -235,7 +235,7 @@ def test_a_store_on_a_read_only_filesystem_stops_the_start_up(tmp_path):
 def fill(folder) -> Path:
     """Write a file into `folder` until its filesystem is full; the file (delete it to free the space)."""
     filler = folder / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing left to flush at close on a full disk
         try:
             while True:
                 f.write(b"\0" * 65536)

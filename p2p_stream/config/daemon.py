@@ -356,6 +356,11 @@ def _validate(c: DaemonConfig) -> None:
             f"calibration.span_s / windowing.hop_s must be ≤ {MAX_SPAN_WINDOWS} (the estimates a device's calibration "
             f"keeps), got {c.calibration.span_s} / {c.windowing.hop_s}; shorten the span or lengthen the hop"
         )
+    if c.state.resume_gap_s < c.limits.device_idle_s:  # else a paused device still in the table loses its session
+        raise ConfigError(
+            f"state.resume_gap_s ({c.state.resume_gap_s} s) must be at least limits.device_idle_s "
+            f"({c.limits.device_idle_s} s): a device paused but not yet evicted must still be able to resume"
+        )
     if c.windowing.hop_s > c.windowing.window_s:
         raise ConfigError(
             f"windowing.hop_s ({c.windowing.hop_s}) must not exceed windowing.window_s ({c.windowing.window_s})"

@@ -11,8 +11,9 @@ alone. A device's session changes when:
 When a device starts a new stream here (the daemon restarted, the device was evicted, another daemon of a cluster
 had it), its last stored session goes on (`resumed`) only if the message names that session's `wearer`, or names
 none and continues the stored position: a higher `seq`, a `t0` not before the last sample seen and at most
-`state.resume_gap_s` after it. Anything else is a new wearer: nothing known. Without a state store a session lasts
-as long as the device's stream here (nothing to resume from).
+`state.resume_gap_s` after it — and no other session began on the device since (that one *closed* it to resumption
+by position; its wearer key still brings it back). Anything else is a new wearer: nothing known. Without a state
+store a session lasts as long as the device's stream here (nothing to resume from).
 """
 
 from __future__ import annotations

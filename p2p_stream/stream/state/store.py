@@ -19,9 +19,9 @@ Tables:
   their count, time span, commands and clients.
 - ``boots``: one row per daemon start; ``info``: the store's id and the session ids handed out.
 
-What is kept is bounded too: a session that holds facts only, with no wearer key, goes when its device leaves the
-table (evicted, replaced); one with no wearer key that has not been seen for `state.resume_gap_s` can never be
-resumed and goes at the next sweep; one with a wearer key after `state.keep_days`. Their audit rows stay.
+What is kept is bounded too: a session that holds facts only goes when its device leaves the table (evicted,
+replaced) or another wearer takes it; one with no wearer key that has not been seen for `state.resume_gap_s` can
+never be resumed and goes at the next sweep; one with a wearer key after `state.keep_days`. Their audit rows stay.
 
 Writes made before a control reply (`calibrate`, `forget`, `end_session`) are one transaction with their audit row,
 committed with synchronous=FULL, so they are on disk before the client hears ok (or the client hears why not, and
@@ -213,33 +213,55 @@ class StateStore:
     def open_session(self, device: str, wearer: str | None, seq: int, t0: float, fresh: bool) -> Session:
         """The session of a device's stream starting at (`seq`, `t0`) (stream/state/sessions.py): its stored session
         resumed — this daemon its owner from now — or a new one, stored only once it has something to keep."""
-        row = None
-        if self.broken is None:
-            try:
-                with self._lock:
-                    row = self._find_session(device, wearer, seq, t0, fresh)
-                    if row is not None:
-                        self.db.execute(
-                            "UPDATE sessions SET owner = ?, last_seq = ?, last_t = ?, seen = ? WHERE id = ?",
-                            (self.boot, seq, t0, time.time(), row[0]),
-                        )
-            except sqlite3.Error as exc:
-                self._failed("sessions", exc)
-                row = None
-        if row is not None:
-            return Session(row[0], row[1], resumed=True, stored=True)
-        return Session(self._new_session_id(), wearer)
+        if self.broken is not None:
+            return Session(self._new_session_id(), wearer)
+        try:
+            with self._lock:
+                row = self._find_session(device, wearer, seq, t0, fresh)
+                session = Session(row[0], row[1], True, True) if row else Session(self._new_session_id(), wearer)
+                self._close_others(device, session.id, seq, t0)
+        except sqlite3.Error as exc:
+            self._failed("sessions", exc)
+            return Session(self._new_session_id(), wearer)
+        return session
+
+    def _close_others(self, device: str, session: int, seq: int, t0: float) -> None:
+        """Another wearer's session (or this one resumed) streams the device now: its other stored sessions are no
+        longer resumed by where their stream was, only by their wearer key; a resumed one's owner is this daemon."""
+        others = self.db.execute(
+            "SELECT 1 FROM sessions WHERE device = ? AND closed IS NULL AND id != ? LIMIT 1", (device, session)
+        ).fetchone()
+        resumed = self.db.execute("SELECT 1 FROM sessions WHERE id = ?", (session,)).fetchone()
+        if others is None and resumed is None:
+            return  # nothing stored of the device: no write at all (a new id per message writes nothing)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            now = time.time()
+            self.db.execute(
+                "UPDATE sessions SET closed = ? WHERE device = ? AND closed IS NULL AND id != ?", (now, device, session)
+            )
+            self.db.execute(
+                "UPDATE sessions SET owner = ?, last_seq = ?, last_t = ?, seen = ?, closed = NULL WHERE id = ?",
+                (self.boot, seq, t0, now, session),
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
 
     def _find_session(self, device: str, wearer: str | None, seq: int, t0: float, fresh: bool) -> tuple | None:
         if wearer is not None:  # the wearer's own session on this device, whenever it was
             return self.db.execute(
-                "SELECT id, wearer FROM sessions WHERE device = ? AND wearer = ? ORDER BY id DESC LIMIT 1",
+                "SELECT id, wearer FROM sessions WHERE device = ? AND wearer = ? ORDER BY seen DESC LIMIT 1",
                 (device, wearer),
             ).fetchone()
         if fresh:  # the counter restarted, or the session was ended: only a wearer key brings one back
             return None
         row = self.db.execute(
-            "SELECT id, wearer, last_seq, last_t FROM sessions WHERE device = ? ORDER BY id DESC LIMIT 1", (device,)
+            "SELECT id, wearer, last_seq, last_t FROM sessions WHERE device = ? AND closed IS NULL "
+            "ORDER BY seen DESC LIMIT 1",
+            (device,),
         ).fetchone()
         if row is None or not continues(Position(row[2], row[3]), seq, t0, self.resume_gap_s):
             return None
@@ -254,7 +276,8 @@ class StateStore:
             return self._next_session - 1
 
     def _keep(self, session: Session, device: str, at: Position) -> None:
-        """Inside a write: the session's row, made if it has none, and this daemon must own it (StoreError if not)."""
+        """Inside a write: the session's row, made if it has none, and this daemon must own it (StoreError if not).
+        The caller sets `session.stored` once its transaction committed."""
         row = self.db.execute("SELECT owner FROM sessions WHERE id = ?", (session.id,)).fetchone()
         if row is None:
             if session.stored:
@@ -265,7 +288,6 @@ class StateStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (session.id, device, session.wearer, now, now, at.seq, at.t, self.boot),
             )
-            session.stored = True
         elif row[0] != self.boot:
             raise StoreError(
                 f"{device}'s session {session.id} is held by another daemon on this store (epoch {row[0]}), which "
@@ -293,9 +315,9 @@ class StateStore:
             self._audit("end_session", device, {}, client, session.id if session is not None else None)
 
     def release(self, sessions: list[Session]) -> None:
-        """Sessions whose devices left the table: those holding facts only, with no wearer key, go (an id that sent
-        one message with `meta` must not keep a row for ever)."""
-        ids = [s.id for s in sessions if s.stored and s.wearer is None]
+        """Sessions whose devices left the table (or another wearer took it): those holding facts only go (an id, or a
+        wearer key, that sent one message with `meta` must not keep a row for ever)."""
+        ids = [s.id for s in sessions if s.stored]
         if not ids or self.broken is not None:
             return
         with suppress(StoreError), self._transaction("sessions", durable=False):
@@ -353,7 +375,8 @@ class StateStore:
                 (device, cuff[0], cuff[1], t_cal, self.model, time.time(), session.id),
             )
             self._audit("calibrate", device, values, client, session.id)
-            return int(cur.lastrowid)
+        session.stored = True
+        return int(cur.lastrowid)
 
     def set_reference(self, device: str, key: int, reference: tuple[float, float]) -> None:
         """Reading `key` formed (or refined) its reference; its session's older readings no longer apply. Only while
@@ -363,8 +386,8 @@ class StateStore:
         with suppress(StoreError), self._transaction("reference", durable=False):
             row = self.db.execute(
                 "SELECT c.session FROM calibrations c JOIN sessions s ON s.id = c.session "
-                "WHERE c.id = ? AND s.owner = ?",
-                (key, self.boot),
+                "WHERE c.id = ? AND c.device = ? AND s.owner = ?",
+                (key, device, self.boot),
             ).fetchone()
             if row is None:  # forgotten, ended, or another daemon streams the session now
                 return
@@ -381,9 +404,9 @@ class StateStore:
         try:
             with self._lock:
                 rows = self.db.execute(
-                    "SELECT id, sbp, dbp, t_cal, ref_sbp, ref_dbp FROM calibrations WHERE session = ? AND model = ? "
-                    "ORDER BY id",
-                    (session, self.model),
+                    "SELECT id, sbp, dbp, t_cal, ref_sbp, ref_dbp FROM calibrations WHERE session = ? AND device = ? "
+                    "AND model = ? ORDER BY id",
+                    (session, device, self.model),
                 ).fetchall()
         except sqlite3.Error as exc:
             self._failed("recall", exc)
@@ -402,12 +425,16 @@ class StateStore:
         """The session's facts, as its device last sent them; a failure is logged, the stream goes on."""
         if self.broken is not None:
             return
-        with suppress(StoreError), self._transaction("facts", durable=False):
-            self._keep(session, device, at)
-            self.db.execute(
-                "INSERT OR REPLACE INTO facts (session, age, sex, updated) VALUES (?, ?, ?, ?)",
-                (session.id, meta.get("age"), meta.get("sex"), time.time()),
-            )
+        try:
+            with self._transaction("facts", durable=False):
+                self._keep(session, device, at)
+                self.db.execute(
+                    "INSERT OR REPLACE INTO facts (session, age, sex, updated) VALUES (?, ?, ?, ?)",
+                    (session.id, meta.get("age"), meta.get("sex"), time.time()),
+                )
+        except StoreError:  # logged by the transaction; the stream goes on
+            return
+        session.stored = True  # only once committed
 
     def facts(self, session: int) -> dict | None:
         if self.broken is not None:
@@ -510,17 +537,17 @@ class StateStore:
         if self.broken is not None:
             return after, []
         try:
-            with self._lock:
+            with self._lock:  # one read: a row committed between two would be skipped
                 rows = self.db.execute(
-                    "SELECT id, cmd, device, session FROM audit WHERE id > ? AND epoch != ? "
-                    "AND cmd IN ('forget', 'end_session') ORDER BY id",
-                    (after, self.boot),
+                    "SELECT id, cmd, device, session, epoch FROM audit WHERE id > ? ORDER BY id", (after,)
                 ).fetchall()
-                latest = self.db.execute("SELECT COALESCE(MAX(id), ?) FROM audit", (after,)).fetchone()[0]
         except sqlite3.Error as exc:
             self._failed("changes", exc)
             return after, []
-        return max(after, latest), [(cmd, device, session) for _, cmd, device, session in rows]
+        latest = max((r[0] for r in rows), default=after)
+        theirs = [(cmd, device, sid) for _, cmd, device, sid, epoch in rows
+                  if epoch != self.boot and cmd in ("forget", "end_session")]  # fmt: skip
+        return latest, theirs
 
     # ---------------------------------------------------------------- the file under the store
 
@@ -530,7 +557,10 @@ class StateStore:
         if self.broken is not None:
             return self.broken
         why = None
-        identity = file_identity(self.path)
+        try:
+            identity = file_identity(self.path)
+        except OSError:  # cannot be told now (a folder's permissions): not swapped; the write itself will say
+            return None
         if identity is None:
             why = "it was unlinked (deleted or moved)"
         elif identity != self.identity:

@@ -21,6 +21,7 @@ space says so, with the free space, and that the file is intact.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -39,11 +40,12 @@ CREATE TABLE IF NOT EXISTS boots (
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
     id INTEGER PRIMARY KEY, device TEXT NOT NULL, wearer TEXT, started REAL NOT NULL, seen REAL NOT NULL,
-    last_seq INTEGER NOT NULL, last_t REAL NOT NULL, owner INTEGER NOT NULL);
+    last_seq INTEGER NOT NULL, last_t REAL NOT NULL, owner INTEGER NOT NULL,
+    closed REAL);  -- when another session began on the device: no longer resumed by position, only by its wearer key
 CREATE INDEX IF NOT EXISTS sessions_device ON sessions (device, wearer);
 CREATE TABLE IF NOT EXISTS calibrations (
-    id INTEGER PRIMARY KEY, device TEXT NOT NULL, sbp REAL NOT NULL, dbp REAL NOT NULL, t_cal REAL NOT NULL,
-    ref_sbp REAL, ref_dbp REAL, model TEXT NOT NULL, created REAL NOT NULL, session INTEGER);
+    id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, sbp REAL NOT NULL, dbp REAL NOT NULL,
+    t_cal REAL NOT NULL, ref_sbp REAL, ref_dbp REAL, model TEXT NOT NULL, created REAL NOT NULL, session INTEGER);
 CREATE INDEX IF NOT EXISTS calibrations_device ON calibrations (device);
 CREATE TABLE IF NOT EXISTS facts (session INTEGER PRIMARY KEY, age REAL, sex TEXT, updated REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
@@ -105,10 +107,22 @@ class Witness:
             ) from exc
 
     def write(self, store_id: str, epoch: int) -> None:
-        """Atomically: a crash leaves the old witness or the new one."""
-        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"store": store_id, "epoch": epoch}))
-        os.replace(tmp, self.path)
+        """Atomically and never backwards: under a lock, the highest epoch of this store it or another daemon
+        starting at the same moment saw; fsynced before it replaces the old one, so a crash leaves one or the other."""
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                seen = self.read()
+            except ConfigError:
+                seen = None
+            if seen is not None and seen[0] == store_id:
+                epoch = max(epoch, seen[1])
+            tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+            with open(tmp, "w") as f:
+                f.write(json.dumps({"store": store_id, "epoch": epoch}))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
 
 
 def check_missing(path: Path, witness: Witness, adopt: bool) -> None:
@@ -164,7 +178,8 @@ def new_store_id() -> str:
 
 
 def file_identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the file at `path`, or None when there is none."""
+    """(device, inode) of the file at `path`, or None when there is none. OSError when it cannot be told (a
+    folder this user may no longer search): the caller decides."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
