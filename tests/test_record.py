@@ -456,6 +456,16 @@ def until_recorded(
     raise TimeoutError("the recorder never received a probe")
 
 
+def record_estimates(tmp_path: Path, sent: list[dict]) -> tuple[Path, Recorder]:
+    """`sent` from a fake daemon to a Recorder, in order, until the last is in the file: the file and the recorder."""
+    with fake_daemon(tmp_path, flush_s=0.05) as (pub, db, recorder):
+        until_recorded(pub, db, "estimates", lambda n: encode_estimate(good_estimate("probe", n)))
+        for e in [*sent, good_estimate("end", 0)]:
+            pub.send_multipart(encode_estimate(e))
+        wait_rows(db, lambda got: got[-1]["device"] == "end", timeout_s=10)
+    return db, recorder
+
+
 def test_malformed_messages_are_counted_and_dropped_never_a_crash(tmp_path):
     with fake_daemon(tmp_path, flush_s=0.05) as (pub, db, recorder):
         until_recorded(pub, db, "estimates", lambda n: encode_estimate(good_estimate("probe", n)))
@@ -498,11 +508,7 @@ def test_the_natural_key_holds_epoch_and_an_absent_epoch_is_one_value(tmp_path):
         good_estimate("boot", 1, epoch=2),  # again, epoch 2: kept once
         good_estimate("boot", 3, epoch=3),  # a third start whose seq 0, 1, 2 never came: 3 missed
     ]
-    with fake_daemon(tmp_path, flush_s=0.05) as (pub, db, recorder):
-        until_recorded(pub, db, "estimates", lambda n: encode_estimate(good_estimate("probe", n)))
-        for e in [*sent, good_estimate("end", 0)]:
-            pub.send_multipart(encode_estimate(e))
-        wait_rows(db, lambda got: got[-1]["device"] == "end", timeout_s=10)
+    db, recorder = record_estimates(tmp_path, sent)
     got = rows(db, "device IN ('nostore', 'boot')")
     assert [(r["device"], r["epoch"], r["seq"]) for r in got] == [
         ("nostore", None, 0), ("nostore", None, 1),
@@ -580,11 +586,7 @@ def test_a_later_stream_of_a_device_is_kept_and_what_contradicts_one_is_not(tmp_
         *(good_estimate("x", s, epoch=1) for s in range(3)),
         {**good_estimate("x", 2, epoch=1, sbp=150.0), "t": T0 + 100},  # seq 2 again, later, but no seq 0 before it
     ]
-    with fake_daemon(tmp_path, flush_s=0.05) as (pub, db, recorder):
-        until_recorded(pub, db, "estimates", lambda n: encode_estimate(good_estimate("probe", n)))
-        for e in [*sent, good_estimate("end", 0)]:
-            pub.send_multipart(encode_estimate(e))
-        wait_rows(db, lambda got: got[-1]["device"] == "end", timeout_s=10)
+    db, recorder = record_estimates(tmp_path, sent)
     got = rows(db, "device IN ('w', 'n', 'x')")
     streams = [(s, T0 + s) for s in range(3)] + [(s, T0 + 100 + s) for s in range(3)]
     assert [(r["seq"], r["t"]) for r in got if r["device"] == "w"] == streams

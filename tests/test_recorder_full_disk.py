@@ -9,7 +9,6 @@ Mounting needs root (or CAP_SYS_ADMIN): elsewhere these tests are skipped, and s
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import sqlite3
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+from helpers import fill, small_filesystem
 from zmq_helpers import ipc_addresses, logged_process
 
 from p2p_stream.wire.estimate import example_estimate
@@ -32,44 +32,15 @@ DISK = "1m"  # the tmpfs: room for the recording, which the filler then takes
 
 
 @contextmanager
-def small_disk(folder: Path) -> Iterator[Path]:
-    """A DISK-sized tmpfs mounted on `folder`, unmounted at exit whatever happens; the test is skipped (with the
-    reason) where mounting is not permitted."""
-    folder.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK}", "tmpfs", str(folder)],
-                              capture_output=True, text=True, timeout=30)  # fmt: skip
-    except FileNotFoundError:
-        pytest.skip("no `mount` command here: a real full disk needs a small tmpfs mounted for the test")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a {DISK} tmpfs for a real full disk (needs root or CAP_SYS_ADMIN): "
-                    f"{done.stderr.strip() or done.returncode}")  # fmt: skip
-    try:
-        yield folder
-    finally:
-        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(folder)], capture_output=True)  # busy: detach it now, freed later
-
-
-def fill(folder: Path) -> Path:
-    """A filler file that takes every free byte of `folder`'s disk; its path."""
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        block = b"\0" * 4096
-        while True:
-            try:
-                os.write(fd, block)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                if len(block) == 1:
-                    break
-                block = block[: len(block) // 2]  # the last few bytes too
-    finally:
-        os.close(fd)
-    assert os.statvfs(folder).f_bavail == 0
-    return filler
+def on_a_small_disk(tmp_path: Path) -> Iterator[tuple[Path, Path, Publisher, str]]:
+    """A DISK-sized real filesystem, the recording's path on it, and a Publisher bound where the recorder will
+    subscribe: (disk, db, publisher, its address); the publisher closed and the disk unmounted at exit."""
+    with small_filesystem(tmp_path / "disk", DISK) as disk, ipc_addresses() as addresses:
+        pub = Publisher(addresses["publish"])
+        try:
+            yield disk, disk / "session.sqlite", pub, addresses["publish"]
+        finally:
+            pub.close()
 
 
 def estimate(seq: int, **values) -> list[bytes]:
@@ -146,28 +117,24 @@ def test_a_full_disk_is_waited_out_and_nothing_is_lost(tmp_path):
     """50 estimates written; the disk filled; 300 more streamed over 3 s (the red team's witness saw 200 lost): the
     recorder logs SQLITE_FULL and the file, stays up, and once the filler is gone all 350 are in the file, in order,
     none twice."""
-    with small_disk(tmp_path / "disk") as disk, ipc_addresses() as addresses:
-        db, pub = disk / "session.sqlite", Publisher(addresses["publish"])
-        try:
-            with recorder(addresses["publish"], db) as proc:
-                pub.join(proc)
-                pub.stream(range(50), proc)
-                wait_for(lambda: seqs(db) == list(range(50)), 10, proc)
-                filler = fill(disk)
-                pub.stream(range(50, 350), proc)
-                wait_for(lambda: "disk full (SQLITE_FULL" in proc.log(), 10, proc)
-                time.sleep(2.0)  # a few retries, all failing
-                assert proc.poll() is None and seqs(db) == list(range(50)), proc.log()
-                log = proc.log()
-                line = next(x for x in log.splitlines() if "disk full (SQLITE_FULL" in x)
-                assert str(db) in line and "estimates held in memory" in line and "retrying" in line, line
-                assert "cannot rollback" not in log
-                filler.unlink()
-                wait_for(lambda: len(seqs(db)) >= 350, 20, proc)
-                assert "written again after" in proc.log()
-                final = stopped(proc)
-        finally:
-            pub.close()
+    with on_a_small_disk(tmp_path) as (disk, db, pub, address):
+        with recorder(address, db) as proc:
+            pub.join(proc)
+            pub.stream(range(50), proc)
+            wait_for(lambda: seqs(db) == list(range(50)), 10, proc)
+            filler = fill(disk)
+            pub.stream(range(50, 350), proc)
+            wait_for(lambda: "disk full (SQLITE_FULL" in proc.log(), 10, proc)
+            time.sleep(2.0)  # a few retries, all failing
+            assert proc.poll() is None and seqs(db) == list(range(50)), proc.log()
+            log = proc.log()
+            line = next(x for x in log.splitlines() if "disk full (SQLITE_FULL" in x)
+            assert str(db) in line and "estimates held in memory" in line and "retrying" in line, line
+            assert "cannot rollback" not in log
+            filler.unlink()
+            wait_for(lambda: len(seqs(db)) >= 350, 20, proc)
+            assert "written again after" in proc.log()
+            final = stopped(proc)
         assert seqs(db) == list(range(350))  # every one, in order, none twice
         assert "recorded 350 estimates" in final and "0 dropped" in final, final
         assert runs(db) == [(350, 0, "{}", 1)]
@@ -176,22 +143,18 @@ def test_a_full_disk_is_waited_out_and_nothing_is_lost(tmp_path):
 def test_beyond_the_backlog_the_oldest_are_dropped_and_counted(tmp_path):
     """--backlog 100: of the 300 estimates streamed while the disk is full, the newest 100 are written once there is
     room; the oldest 200 are dropped, counted (log, final line, runs.dropped)."""
-    with small_disk(tmp_path / "disk") as disk, ipc_addresses() as addresses:
-        db, pub = disk / "session.sqlite", Publisher(addresses["publish"])
-        try:
-            with recorder(addresses["publish"], db, "--backlog", "100", "--flush-rows", "50") as proc:
-                pub.join(proc)
-                pub.stream(range(50), proc)
-                wait_for(lambda: seqs(db) == list(range(50)), 10, proc)
-                filler = fill(disk)
-                pub.stream(range(50, 350), proc)
-                wait_for(lambda: "disk full (SQLITE_FULL" in proc.log(), 10, proc)
-                wait_for(lambda: "the oldest dropped" in proc.log(), 10, proc)
-                filler.unlink()
-                wait_for(lambda: len(seqs(db)) >= 150, 20, proc)
-                final = stopped(proc)
-        finally:
-            pub.close()
+    with on_a_small_disk(tmp_path) as (disk, db, pub, address):
+        with recorder(address, db, "--backlog", "100", "--flush-rows", "50") as proc:
+            pub.join(proc)
+            pub.stream(range(50), proc)
+            wait_for(lambda: seqs(db) == list(range(50)), 10, proc)
+            filler = fill(disk)
+            pub.stream(range(50, 350), proc)
+            wait_for(lambda: "disk full (SQLITE_FULL" in proc.log(), 10, proc)
+            wait_for(lambda: "the oldest dropped" in proc.log(), 10, proc)
+            filler.unlink()
+            wait_for(lambda: len(seqs(db)) >= 150, 20, proc)
+            final = stopped(proc)
         assert seqs(db) == list(range(50)) + list(range(250, 350))
         assert "recorded 150 estimates" in final and "200 dropped" in final, final
         assert runs(db) == [(150, 0, '{"estimates":200}', 1)]
@@ -202,32 +165,28 @@ def test_a_recorder_started_on_a_full_disk_waits_for_room(tmp_path):
     """The red team's restart: a recording closed cleanly, the disk filled, the recorder started again. SQLite cannot
     even open the file (its -shm needs room): the recorder says so, subscribes anyway, holds what arrives, and is
     still up 8 s later; once there is room it writes its run and the 300 estimates."""
-    with small_disk(tmp_path / "disk") as disk, ipc_addresses() as addresses:
-        db, pub = disk / "session.sqlite", Publisher(addresses["publish"])
-        try:
-            with recorder(addresses["publish"], db) as proc:
-                pub.join(proc)
-                pub.stream(range(50), proc)
-                wait_for(lambda: seqs(db) == list(range(50)), 10, proc)
-                stopped(proc)
-            assert sorted(os.listdir(disk)) == ["session.sqlite"]  # closed cleanly: no -wal, no -shm
-            filler = fill(disk)
-            with recorder(addresses["publish"], db) as proc:
-                started = time.monotonic()
-                pub.join(proc)
-                line = next(x for x in proc.log().splitlines() if "disk full (" in x)
-                assert str(db) in line and "held in memory" in line, line
-                assert "SQLITE_IOERR_SHMSIZE" in line, line  # SQLite's cause: no room for the -shm file
-                pub.stream(range(50, 350), proc)
-                while time.monotonic() < started + 8.0:  # the red team's recorder was dead by now
-                    assert proc.poll() is None, proc.log()
-                    time.sleep(0.2)
-                assert "Traceback" not in proc.log() and "error:" not in proc.log()
-                filler.unlink()
-                wait_for(lambda: len(seqs(db)) >= 350, 20, proc)
-                final = stopped(proc)
-        finally:
-            pub.close()
+    with on_a_small_disk(tmp_path) as (disk, db, pub, address):
+        with recorder(address, db) as proc:
+            pub.join(proc)
+            pub.stream(range(50), proc)
+            wait_for(lambda: seqs(db) == list(range(50)), 10, proc)
+            stopped(proc)
+        assert sorted(os.listdir(disk)) == ["session.sqlite"]  # closed cleanly: no -wal, no -shm
+        filler = fill(disk)
+        with recorder(address, db) as proc:
+            started = time.monotonic()
+            pub.join(proc)
+            line = next(x for x in proc.log().splitlines() if "disk full (" in x)
+            assert str(db) in line and "held in memory" in line, line
+            assert "SQLITE_IOERR_SHMSIZE" in line, line  # SQLite's cause: no room for the -shm file
+            pub.stream(range(50, 350), proc)
+            while time.monotonic() < started + 8.0:  # the red team's recorder was dead by now
+                assert proc.poll() is None, proc.log()
+                time.sleep(0.2)
+            assert "Traceback" not in proc.log() and "error:" not in proc.log()
+            filler.unlink()
+            wait_for(lambda: len(seqs(db)) >= 350, 20, proc)
+            final = stopped(proc)
         assert seqs(db) == list(range(350))
         assert "recorded 300 estimates" in final, final
         assert runs(db) == [(50, 0, "{}", 1), (300, 0, "{}", 1)]
@@ -235,20 +194,16 @@ def test_a_recorder_started_on_a_full_disk_waits_for_room(tmp_path):
 
 def test_stopped_while_the_disk_is_full_it_says_what_it_could_not_write(tmp_path):
     """SIGTERM while the disk is still full: exit 2, and how many held estimates are lost — not a silent 0."""
-    with small_disk(tmp_path / "disk") as disk, ipc_addresses() as addresses:
-        db, pub = disk / "session.sqlite", Publisher(addresses["publish"])
-        try:
-            with recorder(addresses["publish"], db) as proc:
-                pub.join(proc)
-                pub.stream(range(10), proc)
-                wait_for(lambda: seqs(db) == list(range(10)), 10, proc)
-                fill(disk)
-                pub.stream(range(10, 30), proc)
-                wait_for(lambda: "disk full (SQLITE_FULL" in proc.log(), 10, proc)
-                proc.send_signal(signal.SIGTERM)
-                assert proc.wait(timeout=20) == 2
-                err = proc.log().splitlines()[-1]
-        finally:
-            pub.close()
+    with on_a_small_disk(tmp_path) as (disk, db, pub, address):
+        with recorder(address, db) as proc:
+            pub.join(proc)
+            pub.stream(range(10), proc)
+            wait_for(lambda: seqs(db) == list(range(10)), 10, proc)
+            fill(disk)
+            pub.stream(range(10, 30), proc)
+            wait_for(lambda: "disk full (SQLITE_FULL" in proc.log(), 10, proc)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 2
+            err = proc.log().splitlines()[-1]
         assert err.startswith(f"error: recording {db}: disk full (SQLITE_FULL"), err
         assert "at stop: 20 estimates (20 rows) held in memory could not be written" in err, err

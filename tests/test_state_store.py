@@ -6,19 +6,16 @@ tests/test_wearer_sessions.py."""
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import simulated_ppg
+from helpers import fill, simulated_ppg, small_filesystem
 from zmq_helpers import Client, daemon_process, ipc_addresses
 
 from p2p_stream.errors import ConfigError
@@ -205,20 +202,6 @@ def test_a_read_only_store_file_is_refused(tmp_path):
         StateStore(path, "m@1")
 
 
-@contextmanager
-def small_filesystem(folder, size: str = "4m") -> Iterator[Path]:
-    """A real filesystem of `size` mounted at `folder` (tmpfs): what a full or read-only disk is. Skips the test
-    where this user may not mount (not root, or a container without the capability)."""
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
 def test_a_store_on_a_read_only_filesystem_stops_the_start_up(tmp_path):
     with small_filesystem(tmp_path / "disk") as disk:
         path = disk / "state.db"
@@ -230,19 +213,6 @@ def test_a_store_on_a_read_only_filesystem_stops_the_start_up(tmp_path):
             assert proc.wait(timeout=60) == 2
             out = " ".join(proc.output().split())
         assert f"state.path: {path} is not readable and writable here" in out and "Traceback" not in out
-
-
-def fill(folder) -> Path:
-    """Write a file into `folder` until its filesystem is full; the file (delete it to free the space)."""
-    filler = folder / "filler"
-    with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing left to flush at close on a full disk
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
-    return filler
 
 
 def test_a_full_disk_refuses_calibrate_and_forget_whole_and_the_daemon_goes_on(tmp_path):

@@ -11,7 +11,7 @@ import signal
 import sqlite3
 
 import pytest
-from test_state_store import fill, small_filesystem
+from helpers import fill, small_filesystem
 from zmq_helpers import Client, daemon_process, ipc_addresses
 
 from p2p_stream.errors import ConfigError
