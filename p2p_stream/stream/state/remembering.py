@@ -60,7 +60,3 @@ class RememberingDeviceTable(DeviceTable):
         if stream is not None and stream.session is not None:  # out of the table: a facts-only session goes
             self._left.append(stream.session)
         return super().forget(device)
-
-    def session(self, device: str) -> Session | None:
-        stream = self.streams.get(device)
-        return stream.session if stream is not None else None

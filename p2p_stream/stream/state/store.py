@@ -43,11 +43,13 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple
 
+from p2p_stream.disk import disk_full, free_text, io_error
 from p2p_stream.errors import ConfigError, P2PError
 from p2p_stream.ratelimit import RateLimitedLog
 from p2p_stream.stream.state.sessions import Position, Session, continues
 from p2p_stream.stream.state.store_file import (
     BUSY_TIMEOUT_MS,
+    FULL_BELOW_BYTES,
     MIGRATE_1,
     SCHEMA,
     SCHEMA_VERSION,
@@ -55,10 +57,8 @@ from p2p_stream.stream.state.store_file import (
     Witness,
     check_identity,
     check_missing,
-    disk_full,
     explain,
     file_identity,
-    free_space,
     new_store_id,
 )
 
@@ -220,6 +220,8 @@ class StateStore:
                 row = self._find_session(device, wearer, seq, t0, fresh)
                 session = Session(row[0], row[1], True, True) if row else Session(self._new_session_id(), wearer)
                 self._close_others(device, session.id, seq, t0)
+        except StoreError:  # the write failed, and the transaction logged why
+            return Session(self._new_session_id(), wearer)
         except sqlite3.Error as exc:
             self._failed("sessions", exc)
             return Session(self._new_session_id(), wearer)
@@ -234,8 +236,7 @@ class StateStore:
         resumed = self.db.execute("SELECT 1 FROM sessions WHERE id = ?", (session,)).fetchone()
         if others is None and resumed is None:
             return  # nothing stored of the device: no write at all (a new id per message writes nothing)
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction("sessions", durable=False):
             now = time.time()
             self.db.execute(
                 "UPDATE sessions SET closed = ? WHERE device = ? AND closed IS NULL AND id != ?", (now, device, session)
@@ -244,11 +245,6 @@ class StateStore:
                 "UPDATE sessions SET owner = ?, last_seq = ?, last_t = ?, seen = ?, closed = NULL WHERE id = ?",
                 (self.boot, seq, t0, now, session),
             )
-            self.db.execute("COMMIT")
-        except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
 
     def _find_session(self, device: str, wearer: str | None, seq: int, t0: float, fresh: bool) -> tuple | None:
         if wearer is not None:  # the wearer's own session on this device, whenever it was
@@ -587,8 +583,7 @@ class StateStore:
             finally:
                 fresh.close()
         except sqlite3.Error as exc:
-            io = getattr(exc, "sqlite_errorname", "").startswith("SQLITE_IOERR") or "disk I/O error" in str(exc)
-            if io and not disk_full(exc, self.path):
+            if io_error(exc) and not self._full(exc):
                 return f"it was overwritten (a new reader of it fails: {exc})"
             return None
         if found is None:
@@ -616,14 +611,15 @@ class StateStore:
                     raise
             except sqlite3.Error as exc:
                 self._failed(what, exc)
-                cause = (
-                    f"the disk holding it is full ({free_space(self.path)})" if disk_full(exc, self.path) else str(exc)
-                )
+                cause = f"the disk holding it is full ({free_text(self.path)})" if self._full(exc) else str(exc)
                 raise StoreError(f"state store {self.path} could not save it: {cause}; nothing was changed") from exc
             finally:
                 with suppress(sqlite3.Error):
                     self.db.execute("PRAGMA synchronous=NORMAL")
 
+    def _full(self, exc: sqlite3.Error) -> bool:
+        return disk_full(exc, self.path, FULL_BELOW_BYTES)
+
     def _failed(self, what: str, exc: sqlite3.Error) -> None:
-        cause = f"disk full ({free_space(self.path)})" if disk_full(exc, self.path) else str(exc)
+        cause = f"disk full ({free_text(self.path)})" if self._full(exc) else str(exc)
         self.warn.log(logging.ERROR, f"state_{what}", "state store %s: could not save %s: %s", self.path, what, cause)

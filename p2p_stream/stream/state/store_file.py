@@ -25,10 +25,10 @@ import fcntl
 import json
 import os
 import secrets
-import shutil
 import sqlite3
 from pathlib import Path
 
+from p2p_stream.disk import disk_full, free_text
 from p2p_stream.errors import ConfigError
 
 SCHEMA_VERSION = 2
@@ -63,29 +63,6 @@ MIGRATE_1 = (
 
 
 FULL_BELOW_BYTES = 64 * 1024  # an I/O error on a filesystem with less free than this is taken for a full disk
-
-
-def disk_full(exc: BaseException, path: Path | None = None) -> bool:
-    """Whether a SQLite error means no space left where the file (or its journal) lives: SQLITE_FULL, or an I/O
-    error (a full tmpfs fails WAL's shared memory as SQLITE_IOERR_SHMSIZE) on a filesystem that has next to none."""
-    name = getattr(exc, "sqlite_errorname", "")
-    if name == "SQLITE_FULL" or "disk is full" in str(exc):
-        return True
-    if path is None or not (name.startswith("SQLITE_IOERR") or "disk I/O error" in str(exc)):
-        return False
-    try:
-        return shutil.disk_usage(path.parent).free < FULL_BELOW_BYTES
-    except OSError:
-        return False
-
-
-def free_space(path: Path) -> str:
-    """The free space of the filesystem holding `path`, for a message ("12.0 KiB free")."""
-    try:
-        free = shutil.disk_usage(path.parent if not path.is_dir() else path).free
-    except OSError:
-        return "free space unknown"
-    return f"{free / 1024:.1f} KiB free" if free < 1024**2 else f"{free / 1024**2:.1f} MiB free"
 
 
 class Witness:
@@ -159,9 +136,9 @@ def check_identity(path: Path, store_id: str, last_epoch: int, witness: tuple[st
 def explain(path: Path, exc: sqlite3.Error, quick_check: str | None) -> str:
     """Why a store could not be opened, and what to do: never to delete it."""
     text = str(exc)
-    if disk_full(exc, path):
+    if disk_full(exc, path, FULL_BELOW_BYTES):
         intact = "the store itself is intact (quick_check ok)" if quick_check == "ok" else "nothing was written"
-        return f"the disk holding it is full ({free_space(path)}); {intact}: free space there and start again"
+        return f"the disk holding it is full ({free_text(path)}); {intact}: free space there and start again"
     if "locked" in text or "busy" in text:
         return "it stayed locked by another process; is something other than p2p-daemons holding it?"
     if "readonly" in text or "read-only" in text:

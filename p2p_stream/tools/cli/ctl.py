@@ -424,33 +424,26 @@ def parser(prog: str) -> argparse.ArgumentParser:
     verbs.add_parser(
         "stats", prog=f"{prog} stats", parents=[shared], help="the daemon's counters as a table (--json: the raw map)"
     )
-    c = verbs.add_parser(
-        "calibrate", prog=f"{prog} calibrate", parents=[shared], help="a cuff reading (SBP DBP, mmHg) for one wearable"
-    )
-    c.add_argument("device", help="the wearable's device id")
+
+    def for_a_device(name: str, help: str) -> argparse.ArgumentParser:
+        """A verb that acts for one wearable: its parser, the device id its first argument."""
+        verb = verbs.add_parser(name, prog=f"{prog} {name}", parents=[shared], help=help)
+        verb.add_argument("device", help="the wearable's device id")
+        return verb
+
+    c = for_a_device("calibrate", "a cuff reading (SBP DBP, mmHg) for one wearable")
     c.add_argument("sbp", type=float, help="systolic pressure of the cuff reading, mmHg")
     c.add_argument("dbp", type=float, help="diastolic pressure of the cuff reading, mmHg")
     c.add_argument(
         "--wearer", metavar="KEY", help="refuse unless this wearer (the `wearer` key of its ingest) wears it now"
     )
-    f = verbs.add_parser(
-        "forget", prog=f"{prog} forget", parents=[shared], help="drop a wearable's buffer, calibration and smoothing"
+    for_a_device("forget", "drop a wearable's buffer, calibration and smoothing")
+    for_a_device(
+        "end-session", "its wearer took it off: calibration and facts no longer apply, the next wearer starts anew"
     )
-    f.add_argument("device", help="the wearable's device id")
-    e = verbs.add_parser(
-        "end-session",
-        prog=f"{prog} end-session",
-        parents=[shared],
-        help="its wearer took it off: calibration and facts no longer apply, the next wearer starts anew",
+    h = for_a_device(
+        "history", "a wearable's calibrations and forgets: when, what, which key (needs the daemon's state.path)"
     )
-    e.add_argument("device", help="the wearable's device id")
-    h = verbs.add_parser(
-        "history",
-        prog=f"{prog} history",
-        parents=[shared],
-        help="a wearable's calibrations and forgets: when, what, which key (needs the daemon's state.path)",
-    )
-    h.add_argument("device", help="the wearable's device id")
     h.add_argument(
         "--limit", type=int, default=HISTORY_DEFAULT, metavar="N", help=f"the latest N (default {HISTORY_DEFAULT})"
     )

@@ -24,12 +24,12 @@ import itertools
 import json
 import logging
 import math
-import os
 import sqlite3
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from p2p_stream.disk import disk_full
 from p2p_stream.errors import ConfigError, P2PError, ProtocolError
 from p2p_stream.wire.protocol import DEVICE_RE, decode_ingest
 
@@ -280,33 +280,10 @@ class DiskFull(P2PError):
         super().__init__(f"{path}: disk full ({self.cause}); free space on its disk")
 
 
-def free_bytes(path: Path) -> int | None:
-    """Bytes an unprivileged writer may still use on the disk of `path`'s folder; None if it cannot be asked."""
-    try:
-        st = os.statvfs(path.parent)
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
-
-
-def is_disk_full(path: Path, exc: sqlite3.Error) -> bool:
-    """SQLITE_FULL; or an I/O error writing the file, its -wal or its -shm (SQLITE_IOERR_SHMSIZE when a recording
-    closed cleanly is opened again on a full disk) while its disk has less than LOW_SPACE free."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is None:  # not from SQLite's C side (a misuse): never a full disk
-        return False
-    if code & 0xFF == sqlite3.SQLITE_FULL:
-        return True
-    if code & 0xFF == sqlite3.SQLITE_IOERR:
-        free = free_bytes(path)
-        return code == sqlite3.SQLITE_IOERR_SHMSIZE if free is None else free < LOW_SPACE
-    return False
-
-
 def failure(path: Path, exc: sqlite3.Error) -> P2PError:
     """What a SQLite error on the recording `path` means: DiskFull (worth retrying), or a message that names the
     cause for what is not (the file is not a database, it is damaged, it may not be written)."""
-    if is_disk_full(path, exc):
+    if disk_full(exc, path, LOW_SPACE):
         return DiskFull(path, exc)
     code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
     what = f"{getattr(exc, 'sqlite_errorname', type(exc).__name__)}: {exc}"
