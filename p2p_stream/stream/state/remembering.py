@@ -19,7 +19,7 @@ class RememberingDeviceTable(DeviceTable):
         super().__init__(sessions=store, **kwargs)
         self.store = store
         self._saved: dict[str, dict | None] = {}  # facts as stored, for the devices in the table
-        self._seen: dict[int, Position] = {}  # stored sessions' latest positions, until the next `flush`
+        self._seen: dict[int, DeviceStream] = {}  # the streams of stored sessions heard since the last `flush`
         self._left: list[Session] = []  # sessions whose stream left (evicted, another wearer), until the next `flush`
 
     def _open(self, stream: DeviceStream, wearer: str | None, seq: int, t0: float, fresh: bool) -> None:
@@ -35,13 +35,11 @@ class RememberingDeviceTable(DeviceTable):
         if result.dropped is not None:
             return result
         stream = self.streams[msg.device]
-        session = stream.session
-        at = Position(msg.seq, stream.next_t0 - 1.0 / stream.fs)  # its last sample
         if msg.meta is not None and self._saved.get(msg.device) != msg.meta:
-            self.store.save_facts(msg.device, session, msg.meta, at)
+            self.store.save_facts(msg.device, stream.session, msg.meta, position(stream))
             self._saved[msg.device] = msg.meta
-        if session.stored:
-            self._seen[session.id] = at
+        if stream.session.stored:  # its position is read at the next flush: nothing computed per message
+            self._seen[stream.session.id] = stream
         return result
 
     def flush(self) -> None:
@@ -49,7 +47,7 @@ class RememberingDeviceTable(DeviceTable):
         whatever their number: 10,000 squatted ids evicted at once cost one)."""
         seen, self._seen = self._seen, {}
         left, self._left = self._left, []
-        self.store.touch(seen)
+        self.store.touch({sid: position(s) for sid, s in seen.items() if s.session is not None and s.session.id == sid})
         if left:  # a session whose device came back before this flush is held again: it stays
             held = {s.session.id for s in self.streams.values() if s.session is not None}
             self.store.release([s for s in left if s.id not in held])
@@ -60,3 +58,8 @@ class RememberingDeviceTable(DeviceTable):
         if stream is not None and stream.session is not None:  # out of the table: a facts-only session goes
             self._left.append(stream.session)
         return super().forget(device)
+
+
+def position(stream: DeviceStream) -> Position:
+    """Where `stream` is: its last `seq` and the time of its last sample (device clock)."""
+    return Position(stream.last_seq, stream.next_t0 - 1.0 / stream.fs)
