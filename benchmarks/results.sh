@@ -34,5 +34,9 @@ train --config configs/train/default.toml --set data.dataset=ppg_bp --set split.
 train --config configs/train/four-wavelength.toml --out "$OUT/four_wavelength-subject__default-demographics"
 train --config configs/train/four-wavelength.toml --set model.params.use_demographics=false \
   --out "$OUT/four_wavelength-subject__default-ppg-only"
+# Calibrated tracking from beat features on stress_beats_zjx, leave-one-subject-out (about 10 s): the tables of
+# docs/results/tracking/ and the daemon's tracking model, p2p_stream/assets/tracking.json.
+"$BIN/python" -m p2p_stream.offline.beat_tracking --data "$DATA" --out "$OUT/tracking/stress_beats.md" \
+  --ship "$OUT/tracking/tracking.json"
 wait
 "$BIN/python" benchmarks/summarize_results.py "$OUT"
