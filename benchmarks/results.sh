@@ -38,5 +38,8 @@ train --config configs/train/four-wavelength.toml --set model.params.use_demogra
 # docs/results/tracking/ and the daemon's tracking model, p2p_stream/assets/tracking.json.
 "$BIN/python" -m p2p_stream.offline.beat_tracking --data "$DATA" --out "$OUT/tracking/stress_beats.md" \
   --ship "$OUT/tracking/tracking.json"
+# The shipped PPG-only tracking on AIST (at rest, four weeks, a wrist sensor; about 10 s): the measurement that
+# limits tracking to an hour after a cuff reading (docs/results.md).
+"$BIN/python" -m p2p_stream.offline.aist_tracking --data "$DATA" --out "$OUT/tracking/aist.md"
 wait
 "$BIN/python" benchmarks/summarize_results.py "$OUT"

@@ -25,10 +25,11 @@ from p2p_stream.wire.protocol import encode_estimate, encode_status
 NOW = 1000.0
 
 
-def estimate(device, sbp, dbp, reason=None, ref=None, seq=0, interval=None):
+def estimate(device, sbp, dbp, reason=None, ref=None, seq=0, interval=None, calibrated=True):
     """One estimate's frames (`example_estimate`): accepted at `sbp`/`dbp`, or rejected for `reason` (numbers nil);
-    `interval`: (SBP half-width, DBP half-width, level), bounds nil on a rejected window."""
-    values = {"sbp": sbp, "dbp": dbp} if reason is None else {}
+    `interval`: (SBP half-width, DBP half-width, level), bounds nil on a rejected window. Calibrated unless told
+    otherwise: a category is named only for a calibrated estimate."""
+    values = {"sbp": sbp, "dbp": dbp, "calibrated": calibrated} if reason is None else {}
     if interval and reason is None:
         s_half, d_half, _ = interval
         values.update(zip(INTERVAL_KEYS, (sbp - s_half, sbp + s_half, dbp - d_half, dbp + d_half)))

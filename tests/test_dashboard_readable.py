@@ -26,6 +26,7 @@ def publish(state, device, sbp, dbp, *, at=NOW, half=(11.0, 7.0), ref=None, sqi=
     if half and reason is None:
         values.update(zip(INTERVAL_KEYS, (sbp - half[0], sbp + half[0], dbp - half[1], dbp + half[1])))
     level = fields.pop("interval", 0.8 if half else None)
+    fields.setdefault("calibrated", reason is None)  # a category is named only for a calibrated estimate
     e = example_estimate(
         reason, device=device, t=1.7e9, sqi=sqi, hr=hr, model="conv-lstm@db6b43cb", latency_ms=35.0,
         interval=level, ref=ref, **values, **fields,
@@ -290,6 +291,24 @@ def test_a_calibration_or_facts_from_an_earlier_stream_of_the_session_are_marked
     publish(s, IDS[0], 128, 80, calibrated=True, carried=["calibration", "facts"], seq=1)
     publish(s, IDS[1], 99, 61, calibrated=True, seq=1)  # calibrated in this stream: no mark
     text = rendered(s, width)
-    assert cell(text, IDS[0], "status").endswith("⟲") and cell(text, IDS[1], "status").endswith("*")
+    assert cell(text, IDS[0], "status").endswith("⟲") and cell(text, IDS[1], "status") == "normal"
     assert "⟲: calibration or facts kept from before a restart or pause, same wearer" in " ".join(text.split())
     assert "⟲" not in rendered(ward(0), width)  # nothing carried, no legend entry
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_an_uncalibrated_estimate_is_named_by_what_it_rests_on_never_by_a_category(width):
+    """Issue 25: without a cuff reading the number is the population's (or its age and sex group's) blood pressure:
+    the status says so, the numbers take no category colour, and the legend explains it."""
+    s = ward(0)
+    publish(s, IDS[0], 185, 100, calibrated=False, basis="population", seq=1)  # a crisis, were it the wearer's
+    publish(s, IDS[1], 131, 76, calibrated=False, basis="age_sex", seq=1)
+    text = rendered(s, width)
+    full = cell(text, IDS[0], "status") == "population prior"
+    assert cell(text, IDS[0], "status") == ("population prior" if full else "prior")
+    assert cell(text, IDS[1], "status") == ("age/sex prior" if full else "prior+age")
+    assert "crisis" not in cell(text, IDS[0], "status")
+    assert "prior: not calibrated: the population's blood pressure, not the wearer's" in " ".join(text.split())
+    calibrated = ward(0)
+    publish(calibrated, IDS[0], 185, 100, seq=1)
+    assert "crisis" in cell(rendered(calibrated, width), IDS[0], "status")

@@ -7,7 +7,7 @@ import pytest
 from zmq_helpers import ipc_addresses
 
 from p2p_stream.tools.dashboard.app import DashboardState
-from p2p_stream.tools.demo import population_mean, score_estimates, summary
+from p2p_stream.tools.demo import SIMULATED, population_mean, score_estimates, summary
 from p2p_stream.wire.protocol import encode_estimate
 
 
@@ -22,7 +22,7 @@ def run_demo(*args: str) -> subprocess.CompletedProcess:
 def test_demo_runs_by_itself_and_summarises():
     out = run_demo("--duration-s", "12", "--speed", "2", "--torch-device", "cpu")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "devices: 8" in out.stdout
+    assert "devices: 9" in out.stdout  # 8 real PPG-BP recordings, one simulated wearer with ECG
     assert "mean absolute error against the cuff references: SBP" in out.stdout
     assert "always answering" in out.stdout  # the constant to beat, from the shipped model's metadata
     assert "intervals held the cuff reading" in out.stdout or "no prediction intervals" in out.stdout
@@ -90,3 +90,20 @@ def test_the_summary_reports_what_the_dashboard_received():
     assert "mean absolute error against the cuff references: SBP 13.3 mmHg, DBP 8.3 mmHg over 3 estimates" in text
     assert "always answering 125/75 (the model's population mean): SBP 8.3, DBP 6.7 mmHg" in text
     assert "80 % intervals held the cuff reading: SBP 67 %, DBP 67 % (3 estimates)" in text
+
+
+def test_the_simulated_wearer_is_scored_apart_against_carrying_its_cuff_forward():
+    state = DashboardState("a")
+    for seq, e in enumerate(ESTIMATES):
+        state.update(encode_estimate({"v": 1, "device": "d", "seq": seq, **e}), 0.0)
+    truth = [120.0, 135.0, 150.0, 150.0]
+    for seq, (sbp, ref) in enumerate(zip([121.0, 130.0, 146.0, 148.0], truth)):
+        e = {"v": 1, "device": SIMULATED, "seq": seq, "t": 1.0 + seq, "window_s": 2.1, "sbp": sbp, "dbp": 80.0,
+             "ok": True, "calibrated": True, "basis": "cuff+tracking", "ref_sbp": ref, "ref_dbp": 80.0}  # fmt: skip
+        state.update(encode_estimate(e), 0.0)
+    text = summary(state, ((125.0, 75.0), "the model's population mean"), {"sbp": 120.0, "dbp": 80.0})
+    # The real recordings' score is theirs alone, as without the simulated wearer…
+    assert "SBP 13.3 mmHg, DBP 8.3 mmHg over 3 estimates" in text
+    # …and the simulated one's its own line: |1|+|5|+|4|+|2| = 12 / 4 tracked, |0|+|15|+|30|+|30| / 4 carried.
+    assert "its pressure moved up to 30 mmHg; SBP error 3.0 mmHg tracked (cuff+tracking), 18.8 carrying" in text
+    assert "not a person" in text

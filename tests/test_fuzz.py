@@ -90,13 +90,14 @@ def hostile(rng: np.random.Generator) -> list[bytes]:
     return [b"ppg." + str(base.get("device", "chaos0")).encode()[:300], msgpack.packb(base)]
 
 
-def expected_reason(frames: list[bytes]) -> str | None:
-    """What the wire contract says of a message: the rejection reason, or None when it must be accepted.
+def expected_reason(frames: list[bytes], channel: str = "ppg") -> str | None:
+    """What the wire contract says of a message (of `channel`'s topic): the rejection reason, or None when it must be
+    accepted.
 
     The clock check as the test's daemon applies it (`daemon_process`): chaotic t0s of 1970 or 1e15 are `bad_time`.
     """
     try:
-        decode_ingest(frames, now=time.time(), max_clock_skew_s=FIXED_T0_SKEW_S, max_fs_hz=DEFAULT_MAX_FS_HZ)
+        decode_ingest(frames, time.time(), FIXED_T0_SKEW_S, DEFAULT_MAX_FS_HZ, channel=channel)
     except ProtocolError as exc:
         return exc.reason
     return None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from p2p_stream.model.generalisation import Head, fit_gain, fit_interval, fit_trust
-from p2p_stream.model.prior import fit_prior
+from p2p_stream.model.prior import SURVEY, Prior, fit_prior
 
 
 def test_prior_clips_age_to_the_range_it_was_fitted_on(rng):
@@ -20,12 +20,28 @@ def test_prior_clips_age_to_the_range_it_was_fitted_on(rng):
     assert prior.male[0] == pytest.approx(5.0, abs=0.6)
 
 
-def test_prior_without_demographics_is_the_weighted_mean(rng):
+def test_the_fitted_line_without_demographics_is_the_weighted_mean_and_the_published_prior_the_survey(rng):
     y = np.column_stack([rng.normal(120, 10, 50), rng.normal(75, 8, 50)])
     w = rng.random(50)
     prior = fit_prior(y, np.full(50, np.nan), np.full(50, ""), w)
     expected = (w[:, None] * y).sum(0) / w.sum()
-    np.testing.assert_allclose(prior.predict(np.array([np.nan]), np.array([""]))[0], expected, rtol=1e-5)
+    nothing = (np.array([np.nan]), np.array([""]))
+    np.testing.assert_allclose(prior.line(*nothing)[0], expected, rtol=1e-5)
+    np.testing.assert_allclose(prior.predict(*nothing)[0], SURVEY)  # knowing nothing: the national survey's adults
+
+
+def test_with_age_or_sex_the_published_prior_moves_the_line_by_its_blend_of_the_survey_gap(rng):
+    age = rng.uniform(20, 80, 300)
+    sex = np.where(rng.random(300) < 0.5, "M", "F")
+    y = np.column_stack([90 + 0.5 * age, 60 + 0.1 * age]) + rng.normal(0, 1, (300, 2))
+    prior = fit_prior(y, age, sex, np.ones(300))
+    gap = np.asarray(SURVEY) - np.asarray(prior.mean)
+    asked = (np.array([30.0, np.nan, 70.0]), np.array(["", "F", "M"]))
+    for blend in ([0.0, 0.0], [0.5, 1.0]):
+        prior.survey_blend = blend
+        np.testing.assert_allclose(prior.predict(*asked), prior.line(*asked) + np.asarray(blend) * gap, rtol=1e-5)
+    old = Prior.from_dict({k: v for k, v in prior.to_dict().items() if k not in ("survey", "survey_blend")})
+    np.testing.assert_allclose(old.predict(*asked), old.line(*asked))  # a checkpoint from before: as it was
 
 
 def _head(rng, gain=(1.0, 1.0)) -> tuple[Head, np.ndarray]:
@@ -44,7 +60,7 @@ def test_an_input_unlike_the_training_windows_falls_back_to_the_prior_with_a_wid
     no_meta = (np.full(5, np.nan), np.full(5, ""))
     est_near, half_near, trust_near = head.estimate(deviation, familiar[:5], *no_meta)
     est_far, half_far, trust_far = head.estimate(deviation, far, *no_meta)
-    prior = np.asarray(head.prior.mean)
+    prior = head.prior.predict(*no_meta)[0]
     assert trust_far.max() == 0.0 and trust_near.mean() > 0.8
     np.testing.assert_allclose(est_far, np.tile(prior, (5, 1)), atol=1e-4)  # all the way to the prior
     assert (np.abs(est_near - prior) > 10).all()  # the familiar ones keep most of their deviation

@@ -43,28 +43,29 @@ def test_overlapping_prefixes_are_refused():
         router.register(b"ppg.raw.", lambda *_: None)
 
 
-class SecondChannelDaemon(Daemon):
-    """A daemon with one more kind of message: the one registration a second channel needs."""
+class ThirdChannelDaemon(Daemon):
+    """A daemon with one more kind of message (after PPG and ECG, say an accelerometer): the one registration a new
+    channel needs."""
 
     def register(self, router: IngestRouter) -> None:
         super().register(router)
         self.second: list[bytes] = []
-        router.register(b"ecg.", lambda frames, arrival, user: self.second.append(frames[0]))
+        router.register(b"acc.", lambda frames, arrival, user: self.second.append(frames[0]))
 
 
 def test_a_registered_topic_reaches_its_handler_through_the_daemon_s_own_socket(est, monkeypatch):
-    monkeypatch.setattr("zmq_helpers.Daemon", SecondChannelDaemon)
+    monkeypatch.setattr("zmq_helpers.Daemon", ThirdChannelDaemon)
     with running_daemon(est) as (daemon, addresses), client(addresses) as c:
         deadline = time.monotonic() + 20
         while not daemon.second and time.monotonic() < deadline:  # until the SUB's subscription has reached us
-            c.pub.send_multipart([b"ecg.w1", msgpack.packb({"v": 1})])
+            c.pub.send_multipart([b"acc.w1", msgpack.packb({"v": 1})])
             time.sleep(0.05)
         c.stream("w1", simulated_ppg(70, 5, 125.0), 125.0)  # the PPG path goes on beside it
         got = c.estimates(lambda g: len(g) >= 1)
-        c.pub.send_multipart([b"acc.w1", b"x"])  # never subscribed: ZeroMQ drops it before the daemon
+        c.pub.send_multipart([b"tmp.w1", b"x"])  # never subscribed: ZeroMQ drops it before the daemon
         time.sleep(0.2)
         rejected = daemon.status()["rejected"]
-    assert daemon.second and set(daemon.second) == {b"ecg.w1"}
+    assert daemon.second and set(daemon.second) == {b"acc.w1"}
     assert got[0]["device"] == "w1" and got[0]["ok"]
     assert "bad_topic" not in rejected
 

@@ -6,7 +6,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).parent.parent / "p2p_stream"
 CORE = (
     "p2p_stream.config", "p2p_stream.ppg", "p2p_stream.model", "p2p_stream.wire",
-    "p2p_stream.backends", "p2p_stream.stream",
+    "p2p_stream.backends", "p2p_stream.stream", "p2p_stream.beats",
 )  # fmt: skip
 OUTER = ("p2p_stream.offline", "p2p_stream.tools")
 

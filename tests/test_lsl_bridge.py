@@ -77,6 +77,7 @@ def test_the_lsl_query_names_what_was_given():
     assert predicate("PPG", "Polar H10", "abc") == "type='PPG' and name='Polar H10' and source_id='abc'"
     assert predicate("", "it's", None) == 'name="it\'s"'
     assert predicate("", None, None) == ""
+    assert predicate("PPG", "x", None, "ECG") == "(type='PPG' or type='ECG') and name='x'"
     with pytest.raises(ConfigError, match="both kinds of quote"):
         predicate("PPG", "'\"", None)
 
@@ -111,9 +112,13 @@ class FakeInfo:
     """What a resolver lists about one stream."""
 
     def __init__(
-        self, uid: str, source_id: str, name: str = "wrist", rate: float = FS, host: str = "remote-pc"
+        self, uid: str, source_id: str, name: str = "wrist", rate: float = FS, host: str = "remote-pc", kind="PPG"
     ) -> None:
         self._uid, self._source_id, self._name, self._rate, self._host = uid, source_id, name, rate, host
+        self._type = kind
+
+    def type(self) -> str:
+        return self._type
 
     def uid(self) -> str:
         return self._uid
@@ -201,7 +206,7 @@ class Sent:
         self.got = []
 
     def send_multipart(self, frames: list[bytes]) -> None:
-        self.got.append(decode_ingest(frames))
+        self.got.append(decode_ingest(frames, channel="ecg" if frames[0].startswith(b"ecg.") else "ppg"))
 
 
 def test_time_stamps_become_unix_time_through_the_stream_s_clock_correction():
@@ -239,6 +244,31 @@ def test_time_stamps_become_unix_time_through_the_stream_s_clock_correction():
     assert sock.got[-1].t0 - (9_000.0 + FakeInlet.correction_s + FakeLSL.LSL_BEHIND_UNIX_S) == pytest.approx(
         0, abs=1e-3
     )
+
+
+def test_an_ecg_stream_of_the_same_source_is_that_device_s_ecg_with_its_own_seq_rate_and_clock():
+    lsl, sock = FakeLSL(), Sent()
+    bridge = Bridge(lsl, sock, predicate("PPG", None, None, "ECG"), ecg_type="ECG")
+    assert lsl.query == "(type='PPG' or type='ECG')"
+    lsl.streams = [FakeInfo("uid-p", "strap 1"), FakeInfo("uid-e", "strap 1", rate=250.0, kind="ECG")]
+    bridge.discover()
+    lsl.inlets["uid-e"].correction_s = 2.53  # its own clock: 30 ms further behind ours than the PPG's
+    t = 7_000.0 + np.arange(50) / FS
+    lsl.inlets["uid-p"].chunks = [(np.ones((50, 2)), t), (np.ones((25, 2)), 7_000.4 + np.arange(25) / FS)]
+    lsl.inlets["uid-e"].chunks = [(np.zeros((100, 2)), 7_000.0 + np.arange(100) / 250.0)]
+    bridge.pump()
+    bridge.pump()
+    got = {(m.channel, m.seq): m for m in sock.got}
+    assert sorted(got) == [("ecg", 0), ("ppg", 0), ("ppg", 1)]
+    assert {m.device for m in sock.got} == {"strap_1"} and got["ecg", 0].fs == 250.0
+    assert got["ecg", 0].t0 - got["ppg", 0].t0 == pytest.approx(0.030, abs=1e-3)  # each through its own correction
+    assert bridge.feeds["ecg", "strap_1"].seq == 1 and bridge.feeds["ppg", "strap_1"].seq == 2
+    # Without --ecg-type the same ECG stream is just another stream: a PPG waiting for its device's outlet.
+    lsl2, sock2 = FakeLSL(), Sent()
+    plain = Bridge(lsl2, sock2, "")
+    lsl2.streams = [FakeInfo("uid-p", "strap 1"), FakeInfo("uid-e", "strap 1", rate=250.0, kind="ECG")]
+    plain.discover()
+    assert list(plain.feeds) == [("ppg", "strap_1")] and len(plain.links) == 1
 
 
 def test_a_second_outlet_for_the_same_device_waits_until_the_first_goes(caplog):

@@ -695,7 +695,7 @@ def test_a_version_1_file_is_upgraded_and_appended_to(tmp_path, capsys):
     assert new == [("boot", 2, 1), ("nostore", None, 4), ("end", None, 0)]
     assert list(got[0]) == ["id", *ESTIMATE_COLUMNS]  # the columns of a new file, in its order
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         indexes = {r[1]: r[2] for r in conn.execute("PRAGMA index_list(estimates)")}
         assert indexes == {"estimates_key": 1, "estimates_device_t": 0, "estimates_seq": 0}  # the v1 UNIQUE is gone
         runs = conn.execute("SELECT conflicts, dropped FROM runs ORDER BY id").fetchall()

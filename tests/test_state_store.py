@@ -343,3 +343,39 @@ def test_device_facts_come_back_after_a_restart_not_to_a_new_wearer_nor_after_ev
         assert rows(store.path, "SELECT count(*) FROM sessions") == [(0,)]
     finally:
         store.close()
+
+
+# A store as the first schema-2 daemons wrote it (issue 24, before `sessions.closed`): its tables word for word.
+EARLY_SCHEMA_2 = """
+CREATE TABLE boots (epoch INTEGER PRIMARY KEY AUTOINCREMENT, started REAL NOT NULL, model TEXT NOT NULL,
+    pid INTEGER NOT NULL);
+CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE sessions (id INTEGER PRIMARY KEY, device TEXT NOT NULL, wearer TEXT, started REAL NOT NULL,
+    seen REAL NOT NULL, last_seq INTEGER NOT NULL, last_t REAL NOT NULL, owner INTEGER NOT NULL);
+CREATE TABLE calibrations (id INTEGER PRIMARY KEY, device TEXT NOT NULL, sbp REAL NOT NULL, dbp REAL NOT NULL,
+    t_cal REAL NOT NULL, ref_sbp REAL, ref_dbp REAL, model TEXT NOT NULL, created REAL NOT NULL, session INTEGER);
+CREATE TABLE facts (session INTEGER PRIMARY KEY, age REAL, sex TEXT, updated REAL NOT NULL);
+CREATE TABLE audit (id INTEGER PRIMARY KEY, time REAL NOT NULL, cmd TEXT NOT NULL, device TEXT NOT NULL,
+    "values" TEXT NOT NULL, outcome TEXT NOT NULL, client TEXT, epoch INTEGER, session INTEGER);
+INSERT INTO sessions VALUES (7, 'watch', 'alice', 1.0, 2.0, 10, 2.0, 1);
+PRAGMA user_version = 2;
+"""
+
+
+def test_an_early_schema_2_store_gains_the_closed_column_and_its_sessions_save(tmp_path):
+    """Found running the demo on a machine that had run the issue-24 daemon: every session save failed ("no such
+    column: closed") because CREATE … IF NOT EXISTS leaves an existing table as it was."""
+    path = tmp_path / "state.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(EARLY_SCHEMA_2)
+    store = StateStore(path, "m@1")
+    try:
+        alice = store.open_session("watch", "alice", 11, 3.0, False)
+        bob = store.open_session("watch", "bob", 0, 4.0, True)  # another wearer: alice's session is closed
+        assert alice.id == 7 and bob.id != 7
+    finally:
+        store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        closed = dict(conn.execute("SELECT id, closed FROM sessions").fetchall())
+    assert list(closed) == [7] and closed[7] is not None  # alice's closed; bob's is stored once it keeps something

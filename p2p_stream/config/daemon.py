@@ -195,6 +195,12 @@ class Calibration:
     min_estimates: int = setting(
         3, "the reference needs at least this many; until then estimates stay uncalibrated", range=(1, 64)
     )
+    tracking: str = setting(
+        "ecg", "after a cuff reading, for an hour, SBP moves by the change since of: ecg = the pulse arrival time, for "
+        "devices that send an ECG (others keep the cuff reading); ppg = that, and the PPG's pulse rate, rise time and "
+        "amplitude for devices without (worse than the cuff where pressure holds still: docs/results.md); off = the "
+        "cuff reading carried forward, no beat detection, no pat_ms", choices=("ecg", "ppg", "off"),
+    )  # fmt: skip
 
 
 @dataclass

@@ -193,6 +193,17 @@ class Estimator:
         """Whether age and sex change the answer: through the network, or through the head's prior."""
         return self.head is not None or bool(getattr(self.model, "uses_demographics", False))
 
+    def basis(self, meta: dict | None) -> str:
+        """What an uncalibrated answer rests on (the estimate's `basis`): `population` or `age_sex` when the head
+        publishes the prior alone (its gain is 0), `ppg` when the network's reading of the waveform counts."""
+        if self.head is None or any(g > 0 for g in self.head.gain):
+            return "ppg"
+        if not self.uses_demographics or not meta:
+            return "population"
+        # As parse_meta reads them (the ingest has checked the age): a known age, or a sex of M or F.
+        sex = str(meta.get("sex", "")).strip().upper()[:1]
+        return "age_sex" if meta.get("age") is not None or sex in ("M", "F") else "population"
+
     @property
     def interval_level(self) -> float | None:
         """The level of the prediction intervals (e.g. 0.8), None for a checkpoint without a head."""

@@ -4,15 +4,27 @@ A weighted ridge line in age plus a sex term, fitted on the training subjects wi
 equally. Age is clipped to the range it was fitted on, so a slope learned on 21–27-year-olds is never carried
 to an 86-year-old. Unknown age or sex falls back to the mean over the training data, never to an indicator
 (an indicator of "age missing" learns which dataset lacked ages, not anything about blood pressure).
+
+That is `Prior.line`, what the network is trained against. What is *published* (`Prior.predict`) is anchored on
+a national survey instead of our three small datasets, whose equal-weighted mean sits below both older
+populations the estimate was checked on: with neither age nor sex known, the survey's adult mean (`SURVEY`);
+with either, the line moved by `survey_blend` of the gap between the survey and the line's own mean, the share
+chosen by leave-one-dataset-out (offline/lodo.py: `choose_survey_blend`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 TARGETS = ("sbp", "dbp")
+# Mean SBP and DBP of US adults aged 18 and over, NHANES 2001–2008 (19,921 adults, mean of up to three readings at
+# a physician examination): Wright JD, Hughes JP, Ostchega Y, Yoon SS, Nwankwo T. Mean systolic and diastolic
+# blood pressure in adults aged 18 and over in the United States, 2001–2008. National Health Statistics Reports
+# No. 35. Hyattsville, MD: National Center for Health Statistics; 2011.
+SURVEY = (122.0, 71.0)
+SURVEY_SOURCE = "NHANES 2001-2008 adults 18+, National Health Statistics Reports No. 35 (2011)"
 
 
 @dataclass
@@ -24,9 +36,22 @@ class Prior:
     age_center: float  # years
     age_range: list[float]  # [lo, hi] years: the ages the slope was fitted on
     male_share: float  # share of men among training subjects with a known sex
+    survey: list[float] | None = None  # (2,) the published answer knowing nothing: `SURVEY`; None: `mean`
+    survey_blend: list[float] = field(default_factory=lambda: [0.0, 0.0])  # (2,) share of survey − mean added
 
     def predict(self, age: np.ndarray, sex: np.ndarray) -> np.ndarray:
-        """(N,) ages (NaN unknown) and (N,) "M"/"F"/"" → (N, 2) prior SBP, DBP in mmHg."""
+        """(N,) ages (NaN unknown) and (N,) "M"/"F"/"" → (N, 2) published prior SBP, DBP in mmHg."""
+        out = self.line(age, sex).astype(np.float64)
+        if self.survey is None:
+            return out.astype(np.float32)
+        gap = np.asarray(self.survey) - np.asarray(self.mean)
+        sex = np.char.upper(np.asarray(sex).astype(str))
+        known = np.isfinite(np.asarray(age, dtype=np.float64)) | np.isin(sex, ("M", "F"))
+        out += np.where(known[:, None], np.asarray(self.survey_blend) * gap, gap)
+        return out.astype(np.float32)
+
+    def line(self, age: np.ndarray, sex: np.ndarray) -> np.ndarray:
+        """(N,) ages (NaN unknown) and (N,) "M"/"F"/"" → (N, 2) the fitted line's SBP, DBP in mmHg."""
         age = np.asarray(age, dtype=np.float64)
         sex = np.char.upper(np.asarray(sex).astype(str))
         n = age.size
@@ -63,7 +88,7 @@ def fit_prior(y: np.ndarray, age: np.ndarray, sex: np.ndarray, weight: np.ndarra
     rows = np.isfinite(age) & np.isin(sex, ("M", "F"))
     if rows.sum() < 3:
         zero = [0.0, 0.0]
-        return Prior(mean.tolist(), mean.tolist(), zero, zero, 50.0, [50.0, 50.0], 0.5)
+        return Prior(mean.tolist(), mean.tolist(), zero, zero, 50.0, [50.0, 50.0], 0.5, list(SURVEY))
     a, s, yy, ww = age[rows], (sex[rows] == "M").astype(np.float64), y[rows], w[rows] / w[rows].mean()
     lo, hi = float(a.min()), float(a.max())
     center = float(np.average(a, weights=ww))
@@ -71,6 +96,7 @@ def fit_prior(y: np.ndarray, age: np.ndarray, sex: np.ndarray, weight: np.ndarra
     penalty = np.diag([0.0, ridge, ridge])
     beta = np.linalg.solve(X.T @ (ww[:, None] * X) + penalty, X.T @ (ww[:, None] * yy))  # (3, 2)
     return Prior(
+        survey=list(SURVEY),
         mean=mean.tolist(),
         intercept=beta[0].tolist(),
         age_slope=(beta[1] / 10.0).tolist(),

@@ -72,6 +72,7 @@ def train_generalist(config: TrainConfig, out: Path, report_dir: Path, on_member
     scores = [lodo_report.score_fold(f, data) for f in folds]
 
     full = train_member(config, data, POOL)
+    full.prior.survey_blend = list(folds[0].head.prior.survey_blend)  # chosen by the folds (lodo.py)
     if on_member:
         on_member(full)
     # The folds' networks on the dataset each never saw: what the shipped head's gain and interval are fitted on.

@@ -85,7 +85,7 @@ def train_member(
     weights = np.zeros(len(ws))
     weights[rows] = balanced_weights(ws.subset(rows))
     prior = fit_prior(data.y[rows], ws.age[rows], ws.sex[rows], weights[rows])
-    offset = prior.predict(ws.age, ws.sex)
+    offset = prior.line(ws.age, ws.sex)  # the network learns the deviation from the fitted line
     train, val = _val_split(data, rows, config.split.val_fraction, config.split.seed)
     log.info("member %s: %d training windows, %d validation", "+".join(datasets), len(train), len(val))
     model, stats, history = fit(config, data, train, val, on_epoch, offset=offset, weights=weights)
@@ -93,6 +93,29 @@ def train_member(
     _, f_train = run_network(model, data.x[train], data.meta[train], stats, crop)
     _, f_val = run_network(model, data.x[val], data.meta[val], stats, crop)
     return Member(tuple(datasets), model, stats, prior, fit_trust(f_train, f_val), len(history))
+
+
+BLEND_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def choose_survey_blend(held_out: list[tuple[Prior, np.ndarray]], data: Prepared) -> list[float]:
+    """Per target, the share of (survey − training mean) that brings each fold's prior closest to the dataset it
+    never saw: the mean over folds of the subject-weighted MAE there (`BLEND_GRID`)."""
+    ws = data.windows
+    chosen = []
+    for t in range(2):
+
+        def error(blend: float, t: int = t) -> float:
+            total = 0.0
+            for prior, rows in held_out:
+                trial = Prior(**{**prior.to_dict(), "survey_blend": [blend, blend]})
+                err = np.abs(trial.predict(ws.age[rows], ws.sex[rows])[:, t] - data.y[rows, t])
+                total += np.average(err, weights=balanced_weights(ws.subset(rows)))
+            return total / len(held_out)
+
+        chosen.append(float(min(BLEND_GRID, key=error)))
+    log.info("survey blend (sbp, dbp): %s", chosen)
+    return chosen
 
 
 def predict_member(member: Member, data: Prepared, rows: np.ndarray, crop: int) -> OutOfDataset:
@@ -153,6 +176,11 @@ def leave_one_dataset_out(
         return members[subset]
 
     ok = usable(data, config.data.quality_gate)
+    held_rows = {held: np.flatnonzero(ok & (data.windows.dataset == held)) for held in datasets}
+    blend = choose_survey_blend([(member(tuple(d for d in datasets if d != h)).prior, rows) for h, rows in
+                                 held_rows.items()], data)  # fmt: skip
+    for m in members.values():  # before any head: every published prior, and so every head, uses it
+        m.prior.survey_blend = blend
     folds = []
     for held in datasets:
         rest = tuple(d for d in datasets if d != held)

@@ -38,11 +38,16 @@ from p2p_stream.stream.sockets import bind
 from p2p_stream.stream.state.daemon_control import DaemonControl
 from p2p_stream.stream.state.following import StoreFollower
 from p2p_stream.stream.state.quotas import ControlQuotas
-from p2p_stream.wire.protocol import INGEST_PREFIX, decode_ingest, pack
+from p2p_stream.wire.protocol import ECG_PREFIX, INGEST_PREFIX, decode_ingest, pack
 
 log = logging.getLogger(__name__)
 DRAIN_PER_POLL = 2000  # messages read per wake-up before control, the stop flag and housekeeping get a turn…
 DRAIN_BUDGET_S = 0.05  # …or this much ingest time, whichever comes first (one message may overrun it)
+ECG_DROPS = {  # why an ECG message was dropped (counted as `ecg_<reason>`), said in the log
+    "no_ppg_stream": "no PPG from that device yet, or its beats are not followed (calibration.tracking)",
+    "duplicate": "its samples were already received",
+    "over_budget": "over its share: limits.rate_factor × its rate, limits.burst_s",
+}
 
 
 # ---------------------------------------------------------------- the daemon: build → bind → run → ingest
@@ -103,6 +108,7 @@ class Daemon:
     def register(self, router: IngestRouter) -> None:
         """The kinds of message the wearables send, each to its handler: a new kind (a second channel) is one line."""
         router.register(INGEST_PREFIX, self._on_ppg)
+        router.register(ECG_PREFIX, self._on_ecg)
 
     def on_control(self, frames: list[bytes] | dict, user: str | None = None) -> dict:
         """A control request → its reply map (stream/state/daemon_control.py)."""
@@ -226,6 +232,19 @@ class Daemon:
         for window in result.windows:  # finished windows and break markers, in the order they happened
             window.arrival -= queued
             self._enqueue(window)
+
+    def _on_ecg(self, frames: list[bytes], arrival: float, user: str | None) -> None:
+        """A wearable's ECG samples (a second channel, stream/ingest/ecg_channel.py): validated, checked against its
+        key like its PPG, and handed to the device's beat detectors. It never creates a device nor cuts a window."""
+        now = time.time()
+        msg = decode_ingest(frames, now, self.max_clock_skew_s, self.max_fs_hz, channel="ecg")
+        if self.keyed and not self.grants.allows(user, msg.device):  # no table slot is taken: only whose device
+            self._refuse_for_key("unauthorized_device", user, msg.device)
+            return
+        dropped = self.parts.devices.push_ecg(msg, arrival)
+        if dropped:
+            self.parts.counters.reject(f"ecg_{dropped}")
+            self.warn.warning(f"ecg_{dropped}", "dropped an ECG message of %s (%s)", msg.device, ECG_DROPS[dropped])
 
     def _enqueue(self, window: Window) -> None:
         shed = self.parts.batcher.put(window)

@@ -10,6 +10,7 @@ from p2p_stream.backends import Backend, make_backend
 from p2p_stream.config.daemon import DEFAULT_STATE_PATH, DaemonConfig, state_path
 from p2p_stream.errors import ConfigError
 from p2p_stream.model.estimator import Estimator, default_model_path
+from p2p_stream.model.tracking import Tracker
 from p2p_stream.stream.counters import Counters
 from p2p_stream.stream.inference.batcher import DynamicBatcher
 from p2p_stream.stream.ingest.bounds import MB
@@ -115,6 +116,7 @@ def _parts(config: DaemonConfig, estimator: Estimator, backend: Backend, store: 
             burst_s=lim.burst_s,
             # a backend that keeps crop features gets a run's first crops cut ahead, as their samples come in
             warm_crop_s=estimator.crop_s if backend.caches_crops else 0.0,
+            follow_beats=cal.tracking != "off",  # each window carries its beats' features (pat_ms, tracking)
         ),
         batcher=DynamicBatcher(
             b.max_batch,
@@ -125,7 +127,11 @@ def _parts(config: DaemonConfig, estimator: Estimator, backend: Backend, store: 
         ),  # fmt: skip
         counters=Counters(),
         calibrations=Calibrations(
-            cal.span_s, cal.min_estimates, hop_s=w.hop_s, **params_from_metadata(estimator.metadata)
+            cal.span_s,
+            cal.min_estimates,
+            hop_s=w.hop_s,
+            **params_from_metadata(estimator.metadata),
+            tracker=Tracker.load(ppg_only=cal.tracking == "ppg") if cal.tracking != "off" else None,
         ),
         smoother=Smoother(config.smoothing.windows),
         backend=backend,

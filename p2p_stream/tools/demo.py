@@ -7,6 +7,11 @@ The bundled recordings are PPG-BP subjects the shipped model never trained on (2
 demo's windows are 2.1 s with a 2.1 s hop: each window is one real segment). The summary scores the estimates
 received against the recordings' cuff readings: beside their error, the error of always answering the model's
 population mean, and how often the prediction intervals held the cuff reading.
+
+Beside them, one *simulated* wearer (`SIMULATED`, the fleet simulator's) sends an ECG with its PPG and is calibrated
+with a (simulated) cuff reading a few seconds in; 30 s later its pressure rises 30 mmHg, as in a cold pressor test,
+holds a minute and comes back. Its arrival time is built to follow its pressure, so it shows what tracking does
+with such a signal, not how well it tracks people: docs/results.md has that.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -35,8 +41,11 @@ from p2p_stream.tools.bridges.replay import Replayer, fan_out, wait_for_subscrib
 from p2p_stream.tools.common import alias, command, parent_parser, setup_logging
 from p2p_stream.tools.dashboard.app import DashboardState, interval_level, interval_of, pump, run_live, subscribe
 from p2p_stream.wire import probe
+from p2p_stream.wire.estimate import CALIBRATED_BASES
 
 DEMO_WINDOW_S = 2.1  # one PPG-BP segment
+SIMULATED = "simulated-ecg-cold-pressor"  # the simulated wearer's device id: says what it is on every screen
+CALIBRATE_AT_S = 8.0  # its (simulated) cuff reading, this far into its stream
 READY_TIMEOUT_S = 120.0  # the daemon's start-up (torch, the model) on a slow machine
 
 
@@ -146,7 +155,11 @@ def population_mean(metadata: dict) -> tuple[tuple[float, float], str] | None:
 
     Returns ((SBP, DBP) mmHg, what it is), or None when the metadata holds neither.
     """
-    mean = ((metadata.get("head") or {}).get("prior") or {}).get("mean")
+    prior = (metadata.get("head") or {}).get("prior") or {}
+    survey = prior.get("survey")
+    if survey is not None and len(survey) == 2:
+        return (float(survey[0]), float(survey[1])), "the adult population's mean, NHANES"
+    mean = prior.get("mean")
     if mean is not None and len(mean) == 2:
         return (float(mean[0]), float(mean[1])), "the model's population mean"
     stats = metadata.get("label_stats") or {}
@@ -155,8 +168,10 @@ def population_mean(metadata: dict) -> tuple[tuple[float, float], str] | None:
     return None
 
 
-def summary(state: DashboardState, constant: tuple[tuple[float, float], str] | None = None) -> str:
-    """The end-of-demo report; `constant` as `population_mean` gives it."""
+def summary(
+    state: DashboardState, constant: tuple[tuple[float, float], str] | None = None, cuff: dict | None = None
+) -> str:
+    """The end-of-demo report; `constant` as `population_mean` gives it; `cuff`: the simulated wearer's reading."""
     # A `gap` estimate marks a break (here: a join between two of a subject's segments), not a window.
     rejected = {reason: n for reason, n in state.rejected.items() if reason != "gap"}
     gaps = state.rejected.get("gap", 0)
@@ -166,9 +181,10 @@ def summary(state: DashboardState, constant: tuple[tuple[float, float], str] | N
         f"windows estimated: {windows} ({windows - sum(rejected.values())} ok, rejected: {rejected or 'none'}); "
         f"{gaps} breaks (joins between recorded segments)",
     ]
-    score = score_estimates(state.scored, constant[0] if constant else None)
+    real = [e for e in state.scored if e.get("device") != SIMULATED]
+    score = score_estimates(real, constant[0] if constant else None)
     if score is None:
-        return "\n".join(lines)
+        return "\n".join(lines + simulated_summary(state.scored, cuff))
     lines.append(
         f"mean absolute error against the cuff references: SBP {score.mae[0]:.1f} mmHg, "
         f"DBP {score.mae[1]:.1f} mmHg over {score.n} estimates"
@@ -186,7 +202,85 @@ def summary(state: DashboardState, constant: tuple[tuple[float, float], str] | N
         )
     else:
         lines.append("  no prediction intervals in the estimates (the model gives none)")
-    return "\n".join(lines)
+    lines += worth(real)
+    return "\n".join(lines + simulated_summary(state.scored, cuff))
+
+
+def simulated_summary(scored: Iterable[dict], cuff: dict | None) -> list[str]:
+    """The simulated wearer's lines: its tracked SBP against its true pressure, beside the cuff carried forward."""
+    after = [e for e in scored if e.get("device") == SIMULATED and e.get("ok") and e.get("basis") in CALIBRATED_BASES]
+    if not cuff or not after:
+        return []
+    truth = np.array([e["ref_sbp"] for e in after])
+    tracked = np.mean(np.abs(np.array([e["sbp"] for e in after]) - truth))
+    carried = np.mean(np.abs(cuff["sbp"] - truth))
+    return [
+        f"simulated wearer {SIMULATED} (ECG + PPG, its arrival time built to follow its pressure; not a person): "
+        f"after its cuff reading of {cuff['sbp']:.0f}/{cuff['dbp']:.0f}, its pressure moved up to "
+        f"{np.max(np.abs(truth - cuff['sbp'])):.0f} mmHg; SBP error {tracked:.1f} mmHg tracked "
+        f"({Counter(e['basis'] for e in after).most_common(1)[0][0]}), {carried:.1f} carrying the cuff forward, "
+        f"over {len(after)} estimates"
+    ]
+
+
+# What an estimate of each basis is worth, in the words a demo's viewer needs (wire/estimate.py: BASES).
+WORTH = {
+    "population": "the adult population's blood pressure, the same for everyone: not the wearer's",
+    "age_sex": "the population's blood pressure at the wearer's age and sex: not the wearer's own",
+    "ppg": "the network's reading of the PPG, uncalibrated",
+    "cuff": "a cuff reading carried forward",
+    "cuff+tracking": "a cuff reading moved by the pulse's change since",
+}
+
+
+def worth(estimates: Iterable[dict]) -> list[str]:
+    """One line per basis the scored estimates rest on: how many, and what such a number is worth."""
+    counts = Counter(e.get("basis") for e in estimates if e.get("ok") and e.get("basis"))
+    lines = [f"what the numbers rest on: {', '.join(f'{b} {n}' for b, n in counts.most_common())}"] if counts else []
+    lines += [f"  {b}: {WORTH.get(b, b)}" for b, _ in counts.most_common()]
+    if counts and not any(b in CALIBRATED_BASES for b in counts):
+        lines.append(
+            "  none is calibrated: `p2p ctl calibrate DEVICE SBP DBP` with a cuff reading makes it the wearer's"
+        )
+    return lines
+
+
+def simulate_wearer(ctx: zmq.Context, args: argparse.Namespace, stop: threading.Event, cuff: dict) -> None:
+    """The simulated wearer: the fleet simulator's PPG and ECG, a cold-pressor-like course, a cuff reading (its true
+    pressure then) sent as `calibrate` once `CALIBRATE_AT_S` of it have streamed, and kept in `cuff` once taken.
+    Its own sockets (this thread's)."""
+    from p2p_stream.tools.bridges.fleet import Fleet, FleetConfig
+    from p2p_stream.wire.protocol import decode_map, encode_ingest, pack
+
+    fleet = Fleet(FleetConfig(devices=1, ids=(SIMULATED,), rates_hz=(125.0,), ecg=True, scenario="cold-pressor"))
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.connect(args.ingest)
+    try:
+        wait_for_subscriber(pub, args.ingest, timeout_s=30)
+    except P2PError:
+        pub.close()
+        return  # the replay's own wait says what is wrong
+    start, t_wall0, calibrated = time.monotonic(), time.time(), False
+    try:
+        while not stop.is_set():
+            for m in fleet.tick():
+                pub.send_multipart(encode_ingest(m.device, m.seq, t_wall0 + m.t0, m.fs, m.ppg, ref=m.ref))
+                pub.send_multipart(encode_ingest(m.device, m.seq, t_wall0 + m.t0, fleet.config.ecg_hz, m.ecg,
+                                                 channel="ecg"))  # fmt: skip
+            if not calibrated and fleet.t >= CALIBRATE_AT_S:
+                sbp, dbp = (round(float(v[0]), 1) for v in fleet.bp(fleet.t))
+                req = ctx.socket(zmq.REQ)
+                req.setsockopt(zmq.LINGER, 0)
+                req.connect(args.control)
+                req.send(pack({"cmd": "calibrate", "device": SIMULATED, "sbp": sbp, "dbp": dbp}))
+                calibrated = bool(req.poll(10_000)) and decode_map(req.recv()).get("ok", False)
+                req.close()
+                if calibrated:
+                    cuff.update(sbp=sbp, dbp=dbp)
+            stop.wait(max(0.0, start + fleet.t - time.monotonic()))
+    finally:
+        pub.close()
 
 
 def model_constant(model: str | None) -> tuple[tuple[float, float], str] | None:
@@ -275,12 +369,19 @@ def main(argv: list[str] | None = None, prog: str = "p2p-demo") -> int:
         pub.setsockopt(zmq.LINGER, 0)
         pub.connect(args.ingest)
         wait_for_subscriber(pub, args.ingest, timeout_s=30)
+        cuff: dict = {}
+        simulated = threading.Thread(target=simulate_wearer, args=(ctx, args, stop, cuff), daemon=True)
+        simulated.start()
         feeds = fan_out(read_replay_csv(demo_recording()), 0)
         replay = threading.Thread(
             target=Replayer(feeds, pub, chunk=25, speed=args.speed, loop=True).run, kwargs={"stop": stop}, daemon=True
         )
         replay.start()
-        console.print(f"replaying {len(feeds)} real PPG-BP subjects from {demo_recording().name}; Ctrl-C to stop")
+        console.print(
+            f"replaying {len(feeds)} real PPG-BP subjects from {demo_recording().name}, and one simulated wearer "
+            f"with ECG ({SIMULATED}: cuff-calibrated at {CALIBRATE_AT_S:g} s, its pressure rising 30 mmHg from "
+            "30 s); Ctrl-C to stop"
+        )
         try:
             if console.is_terminal and not args.no_dashboard:
                 run_live(state, sub, console, args.duration_s)
@@ -292,8 +393,9 @@ def main(argv: list[str] | None = None, prog: str = "p2p-demo") -> int:
             pass
         stop.set()
         replay.join(timeout=2)
+        simulated.join(timeout=2)
         sub_ctx.destroy(linger=0)
-        console.print(summary(state, model_constant(args.model)))
+        console.print(summary(state, model_constant(args.model), cuff))
         return 0
     finally:
         stop.set()

@@ -80,7 +80,11 @@ FIELDS: tuple[Field, ...] = (
     Field("ok", "bool", "", ALWAYS, _V, "true when the window passed the quality gate and the model answered"),
     Field("sqi", "float", "", ALWAYS, _V, "signal quality index; 0 for a `gap` and for most rejections", 0, 1),
     Field("hr", "float", "bpm", ALWAYS, (VALUE, EITHER, NIL), "pulse rate over the window", nil_note=_HR_NIL),
+    Field("pat_ms", "float", "ms", ALWAYS, _BOUND, "median pulse arrival time over the window (ECG R peak → PPG "
+          "foot, `ecg.<device>`); nil without a usable ECG", 0, 1000, nil_note="ok: nil when the device sends no "
+          "ECG, or too few of the window's beats had an R peak before them"),
     Field("calibrated", "bool", "", ALWAYS, _V, "true when a calibration of this device was applied (false if not ok)"),
+    Field("basis", "str", "", ALWAYS, _OK, "what the number rests on: one of the bases below"),
     Field("session", "int", "", ALWAYS, _V, "the device's wearer session: a new number when a new wearer begins (a "
           "`wearer` change, a counter reset, `end_session`); its calibration and facts apply to it alone", 1),
     Field("model", "str", "", ALWAYS, _V, "`<name>@<first 8 hex of the weights' SHA-256>`"),
@@ -110,6 +114,17 @@ ALWAYS_KEYS = tuple(f.name for f in FIELDS if f.present == ALWAYS)
 INTERVAL_KEYS = ("sbp_lo", "sbp_hi", "dbp_lo", "dbp_hi")  # the prediction interval, mmHg (`interval`: its level)
 REF_KEYS = ("ref_sbp", "ref_dbp")
 TOGETHER = tuple(tuple(f.name for f in FIELDS if f.present == p) for p in (INTERVAL, REF))  # present all or none
+
+BASES = {  # `basis` → what an estimate with it is worth
+    "population": "nothing known of the wearer: the adult population's blood pressure (a national survey's mean), "
+    "the same for everyone",
+    "age_sex": "the wearer's age and/or sex (`meta`): the population's blood pressure at that age and sex",
+    "ppg": "the network's reading of the PPG (a checkpoint whose answer depends on the waveform)",
+    "cuff": "a cuff reading (`calibrate`) carried forward: the signal has not moved it",
+    "cuff+tracking": "a cuff reading moved by the change of the pulse's features since it was taken (pulse arrival "
+    "time with an ECG, else pulse rate, rise time and amplitude)",
+}
+CALIBRATED_BASES = ("cuff", "cuff+tracking")
 
 REASONS = {  # `reason` → (status, meaning)
     "too_short": (REJECTED, "the window is shorter than the quality gate's minimum"),
@@ -164,6 +179,9 @@ def check_estimate(e: object) -> list[str]:
     reason = e.get("reason")
     if isinstance(reason, str) and reason not in REASONS:
         problems.append(f"'reason' {reason!r} is not one of {', '.join(REASONS)}")
+    basis = e.get("basis")
+    if isinstance(basis, str) and basis not in BASES:
+        problems.append(f"'basis' {basis!r} is not one of {', '.join(BASES)}")
     return problems
 
 
@@ -200,7 +218,9 @@ def example_estimate(
         "ok": ok,
         "sqi": 0.9 if ok else 0.0,
         "hr": 72.0 if ok else None,
+        "pat_ms": None,
         "calibrated": False,
+        "basis": ("cuff" if values.get("calibrated") else "population") if ok else None,
         "session": 1,
         "model": "example@00000000",
         "latency_ms": 5.0,
@@ -250,6 +270,8 @@ def markdown() -> str:
     lines += [f"| {code(f.name)} | " + " | ".join(f.nil) + f" | {f.nil_note or '—'} |" for f in FIELDS]
     lines += ["", "| reason | status | meaning |", "|---|---|---|"]
     lines += [f"| {code(r)} | {status} | {meaning} |" for r, (status, meaning) in REASONS.items()]
+    lines += ["", "| basis | what the number rests on |", "|---|---|"]
+    lines += [f"| {code(b)} | {meaning} |" for b, meaning in BASES.items()]
     return "\n".join([*lines, "", END])
 
 

@@ -3,6 +3,7 @@
 Every message is two frames, ``[topic, msgpack map]``:
 
     ppg.<device>  ingest     {v, device, seq, t0, fs, ppg, ref?, meta?, wearer?}
+    ecg.<device>  ingest     the same keys, `ecg` in place of `ppg`: a second channel on the device's clock
     sbp.<device>  estimate   {v, device, seq, t, window_s, sbp, dbp, ok, ...}: declared in wire/estimate.py (FIELDS)
     status        heartbeat  {uptime_s, devices, windows_total, windows_per_s, batch_mean, latency_p50_ms,
                               latency_p99_ms, rejected, ...}
@@ -24,6 +25,8 @@ from p2p_stream.model.demographics import age_years
 
 VERSION = 1
 INGEST_PREFIX = b"ppg."
+ECG_PREFIX = b"ecg."
+CHANNELS = {"ppg": INGEST_PREFIX, "ecg": ECG_PREFIX}  # channel → its topic prefix; its samples' key is its name
 ESTIMATE_PREFIX = b"sbp."
 STATUS_TOPIC = b"status"
 # \A…\Z, not ^…$: `$` also matches before a trailing newline, so "dev\n" would pass `.match`. Use `.fullmatch`.
@@ -46,12 +49,18 @@ class Ingest:
     seq: int
     t0: float  # Unix time of the first sample, s
     fs: float  # Hz
-    ppg: np.ndarray  # (n,) float32; may hold NaN/Inf (a gap), never empty
+    ppg: np.ndarray  # (n,) float32 samples of `channel` (named for the first one); may hold NaN/Inf, never empty
     ref: tuple[float, float] | None  # (sbp, dbp) mmHg
     meta: dict | None
     # Who wears the device: an opaque key of the operator's choosing (a subject or session id, never a name). A
     # change starts a new wearer session (stream/state/sessions.py); None says nothing, the session goes on.
     wearer: str | None = None
+    channel: str = "ppg"  # which topic it came on (CHANNELS)
+
+    @property
+    def samples(self) -> np.ndarray:
+        """Its samples, whichever the channel (`ppg` keeps the name the first channel gave it)."""
+        return self.ppg
 
 
 def _unpack(payload: bytes) -> object:
@@ -69,22 +78,22 @@ def _number(value: object, key: str) -> float:
     return float(value)
 
 
-def _samples(value: object) -> np.ndarray:
-    """`ppg` → float32 samples; bytes are viewed in place (zero-copy), not copied."""
+def _samples(value: object, key: str = "ppg") -> np.ndarray:
+    """`ppg` (or `ecg`) → float32 samples; bytes are viewed in place (zero-copy), not copied."""
     if type(value) is bytes:
         if len(value) % 4:
-            raise ProtocolError("bad_samples", f"'ppg' bytes length {len(value)} is not a multiple of 4 (float32)")
+            raise ProtocolError("bad_samples", f"'{key}' bytes length {len(value)} is not a multiple of 4 (float32)")
         x = np.frombuffer(value, dtype="<f4")
     elif isinstance(value, list):
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            raise ProtocolError("bad_samples", "'ppg' array must hold only numbers")
+            raise ProtocolError("bad_samples", f"'{key}' array must hold only numbers")
         x = np.asarray(value, dtype=np.float32)
     else:
-        raise ProtocolError("bad_type", f"'ppg' must be float32 bytes or an array, got {type(value).__name__}")
+        raise ProtocolError("bad_type", f"'{key}' must be float32 bytes or an array, got {type(value).__name__}")
     if x.size == 0:
-        raise ProtocolError("empty_samples", "'ppg' holds no samples")
+        raise ProtocolError("empty_samples", f"'{key}' holds no samples")
     if x.size > MAX_SAMPLES:
-        raise ProtocolError("oversized", f"'ppg' holds {x.size} samples, more than {MAX_SAMPLES}")
+        raise ProtocolError("oversized", f"'{key}' holds {x.size} samples, more than {MAX_SAMPLES}")
     return x
 
 
@@ -92,7 +101,11 @@ REQUIRED_KEYS = ("v", "device", "seq", "t0", "fs", "ppg")
 
 
 def decode_ingest(
-    frames: list[bytes], now: float | None = None, max_clock_skew_s: float = math.inf, max_fs_hz: float = MAX_FS_HZ
+    frames: list[bytes],
+    now: float | None = None,
+    max_clock_skew_s: float = math.inf,
+    max_fs_hz: float = MAX_FS_HZ,
+    channel: str = "ppg",
 ) -> Ingest:
     """Validate and decode ``[topic, payload]`` from a wearable; raises ProtocolError(reason, message).
 
@@ -100,27 +113,30 @@ def decode_ingest(
     a stream's clock is then never further than that from the daemon's, whatever a forged or buggy message says.
     `max_fs_hz` (at most MAX_FS_HZ) is the receiver's own ceiling on the rate: it bounds each device's ring memory.
 
+    `channel` ("ppg" or "ecg", CHANNELS) says which topic prefix and samples key the message must have.
+
     This runs once per message on the daemon's ingest thread, so the checks are written for speed
     (exact type tests, one dict lookup per key); each still names what is wrong.
     """
     if len(frames) != 2:
         raise ProtocolError("bad_frames", f"expected 2 frames [topic, payload], got {len(frames)}")
     topic, payload = frames
-    if not topic.startswith(INGEST_PREFIX):
-        raise ProtocolError("bad_topic", f"topic {topic[:80]!r} does not start with 'ppg.'")
+    prefix = CHANNELS[channel]
+    if not topic.startswith(prefix):
+        raise ProtocolError("bad_topic", f"topic {topic[:80]!r} does not start with {prefix.decode()!r}")
     msg = _unpack(payload)
     if type(msg) is not dict:
         raise ProtocolError("bad_type", f"payload must be a map, got {type(msg).__name__}")
     try:
-        v, device, seq, t0, fs, ppg = msg["v"], msg["device"], msg["seq"], msg["t0"], msg["fs"], msg["ppg"]
+        v, device, seq, t0, fs, ppg = msg["v"], msg["device"], msg["seq"], msg["t0"], msg["fs"], msg[channel]
     except KeyError:
-        missing = next(k for k in REQUIRED_KEYS if k not in msg)
+        missing = next(k for k in (*REQUIRED_KEYS[:-1], channel) if k not in msg)
         raise ProtocolError("missing_key", f"payload lacks {missing!r}") from None
     if v != VERSION or type(v) is bool:
         raise ProtocolError("bad_version", f"protocol version {v!r}, this daemon speaks {VERSION}")
     if type(device) is not str or not DEVICE_RE.fullmatch(device):
         raise ProtocolError("bad_device", f"device id {str(device)[:80]!r} is not 1–64 of [A-Za-z0-9_.:-]")
-    if topic[len(INGEST_PREFIX) :] != device.encode():
+    if topic[len(prefix) :] != device.encode():
         raise ProtocolError("bad_device", f"topic {topic[:80]!r} does not match device {device!r}")
     if type(seq) is not int or seq < 0:
         raise ProtocolError("bad_type", f"'seq' must be an integer ≥ 0, got {seq!r}")
@@ -149,7 +165,8 @@ def decode_ingest(
     wearer = msg.get("wearer")
     if wearer is not None and (type(wearer) is not str or not DEVICE_RE.fullmatch(wearer)):
         raise ProtocolError("bad_wearer", f"'wearer' {str(wearer)[:80]!r} is not 1–64 of [A-Za-z0-9_.:-]")
-    return Ingest(device, seq, t0, fs, _samples(ppg), ref, _known_meta(meta) if meta else None, wearer)
+    meta = _known_meta(meta) if meta else None
+    return Ingest(device, seq, t0, fs, _samples(ppg, channel), ref, meta, wearer, channel)
 
 
 def _known_meta(meta: dict | None) -> dict | None:
@@ -176,15 +193,17 @@ def encode_ingest(
     ref: tuple[float, float] | None = None,
     meta: dict | None = None,
     wearer: str | None = None,
+    channel: str = "ppg",
 ) -> list[bytes]:
-    """Frames of one ingest message, samples as little-endian float32 bytes."""
+    """Frames of one ingest message of `channel` (CHANNELS: "ppg", or "ecg" with `ppg` holding the ECG samples),
+    samples as little-endian float32 bytes."""
     msg: dict = {
         "v": VERSION,
         "device": device,
         "seq": seq,
         "t0": t0,
         "fs": fs,
-        "ppg": np.ascontiguousarray(ppg, dtype="<f4").tobytes(),
+        channel: np.ascontiguousarray(ppg, dtype="<f4").tobytes(),
     }
     if ref is not None:
         msg["ref"] = {"sbp": float(ref[0]), "dbp": float(ref[1])}
@@ -192,7 +211,7 @@ def encode_ingest(
         msg["meta"] = meta
     if wearer is not None:
         msg["wearer"] = wearer
-    return [INGEST_PREFIX + device.encode(), msgpack.packb(msg, use_bin_type=True)]
+    return [CHANNELS[channel] + device.encode(), msgpack.packb(msg, use_bin_type=True)]
 
 
 def encode_estimate(estimate: dict) -> list[bytes]:

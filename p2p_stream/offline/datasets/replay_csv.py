@@ -1,7 +1,11 @@
-"""Dataset: the replay CSV of the wire contract — long format, one row per sample: ``device,t,ppg[,sbp_ref,dbp_ref]``.
+"""Dataset: the replay CSV of the wire contract — long format, one row per sample:
+``device,t,ppg[,ecg][,sbp_ref,dbp_ref]``.
 
 ``t`` is seconds from the start of that device's recording and gives the sampling rate. A CSV
 without ``device`` is one device; a single column of numbers needs `fs`.
+
+An optional ``ecg`` column is the same device's ECG, sample for sample with its PPG (on the same clock): replay sends
+it on the device's ``ecg.<device>`` topic; a blank cell is a hole.
 
 Optional ``age`` (years) and ``sex`` (``M``/``F``) columns are the device's subject facts, which our replay tool
 sends as the ingest ``meta``; other clients may ignore them like any extra column. A blank cell is unknown; a
@@ -39,6 +43,7 @@ class Recording:
     age: float = np.nan  # years, NaN when unknown
     sex: str = ""  # "M", "F" or "" when unknown
     starts: tuple[int, ...] = (0,)  # the first sample of each segment (recorded apart: no window spans a join)
+    ecg: np.ndarray | None = None  # (T,) float64 at the same times as `ppg`, NaN where blank; None without a column
 
     def segments(self) -> list[tuple[int, int]]:
         """(start, stop) sample indices of each segment, in order."""
@@ -112,9 +117,10 @@ def read_replay_csv(path: str | Path, fs: float | None = None) -> list[Recording
         return [Recording(DEFAULT_DEVICE, float(fs), ppg, nan, nan.copy())]
     if "ppg" not in header or ("t" not in header and fs is None):
         raise DatasetError(
-            f"{path}: header must name 'ppg' and 't' (and optionally device, sbp_ref, dbp_ref, age, sex); got {header}"
+            f"{path}: header must name 'ppg' and 't' (and optionally device, ecg, sbp_ref, dbp_ref, age, sex); got "
+            f"{header}"
         )
-    names = ("device", "t", "ppg", "sbp_ref", "dbp_ref", "age", "sex")
+    names = ("device", "t", "ppg", "sbp_ref", "dbp_ref", "ecg", "age", "sex")
     col = {name: header.index(name) for name in names if name in header}
     per_device: dict[str, list[list[float]]] = {}
     # The device's subject facts: (age, sex), and the line that first stated each, for error messages.
@@ -124,7 +130,7 @@ def read_replay_csv(path: str | Path, fs: float | None = None) -> list[Recording
             device = r[col["device"]].strip() if "device" in col else DEFAULT_DEVICE
             values = [
                 float(r[col[k]]) if k in col and r[col[k]].strip() != "" else np.nan
-                for k in ("t", "ppg", "sbp_ref", "dbp_ref")
+                for k in ("t", "ppg", "sbp_ref", "dbp_ref", "ecg")
             ]
             cells = {k: r[col[k]].strip() if k in col and col[k] < len(r) else "" for k in ("age", "sex")}
         except (ValueError, IndexError) as exc:
@@ -159,19 +165,22 @@ def read_replay_csv(path: str | Path, fs: float | None = None) -> list[Recording
         known = facts[device]
         age = float(known["age"][0]) if "age" in known else np.nan
         sex = str(known["sex"][0]) if "sex" in known else ""
-        recordings.append(Recording(device, rate, a[:, 1], a[:, 2], a[:, 3], age, sex, starts))
+        ecg = a[:, 4] if "ecg" in col and np.isfinite(a[:, 4]).any() else None  # a device with blank cells only: none
+        recordings.append(Recording(device, rate, a[:, 1], a[:, 2], a[:, 3], age, sex, starts, ecg))
     return recordings
 
 
 def write_replay_csv(path: str | Path, recordings: list[Recording]) -> None:
     """Write recordings in the contract's long format (the inverse of `read_replay_csv`).
 
-    ``age`` and ``sex`` columns are written (on every row, blank where unknown) when any recording has them.
+    ``age`` and ``sex`` columns are written (on every row, blank where unknown) when any recording has them; an
+    ``ecg`` column when any has an ECG.
     """
     facts = any(np.isfinite(rec.age) or rec.sex for rec in recordings)
+    ecg = any(rec.ecg is not None for rec in recordings)
     with Path(path).open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["device", "t", "ppg", "sbp_ref", "dbp_ref"] + (["age", "sex"] if facts else []))
+        w.writerow(["device", "t", "ppg", *(["ecg"] * ecg), "sbp_ref", "dbp_ref"] + (["age", "sex"] if facts else []))
         for rec in recordings:
             t = np.arange(rec.ppg.size) / rec.fs
             for start in rec.starts[1:]:  # each join: the later samples a gap later
@@ -179,7 +188,8 @@ def write_replay_csv(path: str | Path, recordings: list[Recording]) -> None:
             extra = ["" if np.isnan(rec.age) else f"{rec.age:g}", rec.sex] if facts else []
             for i in range(rec.ppg.size):
                 refs = ["" if np.isnan(v) else f"{v:.2f}" for v in (rec.sbp_ref[i], rec.dbp_ref[i])]
-                w.writerow([rec.device, f"{t[i]:.6f}", f"{rec.ppg[i]:.6g}", *refs, *extra])
+                e = [] if not ecg else [""] if rec.ecg is None or np.isnan(rec.ecg[i]) else [f"{rec.ecg[i]:.6g}"]
+                w.writerow([rec.device, f"{t[i]:.6f}", f"{rec.ppg[i]:.6g}", *e, *refs, *extra])
 
 
 def load_replay_csv(

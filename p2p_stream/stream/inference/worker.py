@@ -4,6 +4,7 @@ sends the heartbeat."""
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -18,6 +19,7 @@ import zmq
 from p2p_stream.backends.base import Answer, Backend, BackendUnavailable, Item, Request
 from p2p_stream.model.demographics import parse_meta
 from p2p_stream.model.estimator import Estimator
+from p2p_stream.model.tracking import feature_vector
 from p2p_stream.ratelimit import RateLimitedLog
 from p2p_stream.stream.counters import Counters
 from p2p_stream.stream.inference.batcher import DynamicBatcher
@@ -156,7 +158,9 @@ class InferenceWorker(threading.Thread):
             "ok": ok,
             "sqi": round(float(sqi), 4),
             "hr": None if hr is None else round(float(hr), 2),
+            "pat_ms": None,  # the window's beats': `_fill`
             "calibrated": False,
+            "basis": None,  # what the number rests on: `_fill`
             "session": w.session,
             "model": self.model_name,
             "latency_ms": 0.0,
@@ -274,11 +278,14 @@ class InferenceWorker(threading.Thread):
         A window of a stream the device no longer has (forgotten while it was queued or at the backend) goes out
         as the model answered it, uncalibrated and unsmoothed, and leaves the new stream's state alone.
         """
-        cal = self.calibrations.apply(w.device, w.t_last, row, w.generation, w.session)
+        cal = self.calibrations.apply(w.device, w.t_last, row, w.generation, w.session, feature_vector(w.beats))
         smooth = cal.row if cal.stale else self.smoother.add(w.device, cal.row, cal.version, w.generation)
         e["sbp"], e["dbp"] = mmhg(smooth[0]), mmhg(smooth[1])
         e["sbp_window"], e["dbp_window"] = mmhg(cal.row[0]), mmhg(cal.row[1])
         e["calibrated"] = cal.calibrated
+        e["basis"] = ("cuff+tracking" if cal.tracked else "cuff") if cal.calibrated else self.est.basis(w.meta)
+        if w.beats is not None and math.isfinite(w.beats.pat_ms):
+            e["pat_ms"] = round(w.beats.pat_ms, 1)
         if len(smooth) >= 6:
             e.update({key: mmhg(value) for key, value in zip(INTERVAL_KEYS, smooth[2:6])})
         # What of it was kept from an earlier stream of the wearer's session (a restart, an eviction): said, so a

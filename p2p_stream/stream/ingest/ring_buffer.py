@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from p2p_stream.beats.device_beats import BeatFeatures, DeviceBeats
 from p2p_stream.config.daemon import Limits
 from p2p_stream.ppg.crops import crop_length, crop_starts
 from p2p_stream.stream.ingest.budget import TokenBucket
+from p2p_stream.stream.ingest.ecg_channel import EcgChannel
 from p2p_stream.stream.state.sessions import Session, new_wearer
 from p2p_stream.wire.protocol import Ingest
 
@@ -71,6 +73,9 @@ class Window:
     end: int = -1
     session: int = 0  # the wearer session it belongs to (stream/state/sessions.py; 0: built elsewhere)
     facts_carried: bool = False  # its `meta` was kept from an earlier stream of the session (the state store)
+    # The medians of its beats' features (beats/device_beats.py): arrival time with an ECG, pulse rate, rise time,
+    # amplitude; None when the device's beats are not followed.
+    beats: BeatFeatures | None = None
 
 
 class BreakMarker(Window):
@@ -127,11 +132,13 @@ class DeviceStream:
         rate_factor: float = Limits().rate_factor,  # the defaults are the daemon's settings (config/daemon.py)
         burst_s: float = Limits().burst_s,
         warm_crop_s: float = 0.0,
+        follow_beats: bool = False,
     ):
         """Windows of `window_s` every `hop_s` seconds, chunks of at most `max_chunk` samples, a time gap above
         `gap_tolerance_s` breaks the run; samples at most `rate_factor` times `fs`, sustained, plus `burst_s` seconds of
         them at once (on `push`'s arrival clock). `warm_crop_s` > 0: the crops of `warm_crop_s` seconds that the first
-        window of each run holds before its last are cut ahead (`CropAhead`) as soon as their samples are in."""
+        window of each run holds before its last are cut ahead (`CropAhead`) as soon as their samples are in.
+        `follow_beats`: find its beats (and, once an ECG comes, R peaks) and give each window their medians."""
         self.device = device
         self.generation = generation  # given by DeviceTable, process-wide increasing; every window carries it
         self.window_s, self.hop_s, self.max_chunk, self.gap_tolerance_s = window_s, hop_s, max_chunk, gap_tolerance_s
@@ -152,6 +159,9 @@ class DeviceStream:
         # Counted in seconds of signal (a message costs len / fs), so a change of fs keeps the bucket as full as it was.
         self.samples = TokenBucket(burst_s, rate_factor)
         self.markers = TokenBucket(MARKER_BURST, rate_factor / hop_s)
+        self.rate_factor, self.burst_s = rate_factor, burst_s
+        self.beats = DeviceBeats() if follow_beats else None
+        self.ecg: EcgChannel | None = None  # its ECG channel (ecg_channel.py), from its first ECG message
 
     def _configure(self, fs: float) -> None:
         self.fs = fs
@@ -208,6 +218,8 @@ class DeviceStream:
             k = cap - self.pos
             self.buf[self.pos :] = x[:k]
             self.buf[: n - k] = x[k:]
+        if self.beats is not None:  # queued for the detector, which restarts at a hole or jump on its own
+            self.beats.add_ppg(x, t0, self.fs)
         run0, taken0 = self.run, self.taken
         self.run += n
         self.taken += n
@@ -235,9 +247,29 @@ class DeviceStream:
                         end=taken0 + end_run - run0,
                         session=self.session.id if self.session is not None else 0,
                         facts_carried=self.facts_carried,
+                        beats=self._features(t_last),
                     )
                 )
         return windows
+
+    def _features(self, t_last: float) -> BeatFeatures | None:
+        if self.beats is None:
+            return None
+        return self.beats.features(t_last - (self.length - 1) / self.fs, t_last)
+
+    def push_ecg(self, msg: Ingest, arrival: float) -> str | None:
+        """An ECG message of this device (ecg_channel.py): why it was dropped, or None."""
+        if self.beats is None:
+            return "no_ppg_stream"
+        if self.ecg is None:
+            self.ecg = EcgChannel(self.beats, self.rate_factor, self.burst_s, RESYNC_MESSAGES)
+        dropped = self.ecg.push(msg, arrival)
+        if dropped is None:  # `ref` and `meta` may ride on either topic (PROTOCOL.md)
+            if msg.meta is not None:
+                self.meta, self.facts_carried = msg.meta, False
+            if msg.ref is not None:
+                self.ref = msg.ref
+        return dropped
 
     def _warm(self, end_run: int, run0: int, taken0: int, t0: float, arrival: float) -> CropAhead:
         """The crop of the run's first window that ends at run position `end_run`, cut ahead."""

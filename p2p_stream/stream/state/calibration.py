@@ -29,6 +29,16 @@ Method, for SBP and DBP separately:
 The median means one bad window near the cuff reading cannot shift every later estimate. Like PulseDB's CalBased
 test, calibration removes a subject's constant bias, not errors that change over time.
 
+5. Tracking (with a `Tracker`, model/tracking.py, and windows that carry their beats' features): the reading's
+   *baseline* is the median of the same span's feature vectors, formed and frozen with its reference; then SBP
+   moves by the change the tracker predicts from the baseline to each window's features, and its interval is the
+   tracker's (widening with the predicted change and the time since the reading)::
+
+       calibrated_sbp = cuff + change_gain * (estimate - ref) + shrink(g · coef · (features - baseline), τ)
+
+   A later reading at another pressure gives the person's own gain `g` (from the two readings' baselines). A
+   reading carried from an earlier stream (the state store) keeps no baseline: it applies untracked.
+
 State belongs to one *stream generation* of a device (`Window.generation`, numbered by `DeviceTable`): a device
 forgotten or evicted and heard from again is a new generation. A window of a newer generation than the one held
 first drops the device's history and calibrations; a window of an older one (queued, or at the backend, when its
@@ -46,6 +56,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -56,6 +67,7 @@ import numpy as np
 from p2p_stream.errors import CheckpointError
 
 if TYPE_CHECKING:
+    from p2p_stream.model.tracking import Tracker
     from p2p_stream.stream.state.store import Saved
 
 # A hop is cut as round(hop_s * fs) samples, which at fs ≥ 20 Hz and hop_s ≥ 0.1 s (the accepted ranges) is ≥ 2
@@ -63,7 +75,8 @@ if TYPE_CHECKING:
 HOP_SHORTENING = 0.8
 SLACK = 4  # a few estimates more than the arithmetic gives, so no rounding of t ever drops one from a span
 
-Estimate = tuple[float, float, float]  # (t in Unix s, sbp, dbp in mmHg), uncalibrated
+# (t in Unix s, sbp, dbp in mmHg, uncalibrated; the window's beat features in model/tracking.py's order, or None)
+Estimate = tuple[float, float, float, "np.ndarray | None"]
 
 
 def history_capacity(span_s: float, hop_s: float, min_estimates: int) -> int:
@@ -77,11 +90,9 @@ def history_capacity(span_s: float, hop_s: float, min_estimates: int) -> int:
     return math.ceil(span_s / (HOP_SHORTENING * hop_s)) + 1 + min_estimates + SLACK
 
 
-def robust_reference(
-    estimates: Sequence[Estimate], t_cal: float, span_s: float, min_estimates: int
-) -> tuple[float, float] | None:
-    """The median (SBP, DBP) of the estimates within ``span_s/2`` of ``t_cal``, or None with fewer than
-    ``min_estimates`` there; when short, the earliest estimates after the span make up the count."""
+def _in_span(estimates: Sequence[Estimate], t_cal: float, span_s: float, min_estimates: int) -> list | None:
+    """The estimates within ``span_s/2`` of ``t_cal``, or None with fewer than ``min_estimates`` there; when short,
+    the earliest estimates after the span make up the count."""
     half = span_s / 2
     chosen = [e for e in estimates if abs(e[0] - t_cal) <= half]
     if len(chosen) < min_estimates:
@@ -89,9 +100,32 @@ def robust_reference(
         chosen += later[: min_estimates - len(chosen)]
     if not chosen or len(chosen) < min_estimates:
         return None
+    return chosen
+
+
+def robust_reference(
+    estimates: Sequence[Estimate], t_cal: float, span_s: float, min_estimates: int
+) -> tuple[float, float] | None:
+    """The median (SBP, DBP) of the estimates of the span (`_in_span`), or None while too few."""
+    chosen = _in_span(estimates, t_cal, span_s, min_estimates)
+    if chosen is None:
+        return None
     values = np.array([(e[1], e[2]) for e in chosen], dtype=np.float64)  # (n, 2)
     sbp, dbp = np.median(values, axis=0)
     return float(sbp), float(dbp)
+
+
+def feature_baseline(estimates: Sequence[Estimate], t_cal: float, span_s: float, min_estimates: int):
+    """The median feature vector of the same span (NaN where none of its windows had a feature), or None."""
+    chosen = _in_span(estimates, t_cal, span_s, min_estimates)
+    vectors = [e[3] for e in chosen or () if len(e) > 3 and e[3] is not None]
+    if not vectors:
+        return None
+    stacked = np.vstack(vectors)
+    stacked[~np.isfinite(stacked)] = np.nan
+    with warnings.catch_warnings():  # a feature no window had (no ECG): NaN, said once here, not warned
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(stacked, axis=0)
 
 
 def calibrated_value(cuff: float, estimate: float, reference: float, change_gain: float = 1.0) -> float:
@@ -163,6 +197,9 @@ class _Reading:
     frozen: bool = False
     key: int | None = None  # its row in the state store, when there is one
     carried: bool = False  # recalled from the store: made in an earlier stream of the session
+    baseline: np.ndarray | None = None  # the span's median beat features (tracking), formed with `reference`
+    previous: _Reading | None = None  # the reading it followed, whose baseline gives the person's gain
+    gain: float | None = None  # the person's gain, once both baselines are frozen
 
 
 @dataclass
@@ -181,6 +218,7 @@ class Applied(NamedTuple):
     version: int  # changes whenever a new calibration starts to apply: values of two versions are not to be mixed
     stale: bool = False  # the window is of an older stream generation than the device's: not remembered, not smoothed
     carried: bool = False  # the calibration applied was made in an earlier stream of the session (before a restart)
+    tracked: str | None = None  # SBP moved by the beats' change since the reading: the tracker's way (ecg+ppg, ppg)
 
 
 class Calibrations:
@@ -193,8 +231,10 @@ class Calibrations:
         change_gain: float | tuple[float, float] = 1.0,
         halfwidths: tuple[float | None, float | None] = (None, None),
         hop_s: float = 0.1,  # the windows' hop; the default, the shortest the configuration accepts, fits any
+        tracker: Tracker | None = None,  # SBP follows the beats' change after a reading (model/tracking.py)
     ) -> None:
         self.span_s, self.min_estimates = span_s, min_estimates
+        self.tracker = tracker
         self.change_gain, self.halfwidths = change_gain, halfwidths
         self.capacity = history_capacity(span_s, hop_s, min_estimates)
         self._lock = threading.Lock()
@@ -242,19 +282,27 @@ class Calibrations:
                 return False
             collected = deque((e for e in d.history if e[0] >= t - self.span_s / 2), maxlen=self.capacity)
             reading = _Reading((sbp, dbp), t, collected, key=key)
-            reading.reference = robust_reference(collected, t, self.span_s, self.min_estimates)
+            self._form(reading)
             if reading.reference is None:
                 d.pending = reading  # the previous calibration, if any, applies until this one can
                 return False
-            d.active, d.pending, d.version = reading, None, d.version + 1
+            reading.previous, d.active, d.pending, d.version = d.active, reading, None, d.version + 1
             self._saved(device, reading)
             return True
 
-    def apply(self, device: str, t: float, row: np.ndarray, generation: int = 0, session: int = 0) -> Applied:
-        """One window's uncalibrated answer (its last sample at `t`, cut by stream `generation` of wearer `session`)
-        → `Applied`; remembers it in the history. A window of an older generation than the device's changes nothing
-        and comes back as it was, `stale`."""
-        estimate = (t, float(row[0]), float(row[1]))
+    def _form(self, reading: _Reading) -> None:
+        reading.reference = robust_reference(reading.collected, reading.t, self.span_s, self.min_estimates)
+        if self.tracker is not None and not reading.carried:  # a stored reading's span is gone: no baseline
+            reading.baseline = feature_baseline(reading.collected, reading.t, self.span_s, self.min_estimates)
+
+    def apply(
+        self, device: str, t: float, row: np.ndarray, generation: int = 0, session: int = 0,
+        features: np.ndarray | None = None,
+    ) -> Applied:  # fmt: skip
+        """One window's uncalibrated answer (its last sample at `t`, cut by stream `generation` of wearer `session`,
+        its beats' `features`: model/tracking.py) → `Applied`; remembers it in the history. A window of an older
+        generation than the device's changes nothing and comes back as it was, `stale`."""
+        estimate = (t, float(row[0]), float(row[1]), features)
         with self._lock:
             d = self._state(device, generation, session)
             if d is None:
@@ -269,12 +317,40 @@ class Calibrations:
                     if reading.reference != before:
                         self._saved(device, reading)
             if d.pending is not None and d.pending.reference is not None:
-                d.active, d.pending, d.version = d.pending, None, d.version + 1
+                d.pending.previous, d.active, d.pending, d.version = d.active, d.pending, None, d.version + 1
             active, version = d.active, d.version
         if active is None or active.reference is None:
             return Applied(np.asarray(row, dtype=np.float64), False, version)
         calibrated = calibrate_row(row, active.cuff, active.reference, self.change_gain, self.halfwidths)
-        return Applied(calibrated, True, version, carried=active.carried)
+        tracked = self._track(active, calibrated, t, features)
+        return Applied(calibrated, True, version, carried=active.carried, tracked=tracked)
+
+    def _track(self, reading: _Reading, row: np.ndarray, t: float, features: np.ndarray | None) -> str | None:
+        """Move the calibrated SBP (and its interval) by the beats' change since `reading`; the way used, or None."""
+        if self.tracker is None or reading.baseline is None or features is None:
+            return None
+        tracked = self.tracker.track(reading.baseline, features, t - reading.t, self._gain(reading))
+        if tracked is None:
+            return None
+        row[0] += tracked.sbp_change
+        if len(row) >= 6:
+            row[2], row[3] = row[0] - tracked.halfwidth, row[0] + tracked.halfwidth
+        return tracked.way
+
+    def _gain(self, reading: _Reading) -> float:
+        """The person's own gain: from this reading and the one before it, when both baselines are known and far
+        enough apart in pressure (model/tracking.py); else the previous reading's; 1 with no history."""
+        if reading.gain is not None:
+            return reading.gain
+        before = reading.previous
+        inherited = self._gain(before) if before is not None else 1.0
+        if before is None or before.baseline is None or reading.baseline is None:
+            return inherited
+        measured = self.tracker.gain(before.baseline, reading.baseline, reading.cuff[0] - before.cuff[0])
+        gain = inherited if measured is None else measured
+        if reading.frozen:  # its baseline final, and the one before (no longer refined) too: so is the gain
+            reading.gain, reading.previous = gain, None
+        return gain
 
     def _refine(self, reading: _Reading, estimate: Estimate) -> None:
         if estimate[0] > reading.t + self.span_s / 2 and reading.reference is not None:
@@ -282,7 +358,7 @@ class Calibrations:
             reading.collected.clear()
             return
         reading.collected.append(estimate)
-        reading.reference = robust_reference(reading.collected, reading.t, self.span_s, self.min_estimates)
+        self._form(reading)
         if reading.reference is not None and estimate[0] > reading.t + self.span_s / 2:
             reading.frozen = True  # formed only after the span, from the first estimates beyond it
             reading.collected.clear()

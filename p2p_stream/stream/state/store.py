@@ -55,6 +55,7 @@ from p2p_stream.stream.state.store_file import (
     SCHEMA_VERSION,
     SESSION_BLOCK,
     Witness,
+    add_missing_columns,
     check_identity,
     check_missing,
     explain,
@@ -153,6 +154,7 @@ class StateStore:
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 self.db.execute(statement)
+        add_missing_columns(self.db)
         self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self.db.execute("INSERT OR IGNORE INTO info (key, value) VALUES ('store', ?)", (new_store_id(),))
         self.db.execute("INSERT OR IGNORE INTO info (key, value) VALUES ('sessions', '1')")

@@ -31,7 +31,7 @@ from pathlib import Path
 from p2p_stream.disk import disk_full, free_text
 from p2p_stream.errors import ConfigError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 2000  # how long a write waits for another daemon's on a shared file
 SESSION_BLOCK = 1 << 20  # session ids each daemon start reserves at once (stream/state/sessions.py)
 SCHEMA = """
@@ -60,6 +60,18 @@ MIGRATE_1 = (
     "ALTER TABLE audit ADD COLUMN epoch INTEGER",
     "ALTER TABLE audit ADD COLUMN session INTEGER",
 )
+# Schema 2 → 3: `sessions.closed` came after the first schema-2 files were written (CREATE … IF NOT EXISTS leaves
+# an existing table as it was, so such a file lacked it and every session save failed): added where missing.
+ADDED_COLUMNS = {"sessions": (("closed", "REAL"),)}
+
+
+def add_missing_columns(db: sqlite3.Connection) -> None:
+    """The columns a store of an earlier schema may lack (`ADDED_COLUMNS`), added; in the caller's transaction."""
+    for table, columns in ADDED_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns:
+            if name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 FULL_BELOW_BYTES = 64 * 1024  # an I/O error on a filesystem with less free than this is taken for a full disk

@@ -6,6 +6,11 @@
     p2p lsl --name Polar --device pulse-1     # one stream chosen by name, with an id of our choosing
     p2p lsl --list                            # which streams would be bridged, and as which devices
 
+ECG, the second channel: a stream of LSL type `--ecg-type` (default ECG) that matches the same `--name` /
+`--source-id` and maps to the same device id (the same source_id, or a `--device` mapping naming both sources) is
+that device's ECG, sent on `ecg.<device>` with its own `seq` and rate, its time stamps through its own clock
+correction (so it pairs with the PPG by time); pinned like a PPG stream. `--ecg-type ''` bridges PPG only.
+
 Which streams: those whose LSL type is `--type` (default PPG), and name `--name` and source_id `--source-id` when
 given; new ones are picked up while the bridge runs. Each becomes one device: its id is the `--device` mapping's
 (`SOURCE=ID`, SOURCE a stream's source_id or name; or a bare ID when one stream is bridged), else its source_id,
@@ -117,15 +122,15 @@ def _quoted(value: str, flag: str) -> str:
     raise ConfigError(f"{flag} {value!r} holds both kinds of quote; LSL's query language cannot say it")
 
 
-def predicate(stream_type: str, name: str | None, source_id: str | None) -> str:
-    """The LSL query (XPath 1.0 over a stream's description) for the streams to bridge; "" for all of them."""
-    parts = [
+def predicate(stream_type: str, name: str | None, source_id: str | None, ecg_type: str = "") -> str:
+    """The LSL query (XPath 1.0 over a stream's description) for the streams to bridge; "" for all of them. With
+    `ecg_type`, streams of that type too (the same name and source_id filters)."""
+    kind = f"type={_quoted(stream_type, '--type')}" if stream_type else ""
+    if kind and ecg_type:
+        kind = f"({kind} or type={_quoted(ecg_type, '--ecg-type')})"
+    parts = [kind] * bool(kind) + [
         f"{key}={_quoted(value, flag)}"
-        for key, value, flag in (
-            ("type", stream_type, "--type"),
-            ("name", name, "--name"),
-            ("source_id", source_id, "--source-id"),
-        )
+        for key, value, flag in (("name", name, "--name"), ("source_id", source_id, "--source-id"))
         if value
     ]
     return " and ".join(parts)
@@ -249,9 +254,10 @@ def load_pylsl(verbose: bool = False) -> ModuleType:
 
 @dataclass
 class Feed:
-    """One device: its seq counts on across the streams that feed it (one at a time)."""
+    """One device's channel: its seq counts on across the streams that feed it (one at a time)."""
 
     device: str
+    kind: str = "ppg"  # the channel (wire/protocol.py CHANNELS): "ppg", or "ecg" from a stream of `--ecg-type`
     seq: int = 0
     uid: str | None = None  # the LSL stream feeding it now; None while it is away
     trusted: Outlet | None = None  # the outlet it is pinned to: the first that fed it
@@ -282,14 +288,16 @@ class Bridge:
         channel: int = 0,
         pins: dict[str, tuple[str, str]] | None = None,
         pin_mode: str = "host",
+        ecg_type: str = "",
     ) -> None:
         if pin_mode not in PIN_MODES:
             raise ConfigError(f"--pin-mode {pin_mode!r}: give one of {', '.join(PIN_MODES)}")
         self.lsl, self.sock, self.query = lsl, sock, query
         self.devices, self.channel = devices or {}, channel
         self.pins, self.pin_mode = pins or {}, pin_mode
+        self.ecg_type = ecg_type  # a stream of this LSL type is its device's ECG
         self.resolver = lsl.ContinuousResolver(pred=query) if query else lsl.ContinuousResolver()
-        self.feeds: dict[str, Feed] = {}  # device id → its feed, kept while its stream is away
+        self.feeds: dict[tuple[str, str], Feed] = {}  # (channel, device id) → its feed, kept while its stream is away
         self.links: dict[str, Link] = {}  # stream uid → its open inlet
         self.skip: dict[str, str] = {}  # stream uid → why it is never bridged (said once); lost ones too
         self.waiting: set[str] = set()  # stream uids whose device another stream feeds now (said once)
@@ -308,7 +316,7 @@ class Bridge:
         self.skip = {uid: why for uid, why in self.skip.items() if uid in seen}  # forgotten by LSL: forget too
         self.waiting &= seen
         self.unsure &= seen
-        fresh: dict[str, list[tuple[object, Outlet, str]]] = {}  # device → its new candidate outlets, in order
+        fresh: dict[tuple[str, str], list[tuple[object, Outlet, str]]] = {}  # (channel, device) → new candidates
         for info in infos:
             uid = info.uid()
             if uid in self.links or uid in self.skip:
@@ -323,15 +331,16 @@ class Bridge:
                 continue
             outlet = Outlet.of(info)
             device = device_for(outlet.source_id, outlet.name, self.devices)
-            feed = self.feeds.get(device)
+            kind = "ecg" if self.ecg_type and info.type() == self.ecg_type else "ppg"
+            feed = self.feeds.get((kind, device))
             why = lookalike(outlet, feed and feed.trusted, self.pins.get(device), self.pin_mode)
             if why is not None:
                 self._refuse(outlet, label, device, why)
                 continue
-            fresh.setdefault(device, []).append((info, outlet, label))
-        for device, candidates in fresh.items():
+            fresh.setdefault((kind, device), []).append((info, outlet, label))
+        for (kind, device), candidates in fresh.items():
             mode = "uid" if self.pin_mode == "uid" or self.pins.get(device, ("",))[0] == "uid" else "host"
-            if device not in self.feeds and len({identity(o, mode) for _, o, _ in candidates}) > 1:
+            if (kind, device) not in self.feeds and len({identity(o, mode) for _, o, _ in candidates}) > 1:
                 uids = {o.uid for _, o, _ in candidates}
                 if not uids <= self.unsure:
                     log.error(
@@ -343,7 +352,7 @@ class Bridge:
                     self.unsure |= uids
                 continue
             for info, outlet, label in candidates:
-                feed = self.feeds.get(device)
+                feed = self.feeds.get((kind, device))
                 if feed is not None and feed.uid is not None:  # its pinned outlet feeds it now: this one waits
                     if outlet.uid not in self.waiting:
                         log.warning(
@@ -354,7 +363,7 @@ class Bridge:
                     continue
                 self.waiting.discard(outlet.uid)
                 self.unsure.discard(outlet.uid)
-                self._open(info, outlet, label, feed or Feed(device))
+                self._open(info, outlet, label, feed or Feed(device, kind))
 
     def _refuse(self, outlet: Outlet, label: str, device: str, why: str) -> None:
         log.error(
@@ -378,8 +387,8 @@ class Bridge:
             inlet.close_stream()
             return
         fs = info.nominal_srate()
-        back = feed.device in self.feeds
-        self.feeds[feed.device] = feed
+        back = (feed.kind, feed.device) in self.feeds
+        self.feeds[feed.kind, feed.device] = feed
         feed.uid = uid
         feed.trusted = feed.trusted or outlet  # pinned to the first outlet that fed it, for good
         self.links[uid] = Link(uid, label, inlet, feed, fs, self.channel, correction)
@@ -392,8 +401,9 @@ class Bridge:
             )
         else:
             log.info(
-                "LSL stream %s → device %s: %g Hz, channel %d of %d, clock %+.3f ms from this machine's",
-                label, feed.device, fs, self.channel, info.channel_count(), 1000 * correction,
+                "LSL stream %s → device %s%s: %g Hz, channel %d of %d, clock %+.3f ms from this machine's",
+                label, feed.device, " (its ECG)" if feed.kind == "ecg" else "", fs, self.channel,
+                info.channel_count(), 1000 * correction,
             )  # fmt: skip
 
     def _lose(self, link: Link) -> None:
@@ -430,7 +440,9 @@ class Bridge:
         t = np.asarray(stamps, dtype=np.float64) + link.correction_s + offset_s  # (n,) Unix time, s
         feed = link.feed
         for start, stop in runs(t, link.fs):
-            self.sock.send_multipart(encode_ingest(feed.device, feed.seq, float(t[start]), link.fs, x[start:stop]))
+            self.sock.send_multipart(
+                encode_ingest(feed.device, feed.seq, float(t[start]), link.fs, x[start:stop], channel=feed.kind)
+            )
             feed.seq += 1
             self.messages += 1
         self.samples += len(x)
@@ -471,8 +483,9 @@ class Bridge:
 
 
 def listing(
-    lsl: ModuleType, query: str, devices: dict[str, str], channel: int, pins: dict[str, tuple[str, str]] | None = None
-) -> str:
+    lsl: ModuleType, query: str, devices: dict[str, str], channel: int, pins: dict[str, tuple[str, str]] | None = None,
+    ecg_type: str = "",
+) -> str:  # fmt: skip
     """`--list`: the streams that match now, each with its host and uid, and the device id it would feed or why it
     is refused (its rate, its format, or a `--pin` it does not match)."""
     resolver = lsl.ContinuousResolver(pred=query) if query else lsl.ContinuousResolver()
@@ -482,7 +495,8 @@ def listing(
         why = refusal(info.nominal_srate(), info.channel_count(), info.channel_format() == lsl.cf_string, channel)
         device = device_for(info.source_id(), info.name(), devices)
         why = why or lookalike(Outlet.of(info), None, (pins or {}).get(device))
-        fate = f"refused: {why}" if why else f"→ device {device}"
+        ecg = " (its ECG)" if ecg_type and info.type() == ecg_type else ""
+        fate = f"refused: {why}" if why else f"→ device {device}{ecg}"
         lines.append(
             f"{info.name()!r} type {info.type()!r} source_id {info.source_id()!r} {info.nominal_srate():g} Hz "
             f"{info.channel_count()} ch on {info.hostname()} uid {info.uid()}  {fate}"
@@ -510,7 +524,14 @@ def main(argv: list[str] | None = None, prog: str = "p2p lsl") -> int:
         help="the device id of the stream whose source_id or name is SOURCE (repeat per stream); a bare ID when "
         "one stream is bridged (default: the stream's source_id, else its name, made to fit the id rule)",
     )
-    group.add_argument("--channel", type=int, default=0, help="which channel of each stream is the PPG (default 0)")
+    group.add_argument(
+        "--channel", type=int, default=0, help="which channel of each stream is the signal: PPG or ECG (default 0)"
+    )
+    group.add_argument(
+        "--ecg-type", default="ECG",
+        help="streams of this LSL type are ECG: each feeds the device its source_id (or --device) maps it to, on "
+        "ecg.<device> (default %(default)s; '' for none)",
+    )  # fmt: skip
     group.add_argument(
         "--list", action="store_true", help="print the matching streams, their hosts, uids and device ids; exit"
     )
@@ -553,18 +574,19 @@ def main(argv: list[str] | None = None, prog: str = "p2p lsl") -> int:
         )
     devices = parse_devices(args.device)
     pins = parse_pins(args.pin)
-    query = predicate(args.type, args.name, args.source_id)
+    query = predicate(args.type, args.name, args.source_id, args.ecg_type)
     lsl = load_pylsl(verbose=args.log_level == "DEBUG")
     if args.list:
-        print(listing(lsl, query, devices, args.channel, pins), flush=True)
+        print(listing(lsl, query, devices, args.channel, pins, args.ecg_type), flush=True)
         return 0
 
     def publish(sock: zmq.Socket) -> int:
-        bridge = Bridge(lsl, sock, query, devices, args.channel, pins, args.pin_mode)
+        bridge = Bridge(lsl, sock, query, devices, args.channel, pins, args.pin_mode, args.ecg_type)
         log.info("bridging LSL streams (%s) to %s, pinning by %s", query or "any", args.ingest, args.pin_mode)
         sent = bridge.run(args.duration_s, chunk_s=args.chunk_s)
         log.info(
-            "%d samples of %d device(s); %d lookalike outlet(s) refused", bridge.samples, len(bridge.feeds),
+            "%d samples of %d device(s); %d lookalike outlet(s) refused", bridge.samples,
+            len({device for _, device in bridge.feeds}),
             bridge.refused,
         )  # fmt: skip
         return sent

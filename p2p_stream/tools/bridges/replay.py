@@ -2,7 +2,8 @@
 
 Publishes through an XPUB socket connected to the daemon's ingest address, and waits for the daemon's
 subscription to arrive before the first sample, so nothing is lost to the PUB/SUB slow joiner. A device whose
-rows give its subject's ``age`` / ``sex`` sends them as the ingest ``meta`` with every message.
+rows give its subject's ``age`` / ``sex`` sends them as the ingest ``meta`` with every message; one whose rows have
+an ``ecg`` sends it on ``ecg.<device>``, each chunk just after the same samples' PPG (same ``t0``, ``fs`` and ``seq``).
 """
 
 from __future__ import annotations
@@ -141,6 +142,8 @@ class Replayer:
         ref = (float(np.nanmean(sbp)), float(np.nanmean(dbp))) if np.isfinite(sbp).any() else None
         t0 = t_wall0 + f.sent / rec.fs + f.gap_s
         self.sock.send_multipart(encode_ingest(f.device, f.seq, t0, rec.fs, x, ref=ref, meta=f.meta))
+        if rec.ecg is not None:  # the second channel, the same samples' times
+            self.sock.send_multipart(encode_ingest(f.device, f.seq, t0, rec.fs, rec.ecg[f.pos : end], channel="ecg"))
         f.seq += 1
         f.pos += len(x)
         f.sent += len(x)

@@ -54,7 +54,7 @@ from p2p_stream.stream.ingest.bounds import SUBSCRIPTION_MAX_BYTES, hwm_for_mb
 from p2p_stream.stream.security.curve import CurveServer
 from p2p_stream.stream.security.grants import recv_keyed
 from p2p_stream.tools.common import command, parent_parser, setup_logging
-from p2p_stream.wire.protocol import INGEST_PREFIX, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
+from p2p_stream.wire.protocol import CHANNELS, INGEST_PREFIX, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
 
 # The proxy's four addresses: the outer two are a single daemon's defaults (config/daemon.py), so wearables and
 # dashboards need no change; the inner two are the proxy's own, declared here only.
@@ -139,7 +139,8 @@ class IngestForwarder(threading.Thread):
                 sock.bind(address)
             # The proxy takes every wearable's messages, daemons or not, so that one no daemon takes is counted here
             # (`unowned`) rather than dropped unseen at the wearable's own socket.
-            self.xsub.send(b"\x01" + INGEST_PREFIX)
+            for prefix in CHANNELS.values():  # PPG and the second channel, ECG
+                self.xsub.send(b"\x01" + prefix)
         except BaseException:
             self.close()
             raise
@@ -155,15 +156,17 @@ class IngestForwarder(threading.Thread):
 
     def may_send(self, user: str | None, topic: bytes) -> bool:
         """Whether the client key `user` (z85 text, with CURVE) may send for the device its topic `ppg.<device>`
-        names: the daemon's own check (`KeyGrant.allows`, its key file's `devices` patterns). The daemon accepts a
-        message only when its topic names the device of its payload, so checking the topic is enough."""
+        (or `ecg.<device>`) names: the daemon's own check (`KeyGrant.allows`, its key file's `devices` patterns). The
+        daemon accepts a message only when its topic names the device of its payload, so checking the topic is
+        enough."""
         grant = self.curve.keys.get(user) if self.curve is not None and user is not None else None
         if grant is None:
             return False
         if grant.regex is None:  # any device
             return True
         try:
-            device = topic.removeprefix(INGEST_PREFIX).decode("ascii") if topic.startswith(INGEST_PREFIX) else None
+            prefix = next((p for p in CHANNELS.values() if topic.startswith(p)), None)
+            device = topic[len(prefix) :].decode("ascii") if prefix is not None else None
         except UnicodeDecodeError:
             return False  # no device id has such a byte
         return device is not None and grant.allows(device)

@@ -28,6 +28,7 @@ from rich.text import Text
 
 from p2p_stream.tools.dashboard.category import CATEGORIES, bp_category
 from p2p_stream.tools.dashboard.state import TREND_POINTS, DeviceRow, interval_of, is_marker, number
+from p2p_stream.wire.estimate import CALIBRATED_BASES
 
 GAP = 2  # blank columns between two table columns
 STALE_S = 10.0  # an estimate older than this is shown as stale
@@ -43,11 +44,25 @@ FULL_LABELS = {
     "normal": "normal",
 }
 SHORT_LABELS = {**FULL_LABELS, "crisis": "crisis", "stage 2": "stage 2 HTN", "stage 1": "stage 1 HTN"}
-CALIBRATED = "*"  # after the category: the estimate is calibrated to the wearer's cuff reading
-# In its place: its calibration or facts were kept from an earlier stream of the wearer's session (a restart, an
-# eviction, a pause), not set in this one: the estimate's `carried` (wire/estimate.py).
+# After the status: its calibration or facts were kept from an earlier stream of the wearer's session (a restart, an
+# eviction, a pause), not set in this one: the estimate's `carried` (wire/estimate.py). (A category is named only
+# for a calibrated estimate, so it needs no mark of its own.)
 CARRIED = "⟲"
+TRACKED = "↕"  # a calibrated estimate moved by the pulse's change since the cuff reading (`basis` cuff+tracking)
 REJECTED_SHORT = "✗ "  # before the reason, for "rejected: "
+# An uncalibrated estimate is the population's blood pressure, not the wearer's: it is named by what it rests on
+# (its `basis`), never by a category a reader would take for a diagnosis. Written out, and short.
+BASIS_LABELS = {
+    True: {"population": "population prior", "age_sex": "age/sex prior", "ppg": "uncalibrated"},
+    False: {"population": "prior", "age_sex": "prior+age", "ppg": "uncalib."},
+}
+UNCALIBRATED_STYLE = "dim"
+
+
+def is_calibrated(e: dict) -> bool:
+    """Whether estimate `e` rests on a cuff reading: its `basis`, or (from a daemon before `basis`) `calibrated`."""
+    basis = e.get("basis")
+    return basis in CALIBRATED_BASES if isinstance(basis, str) else e.get("calibrated") is True
 
 
 @dataclass(frozen=True)
@@ -72,7 +87,7 @@ COLUMNS = (
     Column("daemon", "daemon", 0, "left"),  # width: the longest daemon id in the rows
     Column("trend", "SBP trend", 0, "right"),
 )
-STATUS_WIDTH = {True: len("stale after a stream gap"), False: len("stage 1 HTN" + CALIBRATED)}  # by full_labels
+STATUS_WIDTH = {True: len("stale after a stream gap"), False: len("stage 1 HTN" + CARRIED)}  # by full_labels
 REFERENCE_COLUMNS = ("cuff", "error")
 
 
@@ -178,9 +193,13 @@ def status_text(row: DeviceRow, now: float, full: bool) -> Text:
         words = "rejected: " + reason
         fits = full and len(words) <= STATUS_WIDTH[True]  # else the short form, which the legend explains
         return Text(words if fits else REJECTED_SHORT + reason, style="bold magenta")
+    if not is_calibrated(e):
+        label = BASIS_LABELS[full].get(str(e.get("basis")), BASIS_LABELS[full]["ppg"])
+        return Text(label + (CARRIED if e.get("carried") else ""), style=UNCALIBRATED_STYLE)
     category = bp_category(shown["sbp"], shown["dbp"])
     labels = FULL_LABELS if full else SHORT_LABELS
-    mark = CARRIED if e.get("carried") else CALIBRATED if e.get("calibrated") else ""  # one character: fits 80 columns
+    # One character, fits 80 columns; never both (a calibration kept from before a restart applies untracked).
+    mark = CARRIED if e.get("carried") else TRACKED if e.get("basis") == "cuff+tracking" else ""
     return Text(labels[category] + mark, style=CATEGORIES[category][0])
 
 
@@ -191,7 +210,7 @@ def cells(row: DeviceRow, ctx: CellContext) -> list[Text]:
     slo, shi, dlo, dhi = interval if interval else (None,) * 4
     out: dict[str, Text] = {"device": Text(row.device)}
     if shown is not None:
-        style = CATEGORIES[bp_category(shown["sbp"], shown["dbp"])][0]
+        style = CATEGORIES[bp_category(shown["sbp"], shown["dbp"])][0] if is_calibrated(e) else ""
         out["sbp"] = Text(_bp(shown["sbp"], slo, shi), style=style)
         out["dbp"] = Text(_bp(shown["dbp"], dlo, dhi), style=style)
     else:

@@ -16,7 +16,17 @@ from p2p_stream.wire.protocol import STATUS_TOPIC, decode_estimate, decode_map
 TREND_POINTS = 40  # accepted SBP estimates kept per device for the trend (the widest trend the view draws)
 PULSE_WINDOWS = 5  # the pulse shown is the median over the device's last this many accepted windows
 MARKER_REASONS = (GAP,)  # an estimate with this reason only reports a break in the stream: no window, no model
-SCORED_KEYS = ("ok", "sbp", "dbp", "ref_sbp", "ref_dbp", *INTERVAL_KEYS, "interval")  # kept to score against references
+SCORED_KEYS = (
+    "device",
+    "ok",
+    "sbp",
+    "dbp",
+    "ref_sbp",
+    "ref_dbp",
+    *INTERVAL_KEYS,
+    "interval",
+    "basis",
+)  # kept to score against references
 
 
 def number(e: dict | None, key: str) -> float | None:

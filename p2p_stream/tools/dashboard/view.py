@@ -25,17 +25,18 @@ from rich.text import Text
 from p2p_stream.stream.ingest.ring_buffer import STREAM_BREAKS
 from p2p_stream.tools.dashboard.category import CATEGORIES, bp_category
 from p2p_stream.tools.dashboard.columns import (
-    CALIBRATED,
     CARRIED,
     GAP,
     REJECTED_SHORT,
     STALE_S,
+    TRACKED,
     CellContext,
     Layout,
     cells,
     choose_layout,
     daemon_of,
     format_age,
+    is_calibrated,
     is_stale,
     shown_estimate,
     status_text,
@@ -51,6 +52,7 @@ from p2p_stream.tools.dashboard.state import (
 
 MAX_DAEMON_ROWS = 5  # lines of the per-daemon table; more daemons: the silent first, then "… and N more"
 ATTENTION_RANK = 2  # rows ranked this or lower need attention: crisis, stage 2, stale or rejected
+UNCALIBRATED_RANK = max(rank for _, rank in CATEGORIES.values()) + 1  # after every calibrated row
 SORTS = {  # --sort: the row order, and what it means; ties go by device id
     "id": "by device id",
     "sbp": "highest SBP first",
@@ -90,6 +92,8 @@ def attention(row: DeviceRow, now: float) -> int:
     shown = shown_estimate(row)
     if is_stale(row, now) or not row.latest.get("ok") or shown is None:
         return ATTENTION_RANK
+    if not is_calibrated(row.latest):  # the population's pressure says nothing about this wearer: last
+        return UNCALIBRATED_RANK
     return CATEGORIES[bp_category(shown["sbp"], shown["dbp"])][1]
 
 
@@ -227,8 +231,10 @@ def _legend(layout: Layout, rows: list[DeviceRow], now: float, view: View) -> li
             entries.append(("HTN", "hypertension"))
         if any(s.startswith(REJECTED_SHORT) for s in statuses):
             entries.append((REJECTED_SHORT.strip(), "window rejected, the reason follows"))
-        if any(r.latest.get("calibrated") for r in rows):
-            entries.append((CALIBRATED, "calibrated to a cuff"))
+        if any(r.latest.get("ok") and not is_calibrated(r.latest) for r in rows):
+            entries.append(("prior", "not calibrated: the population's blood pressure, not the wearer's"))
+        if any(r.latest.get("ok") and r.latest.get("basis") == "cuff+tracking" for r in rows):
+            entries.append((TRACKED, "the cuff reading, moved by the pulse's change since (tracking)"))
         if any(r.latest.get("carried") for r in rows):
             entries.append((CARRIED, "calibration or facts kept from before a restart or pause, same wearer"))
         if any(is_stale(r, now) for r in rows):

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 # PRAGMA user_version; 2: `epoch` a column of estimates and part of their natural key; 3: runs.conflicts and
 # runs.dropped, and the index (device, epoch, seq) that finds conflicts
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 APPLICATION_ID = 0x50325052  # PRAGMA application_id: "P2PR", so another program's SQLite file is refused
 INT64 = 2**63
 
@@ -71,6 +71,8 @@ ESTIMATE_KEYS: dict[str, tuple[str, str]] = {
     "interval": ("num", "REAL"),
     "session": ("int", "INTEGER"),  # the wearer session (issue 24); nil from a daemon before it
     "carried": ("list", "TEXT"),  # JSON array: what was kept from an earlier stream of the session
+    "basis": ("text", "TEXT"),  # what the number rests on (issue 25); nil from a daemon before it
+    "pat_ms": ("num", "REAL"),  # pulse arrival time, ms, with an ECG
 }
 HEARTBEAT_KEYS: dict[str, tuple[str, str]] = {
     "uptime_s": ("num", "REAL"),
@@ -347,8 +349,9 @@ def upgrade(conn: sqlite3.Connection, version: int) -> None:
     and rows stay as they were, and an `epoch` a v1 file kept in `extra` moves into the column.
     2 → 3: `runs` gains `conflicts` and `dropped` (0 and {} for the runs before); `estimates` gains `session` and
     `carried` (nil for the rows before); the schema adds `estimates_seq`.
+    3 → 4: `estimates` gains `basis` and `pat_ms` (nil for the rows before).
     """
-    if version not in (1, 2):
+    if version not in (1, 2, 3):
         raise ConfigError(f"recording schema {version} has no upgrade to {SCHEMA_VERSION}; record into a new file")
     if version == 1:
         _upgrade_1(conn)
@@ -358,7 +361,7 @@ def upgrade(conn: sqlite3.Connection, version: int) -> None:
     if "dropped" not in runs:
         conn.execute("ALTER TABLE runs ADD COLUMN dropped TEXT NOT NULL DEFAULT '{}'")
     estimates = {r[1] for r in conn.execute("PRAGMA table_info(estimates)")}
-    for column in ("session", "carried"):
+    for column in ("session", "carried", "basis", "pat_ms"):
         if column not in estimates:
             conn.execute(f'ALTER TABLE estimates ADD COLUMN "{column}" {ESTIMATE_KEYS[column][1]}')
 

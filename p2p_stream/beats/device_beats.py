@@ -1,0 +1,149 @@
+"""One device's beats: its PPG feet and, with an ECG, its R peaks; per window, the medians the tracking reads.
+
+Fed from the ingest thread as samples arrive (each sample filtered once); a stream that breaks (a time gap, a hole,
+a change of rate) restarts its detector, since a causal filter's state means nothing across a hole. Bounded: the
+detectors keep under a second of samples, and the last `KEEP_S` of beats and R peaks are kept.
+
+Per window (`features`), over the beats whose foot lies in it (those of its last `SEARCH_S` are not yet found):
+
+- `pat_ms`: pulse arrival time, each foot minus the latest R peak `PAT_RANGE_S` before it (a foot without one has
+  none: a lost or late ECG never pairs a beat with a far R peak), ms;
+- `hr_bpm`: pulse rate, from the R-R intervals with an ECG, else from foot-to-foot intervals;
+- `rise_ms`, `log_amplitude`: the PPG upstroke's duration and the log of its height (the sensor's units: only
+  its change since a calibration means anything).
+
+Each is the median over the window, NaN with fewer than `MIN_BEATS` beats giving it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import NamedTuple
+
+import numpy as np
+
+from p2p_stream.beats.ppg_feet import FootDetector, PulseBeat
+from p2p_stream.beats.r_peaks import RPeakDetector
+
+KEEP_S = 180.0  # beats and R peaks kept: the longest window the daemon cuts (120 s) and some
+MAX_KEPT = 4 * int(KEEP_S)  # at most 240 bpm
+PAT_RANGE_S = (0.05, 0.6)
+RR_RANGE_S = (0.3, 1.7)  # 35–200 bpm: an interval outside is a missed or extra beat
+MIN_BEATS = 2
+
+
+class BeatFeatures(NamedTuple):
+    """A window's medians; NaN where too few beats gave one."""
+
+    pat_ms: float
+    hr_bpm: float
+    rise_ms: float
+    log_amplitude: float
+    beats: int  # PPG beats found in the window
+
+
+NO_FEATURES = BeatFeatures(np.nan, np.nan, np.nan, np.nan, 0)
+
+
+PENDING_S = 2.0  # samples wait to be detected at most this long (or until a window asks)
+
+
+class _Channel:
+    """A detector that restarts when its samples stop continuing each other. Samples wait (`add`) and are detected
+    together when a window asks (`detect`) or `PENDING_S` of them wait: one detector call per window, not per
+    message, each sample still filtered once."""
+
+    def __init__(self, make) -> None:
+        self.make, self.detector, self.fs, self.next_t = make, None, None, None
+        self.pending: list[np.ndarray] = []
+        self.pending_t0, self.pending_n = 0.0, 0
+
+    def add(self, x: np.ndarray, t0: float, fs: float) -> list:
+        """Queue `x`; the events detected now (when the queue was full or `x` does not continue it)."""
+        found = []
+        continues = self.fs == fs and self.next_t is not None and abs(t0 - self.next_t) <= 1.5 / fs
+        if self.pending and not continues:
+            found = self.detect()
+        if not continues:
+            self.detector, self.fs = self.make(fs), fs  # a hole, a jump or another rate: start again
+        if not self.pending:
+            self.pending_t0 = t0
+        self.pending.append(np.asarray(x, dtype=np.float64))
+        self.pending_n += len(x)
+        self.next_t = t0 + len(x) / fs
+        if self.pending_n >= PENDING_S * fs:
+            found += self.detect()
+        return found
+
+    def detect(self) -> list:
+        """Run the detector over the queued samples: the events found."""
+        if not self.pending:
+            return []
+        x = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
+        self.pending, self.pending_n = [], 0
+        return self.detector.feed(x, self.pending_t0)
+
+
+class DeviceBeats:
+    def __init__(self) -> None:
+        self.ppg = _Channel(FootDetector)
+        self.ecg = _Channel(RPeakDetector)
+        self.beats: deque[PulseBeat] = deque(maxlen=MAX_KEPT)
+        self.r_peaks: deque[float] = deque(maxlen=MAX_KEPT)
+        self.has_ecg = False
+
+    def add_ppg(self, x: np.ndarray, t0: float, fs: float) -> None:
+        """Finite PPG samples, the first at `t0`, at `fs` Hz."""
+        self.beats.extend(self.ppg.add(x, t0, fs))
+
+    def add_ecg(self, x: np.ndarray, t0: float, fs: float) -> None:
+        """Finite ECG samples on the same clock as the PPG."""
+        self.has_ecg = True
+        self._r_peaks(self.ecg.add(x, t0, fs))
+
+    def _r_peaks(self, found: list[float]) -> None:
+        if found and self.r_peaks and found[0] <= self.r_peaks[-1]:  # the ECG's clock went back: start again
+            self.r_peaks.clear()
+        self.r_peaks.extend(found)
+
+    def detect(self) -> None:
+        """Detect the queued samples of both channels now."""
+        self.beats.extend(self.ppg.detect())
+        self._r_peaks(self.ecg.detect())
+
+    def features(self, t_first: float, t_last: float) -> BeatFeatures:
+        """The medians over the beats whose foot lies in [t_first, t_last] (the samples queued detected first)."""
+        self.detect()
+        mine = []
+        for b in reversed(self.beats):  # the newest first: a window is the stream's latest seconds
+            if b.foot_t < t_first:
+                break
+            if b.foot_t <= t_last:
+                mine.append(b)
+        mine.reverse()
+        if len(mine) < MIN_BEATS:
+            return NO_FEATURES._replace(beats=len(mine))
+        feet = np.array([b.foot_t for b in mine])
+        rise = np.array([b.rise_ms for b in mine])
+        amplitude = np.array([b.amplitude for b in mine])
+        pat, hr = np.nan, np.nan
+        if self.r_peaks:
+            r = np.asarray(self.r_peaks)
+            before = np.searchsorted(r, feet) - 1  # the latest R peak before each foot
+            ok = before >= 0
+            lag = np.where(ok, feet - r[np.clip(before, 0, None)], np.nan)
+            paired = (PAT_RANGE_S[0] <= lag) & (lag <= PAT_RANGE_S[1])
+            if paired.sum() >= MIN_BEATS:
+                pat = 1000.0 * float(np.median(lag[paired]))
+            inside = r[(r >= t_first) & (r <= t_last)]
+            hr = _rate(np.diff(inside))
+        if not np.isfinite(hr):
+            hr = _rate(np.diff(feet))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_amplitude = float(np.median(np.log(amplitude[amplitude > 0]))) if (amplitude > 0).any() else np.nan
+        return BeatFeatures(pat, hr, float(np.median(rise)), log_amplitude, len(mine))
+
+
+def _rate(intervals: np.ndarray) -> float:
+    good = intervals[(RR_RANGE_S[0] <= intervals) & (intervals <= RR_RANGE_S[1])]
+    return 60.0 / float(np.median(good)) if len(good) >= MIN_BEATS - 1 and len(good) else np.nan
