@@ -50,6 +50,23 @@ def messages(n_messages: int, devices: int, foreign: bool = False) -> list[list[
             for i in range(n_messages)]  # fmt: skip
 
 
+def fleet_messages(n_messages: int, devices: int, ecg: bool) -> list[list[bytes]]:
+    """The simulated fleet's PPG (and, with `ecg`, each chunk's ECG after it, at 250 Hz): real pulses, so the beat
+    detectors find beats, and arrival times are paired. `n_messages` in all."""
+    from p2p_stream.tools.bridges.fleet import Fleet, FleetConfig
+
+    fleet = Fleet(
+        FleetConfig(devices=devices, rates_hz=(125.0,), ecg=ecg, ids=tuple(f"dev{i:05d}" for i in range(devices)))
+    )
+    out: list[list[bytes]] = []
+    while len(out) < n_messages:
+        for m in fleet.tick():
+            out.append(encode_ingest(m.device, m.seq, 1.7e9 + m.t0, m.fs, m.ppg))
+            if ecg:
+                out.append(encode_ingest(m.device, m.seq, 1.7e9 + m.t0, 250.0, m.ecg, channel="ecg"))
+    return out[:n_messages]
+
+
 def bare_rate(frames: list[list[bytes]], via_proxy: bool = False) -> float:
     """Messages/s from one PUB to a SUB that only counts them; `via_proxy` puts a p2p-proxy between them."""
     ctx = zmq.Context()
@@ -92,7 +109,11 @@ def bare_rate(frames: list[list[bytes]], via_proxy: bool = False) -> float:
 
 
 def daemon_rate(
-    frames: list[list[bytes]], profile: str | None = None, source: str | None = None, foreign: bool = False
+    frames: list[list[bytes]],
+    profile: str | None = None,
+    source: str | None = None,
+    foreign: bool = False,
+    settings: tuple[str, ...] = (),
 ) -> float:
     """Messages/s a daemon process counts; `foreign`: as a daemon that owns none of them (its `foreign_total`)."""
     folder = tempfile.mkdtemp(prefix="p2pi")
@@ -100,7 +121,11 @@ def daemon_rate(
     cmd = [sys.executable, "-m", "p2p_stream.tools.cli.daemon", "--torch-device", "cpu", "--log-level", "WARNING",
            "--ingest", a["ingest"], "--publish", a["publish"], "--control", a["control"],
            # The messages are stamped from a fixed 2023 t0: without this every one is refused `bad_time` unbuffered.
-           "--set", "limits.max_clock_skew_s=1000000000"]  # fmt: skip
+           "--set", "limits.max_clock_skew_s=1000000000",
+           # A store of its own (a tree from before issue 24 has no such setting: give it no --baseline).
+           "--set", f"state.path={folder}/state.sqlite"]  # fmt: skip
+    for setting in settings:
+        cmd += ["--set", setting]
     counter = "foreign_total" if foreign else "messages_total"
     if foreign:  # the devices' owner is "b", never started: every message is another daemon's
         cmd += ["--set", "cluster.id=a", "--set", f"cluster.members=a,{FOREIGN_OWNER}"]
@@ -155,11 +180,24 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1, help="rounds, paths interleaved; the median is reported")
     p.add_argument("--out", help="write every round's figures as JSON here")
     p.add_argument("--foreign", action="store_true", help="also a cluster daemon that owns none of the devices")
+    p.add_argument(
+        "--ecg",
+        action="store_true",
+        help="also the simulated fleet's PPG alone and with an ECG beside each device's (half the messages)",
+    )
+    p.add_argument("--variant", metavar="KEY=VALUE", action="append", default=[],
+                   help="also this tree's daemon with this setting (repeatable): calibration.tracking=off")  # fmt: skip
     args = p.parse_args()
     frames = messages(args.messages, args.devices)
     rounds: dict[str, list[float]] = {"bare": [], "daemon": []}
     if args.baseline:
         rounds["before"] = []
+    if args.variant:
+        rounds["variant"] = []
+    if args.ecg:
+        rounds["fleet"], rounds["fleet+ecg"] = [], []
+        fleet_ppg = fleet_messages(args.messages, args.devices, ecg=False)
+        fleet_ecg = fleet_messages(args.messages, args.devices, ecg=True)
     if args.foreign:
         rounds["foreign"] = []
         foreign_frames = messages(args.messages, args.devices, foreign=True)
@@ -168,19 +206,31 @@ def main() -> None:
         rounds["daemon"].append(daemon_rate(frames, args.profile if r == 0 else None))
         if args.baseline:
             rounds["before"].append(daemon_rate(frames, source=os.path.abspath(args.baseline)))
+        if args.variant:
+            rounds["variant"].append(daemon_rate(frames, settings=tuple(args.variant)))
+        if args.ecg:
+            rounds["fleet"].append(daemon_rate(fleet_ppg))
+            rounds["fleet+ecg"].append(daemon_rate(fleet_ecg))
         if args.foreign:
             rounds["foreign"].append(daemon_rate(foreign_frames, foreign=True))
     med = {k: float(np.median(v)) for k, v in rounds.items()}
     print(f"| path | messages/s (median of {args.repeat}) | rounds |\n|---|---|---|")
     names = {"bare": "bare pyzmq SUB loop (receive only)", "before": f"p2p-daemon from {args.baseline} (before)",
              "daemon": "p2p-daemon (validate, buffer, cut windows, infer)",
-             "foreign": "p2p-daemon of a cluster, every message another's (read the topic, drop)"}  # fmt: skip
-    for key in ("bare", "before", "daemon", "foreign"):
+             "foreign": "p2p-daemon of a cluster, every message another's (read the topic, drop)",
+             "variant": f"p2p-daemon with {', '.join(args.variant)}",
+             "fleet": "p2p-daemon, the simulated fleet's PPG",
+             "fleet+ecg": "p2p-daemon, the simulated fleet's PPG and ECG (arrival times found)"}  # fmt: skip
+    for key in ("bare", "before", "daemon", "variant", "fleet", "fleet+ecg", "foreign"):
         if key in med:
             print(f"| {names[key]} | {med[key]:,.0f} | {', '.join(f'{v:,.0f}' for v in rounds[key])} |")
     print(f"\nthe daemon ingests at {med['daemon'] / med['bare']:.0%} of the bare loop's rate")
     if "before" in med:
         print(f"after / before: {med['daemon'] / med['before']:.2f}x")
+    if "variant" in med:
+        print(f"default / variant: {med['daemon'] / med['variant']:.2f}x")
+    if "fleet+ecg" in med:
+        print(f"with ECG / PPG only (messages/s, half of them ECG): {med['fleet+ecg'] / med['fleet']:.2f}x")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"messages": args.messages, "devices": args.devices, "rounds": rounds, "median": med}, f)

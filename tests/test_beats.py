@@ -9,30 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from p2p_stream.beats.constructed import TANGENT_FOOT_S, constructed
 from p2p_stream.beats.device_beats import DeviceBeats
 from p2p_stream.beats.ppg_feet import FootDetector
 from p2p_stream.beats.r_peaks import RPeakDetector
 from p2p_stream.offline.datasets.aist_wrist import find_root, read_session, session_files
-
-RISE_S = 0.15  # the constructed upstroke: a raised cosine this long
-TANGENT_FOOT_S = RISE_S * (0.5 - 1 / np.pi)  # where its steepest tangent meets its minimum's level, after its onset
-
-
-def constructed(fs: float, seconds: float, pat_s, rr_s: float = 0.8, noise: float = 0.01, seed: int = 0):
-    """(t, ecg, ppg, R times, expected tangent feet): narrow R spikes, each followed `pat_s` later (a number, or one
-    per beat) by a pulse whose tangent foot is known exactly."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(0, seconds, 1 / fs)
-    r = np.arange(0.5, seconds - 1.0, rr_s)
-    pat = np.broadcast_to(np.asarray(pat_s, dtype=float), r.shape)
-    ecg = np.exp(-0.5 * ((t[:, None] - r) / 0.012) ** 2).sum(1) + noise * rng.normal(size=len(t))
-    ppg = np.zeros_like(t)
-    for onset in r + pat:
-        u = (t - onset) / RISE_S
-        ppg += np.where((u >= 0) & (u < 1), 0.5 - 0.5 * np.cos(np.pi * u), 0.0)
-        ppg += np.where(u >= 1, np.exp(-(t - onset - RISE_S) / 0.35), 0.0)
-    ppg += noise * rng.normal(size=len(t))
-    return t, ecg, ppg, r, r + pat + TANGENT_FOOT_S
 
 
 def feed(beats: DeviceBeats, t, ecg, ppg, fs: float, chunk: int, ecg_offset_s: float = 0.0, ecg_gap=None) -> None:
@@ -52,7 +33,7 @@ def test_the_arrival_time_is_found_within_a_few_ms_of_the_known_one(fs, pat_ms):
     found = np.array([b.foot_t for b in beats.beats])
     inner = feet[2:-1]
     nearest = found[np.abs(found[:, None] - inner).argmin(0)]
-    assert np.abs(nearest - inner).max() < 0.004  # every foot within 4 ms (the report: docs/tracking.md)
+    assert np.abs(nearest - inner).max() < 0.004  # every foot within 4 ms (benchmarks/beat_accuracy.py reports it)
     r_found = np.asarray(beats.r_peaks)
     assert np.abs(r_found[np.abs(r_found[:, None] - r[2:-1]).argmin(0)] - r[2:-1]).max() < 0.002
     f = beats.features(5.0, 25.0)

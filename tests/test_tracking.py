@@ -25,7 +25,7 @@ FAST = {"limits": {"rate_factor": 1000.0, "burst_s": 3600.0}}  # the simulated m
 
 
 def send(c, fleet: Fleet, until_s: float, ecg_shift_s: dict | None = None, no_ecg: tuple = ()) -> list:
-    """The fleet's messages up to `until_s` of its time, about 20× faster than real time; every message sent."""
+    """The fleet's messages up to `until_s` of its time, about 50× faster than real time; every message sent."""
     sent = []
     while fleet.t < until_s:
         for m in fleet.tick():
@@ -35,7 +35,7 @@ def send(c, fleet: Fleet, until_s: float, ecg_shift_s: dict | None = None, no_ec
                 t0 = T0 + m.t0 + (ecg_shift_s or {}).get(m.device, 0.0)
                 c.pub.send_multipart(encode_ingest(m.device, m.seq, t0, fleet.config.ecg_hz, m.ecg, channel="ecg"))
                 sent.append(("ecg", m))
-        time.sleep(0.01)
+        time.sleep(0.004)  # about 50× real time: the model keeps up, no window is shed
     return sent
 
 
@@ -79,18 +79,18 @@ def test_the_arrival_time_is_published_paired_by_time_and_a_device_without_ecg_i
 def test_after_a_cuff_reading_sbp_follows_a_cold_pressor_rise_and_comes_back(est):
     f = fleet(1, "cold-pressor")  # 30 s at rest, 30 s rising by 30 mmHg, a minute held, 30 s down, 90 s at rest
     device = f.ids[0]
-    with running_daemon(est, **FAST) as (_, a), client(a) as c:
+    with running_daemon(est, **FAST, windowing={"window_s": 4.0, "hop_s": 2.0}) as (_, a), client(a) as c:
         send(c, f, 10.0)
         c.estimates(lambda g: any(e["device"] == device and e["t"] > T0 + 9 for e in g))
         cuff = tuple(round(float(v[0]), 1) for v in f.bp(10.0))
         reply = c.control({"cmd": "calibrate", "device": device, "sbp": cuff[0], "dbp": cuff[1]})
         assert reply["ok"], reply
-        send(c, f, 200.0)
-        got = c.estimates(lambda g: any(e["device"] == device and e["t"] > T0 + 199 for e in g), timeout_s=60)
+        send(c, f, 175.0)
+        got = c.estimates(lambda g: any(e["device"] == device and e["t"] > T0 + 173 for e in g), timeout_s=60)
     ok = [e for e in got if e["ok"] and e["device"] == device]
     rest = [e for e in ok if T0 + 15 < e["t"] < T0 + 29]
     held = [e for e in ok if T0 + 70 < e["t"] < T0 + 115]
-    after = [e for e in ok if T0 + 165 < e["t"]]
+    after = [e for e in ok if T0 + 160 < e["t"]]
     assert rest and held and after
     assert {e["basis"] for e in rest + held + after} == {"cuff+tracking"}
     err = lambda es: np.mean([abs(e["sbp_window"] - e["ref_sbp"]) for e in es])  # noqa: E731

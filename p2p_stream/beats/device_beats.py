@@ -2,7 +2,8 @@
 
 Fed from the ingest thread as samples arrive (each sample filtered once); a stream that breaks (a time gap, a hole,
 a change of rate) restarts its detector, since a causal filter's state means nothing across a hole. Bounded: the
-detectors keep under a second of samples, and the last `KEEP_S` of beats and R peaks are kept.
+detectors keep under a second of samples, and beats and R peaks for `keep_s` (the daemon: its window and
+`KEEP_MARGIN_S`; at most 240 a minute): about 12 kB a device with 10-s windows.
 
 Per window (`features`), over the beats whose foot lies in it (those of its last `SEARCH_S` are not yet found):
 
@@ -17,6 +18,7 @@ Each is the median over the window, NaN with fewer than `MIN_BEATS` beats giving
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import NamedTuple
 
@@ -25,8 +27,9 @@ import numpy as np
 from p2p_stream.beats.ppg_feet import FootDetector, PulseBeat
 from p2p_stream.beats.r_peaks import RPeakDetector
 
-KEEP_S = 180.0  # beats and R peaks kept: the longest window the daemon cuts (120 s) and some
-MAX_KEPT = 4 * int(KEEP_S)  # at most 240 bpm
+KEEP_S = 180.0  # beats and R peaks kept by default: the longest window the daemon cuts (120 s) and some
+KEEP_MARGIN_S = 5.0  # kept beyond a window: the beats of its last seconds are found after it is cut
+MAX_RATE_HZ = 4.0  # 240 bpm
 PAT_RANGE_S = (0.05, 0.6)
 RR_RANGE_S = (0.3, 1.7)  # 35–200 bpm: an interval outside is a missed or extra beat
 MIN_BEATS = 2
@@ -85,11 +88,13 @@ class _Channel:
 
 
 class DeviceBeats:
-    def __init__(self) -> None:
+    def __init__(self, keep_s: float = KEEP_S) -> None:
+        """Beats and R peaks of the last `keep_s` seconds (at the highest rate) are kept: a window asks for no more."""
         self.ppg = _Channel(FootDetector)
         self.ecg = _Channel(RPeakDetector)
-        self.beats: deque[PulseBeat] = deque(maxlen=MAX_KEPT)
-        self.r_peaks: deque[float] = deque(maxlen=MAX_KEPT)
+        kept = int(math.ceil(MAX_RATE_HZ * keep_s))
+        self.beats: deque[PulseBeat] = deque(maxlen=kept)
+        self.r_peaks: deque[float] = deque(maxlen=kept)
         self.has_ecg = False
 
     def add_ppg(self, x: np.ndarray, t0: float, fs: float) -> None:
@@ -124,8 +129,6 @@ class DeviceBeats:
         if len(mine) < MIN_BEATS:
             return NO_FEATURES._replace(beats=len(mine))
         feet = np.array([b.foot_t for b in mine])
-        rise = np.array([b.rise_ms for b in mine])
-        amplitude = np.array([b.amplitude for b in mine])
         pat, hr = np.nan, np.nan
         if self.r_peaks:
             r = np.asarray(self.r_peaks)
@@ -139,11 +142,18 @@ class DeviceBeats:
             hr = _rate(np.diff(inside))
         if not np.isfinite(hr):
             hr = _rate(np.diff(feet))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_amplitude = float(np.median(np.log(amplitude[amplitude > 0]))) if (amplitude > 0).any() else np.nan
-        return BeatFeatures(pat, hr, float(np.median(rise)), log_amplitude, len(mine))
+        positive = [b.amplitude for b in mine if b.amplitude > 0]
+        log_amplitude = _median([math.log(a) for a in positive]) if positive else np.nan
+        return BeatFeatures(pat, hr, _median([b.rise_ms for b in mine]), log_amplitude, len(mine))
+
+
+def _median(values) -> float:
+    """The median of a few numbers, in Python: np.median costs ~40 µs of overhead on a window's dozen beats."""
+    s = sorted(values)
+    n = len(s)
+    return float(s[n // 2]) if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
 def _rate(intervals: np.ndarray) -> float:
     good = intervals[(RR_RANGE_S[0] <= intervals) & (intervals <= RR_RANGE_S[1])]
-    return 60.0 / float(np.median(good)) if len(good) >= MIN_BEATS - 1 and len(good) else np.nan
+    return 60.0 / _median(good.tolist()) if len(good) >= MIN_BEATS - 1 and len(good) else np.nan

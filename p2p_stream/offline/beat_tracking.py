@@ -50,6 +50,7 @@ MOVED_MMHG, STILL_MMHG = 10.0, 5.0  # a unit where SBP moved more (less) than th
 BOOTSTRAP = 2000
 LEVEL = 0.8
 TAU_SWEEP = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0)  # mmHg: the dead-band table
+KAPPA_SWEEP = (0.0, 1.0, 2.0, 3.0)  # the per-feature dead-band, in units of each feature's still-pressure spread
 
 
 @dataclass
@@ -206,6 +207,23 @@ def leave_one_subject_out(
     return pred, half
 
 
+def feature_dead_band(c: Changes, features: tuple[str, ...], kappa: float) -> np.ndarray:
+    """Leave-one-subject-out SBP change with a dead-band per feature instead of on the prediction: each feature's
+    change shrunk toward 0 by κ times its spread where pressure held still (1.4826 × the median |Δf| of the other
+    persons' units that moved < `STILL_MMHG`), then least squares on the shrunk changes. A feature that has not moved
+    beyond its own noise moves nothing."""
+    x, y = np.nan_to_num(c.df[:, columns(features)]), c.dbp[:, 0]
+    pred = np.zeros(len(y))
+    for p in np.unique(c.units.person):
+        out = c.units.person == p
+        still = ~out & (np.abs(y) < STILL_MMHG)
+        xs = shrink(x, kappa * 1.4826 * np.median(np.abs(x[still]), axis=0))
+        sw = np.sqrt(person_weights(c.units.person[~out]))
+        coef = np.linalg.lstsq(xs[~out] * sw[:, None], y[~out] * sw, rcond=None)[0]
+        pred[out] = xs[out] @ coef
+    return pred
+
+
 def mase(err: np.ndarray, carry: np.ndarray, person: np.ndarray, rows: np.ndarray | None = None) -> dict:
     """Tracking over carry-forward, each person weighted equally, with a person-bootstrap interval."""
     rows = np.ones(len(err), bool) if rows is None else rows
@@ -339,6 +357,12 @@ def score(beats: Beats) -> dict:
             result[kind]["dead_band"][f"{tau:g}"] = {
                 name: mase(err, c.dbp[:, 0], c.units.person, rows[name]) for name in ("all", "moved", "still")
             }
+        result[kind]["feature_dead_band"] = {}
+        for kappa in KAPPA_SWEEP:
+            err = c.dbp[:, 0] - feature_dead_band(c, FEATURES["ecg+ppg"], kappa)
+            result[kind]["feature_dead_band"][f"{kappa:g}"] = {
+                name: mase(err, c.dbp[:, 0], c.units.person, rows[name]) for name in ("all", "moved", "still")
+            }
     return result
 
 
@@ -394,6 +418,12 @@ def markdown(result: dict) -> str:
                   "|---|---|---|---|"]  # fmt: skip
         for tau, m in result[kind]["dead_band"].items():
             lines.append(f"| {tau} | " + " | ".join(f"{m[r]['mase']:.3f}" for r in ("all", "moved", "still")) + " |")
+        lines.append("")
+        lines += [f"**A dead-band per feature, SBP, ECG+PPG, {kind}**: each feature's change shrunk by κ times its "
+                  "spread where pressure held still (`feature_dead_band`)", "",
+                  "| κ | all later | SBP moved > 10 | SBP moved < 5 |", "|---|---|---|---|"]  # fmt: skip
+        for kappa, m in result[kind]["feature_dead_band"].items():
+            lines.append(f"| {kappa} | " + " | ".join(f"{m[r]['mase']:.3f}" for r in ("all", "moved", "still")) + " |")
         lines.append("")
     return "\n".join(lines)
 

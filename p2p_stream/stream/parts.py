@@ -116,7 +116,8 @@ def _parts(config: DaemonConfig, estimator: Estimator, backend: Backend, store: 
             burst_s=lim.burst_s,
             # a backend that keeps crop features gets a run's first crops cut ahead, as their samples come in
             warm_crop_s=estimator.crop_s if backend.caches_crops else 0.0,
-            follow_beats=cal.tracking != "off",  # each window carries its beats' features (pat_ms, tracking)
+            follow_beats=cal.tracking != "off",  # each window carries its beats' features (pat_ms, tracking)…
+            beats_without_ecg=cal.tracking == "ppg",  # …a PPG-only device's only where they are used: no cost else
         ),
         batcher=DynamicBatcher(
             b.max_batch,

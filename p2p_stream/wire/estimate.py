@@ -121,8 +121,9 @@ BASES = {  # `basis` → what an estimate with it is worth
     "age_sex": "the wearer's age and/or sex (`meta`): the population's blood pressure at that age and sex",
     "ppg": "the network's reading of the PPG (a checkpoint whose answer depends on the waveform)",
     "cuff": "a cuff reading (`calibrate`) carried forward: the signal has not moved it",
-    "cuff+tracking": "a cuff reading moved by the change of the pulse's features since it was taken (pulse arrival "
-    "time with an ECG, else pulse rate, rise time and amplitude)",
+    "cuff+tracking": "a cuff reading moved by the change of the pulse since it was taken, for an hour after it: the "
+    "pulse arrival time with an ECG (`ecg.<device>`); with `calibration.tracking` ppg, else the PPG's pulse "
+    "rate, rise time and amplitude",
 }
 CALIBRATED_BASES = ("cuff", "cuff+tracking")
 

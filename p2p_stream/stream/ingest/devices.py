@@ -52,19 +52,21 @@ class DeviceTable:
         warm_crop_s: float = 0.0,
         sessions: SessionBook | None = None,
         follow_beats: bool = False,
+        beats_without_ecg: bool = True,
     ) -> None:
         """Windows of `window_s` every `hop_s` seconds; chunks of at most `max_chunk` samples; a time gap above
         `gap_tolerance_s` seconds breaks a stream; at most `max_devices` devices whose rings hold at most
         `ring_memory_bytes` together (None: no bound), each forgotten after `idle_s` seconds without an accepted
         message; each device's samples budgeted at `rate_factor` times its rate plus `burst_s` seconds of them.
         `sessions`: where wearer sessions are opened (the state store; in memory without one). `follow_beats`: each
-        device's beats are found and each window carries their medians (beats/device_beats.py)."""
+        device's beats are found and each window carries their medians (beats/device_beats.py) — only for devices
+        that send an ECG, unless `beats_without_ecg`."""
         self.window_s, self.hop_s, self.max_chunk, self.gap_tolerance_s = window_s, hop_s, max_chunk, gap_tolerance_s
         self.max_devices, self.idle_s, self.ring_memory_bytes = max_devices, idle_s, ring_memory_bytes
         self.rate_factor, self.burst_s = rate_factor, burst_s
         self.warm_crop_s = warm_crop_s  # each stream cuts its first window's crops ahead (`DeviceStream`): 0 = not
         self.sessions = sessions if sessions is not None else MemorySessions()
-        self.follow_beats = follow_beats
+        self.follow_beats, self.beats_without_ecg = follow_beats, beats_without_ecg
         self.streams: dict[str, DeviceStream] = {}
         self.last_seen: dict[str, float] = {}  # arrival of the last accepted message (or of the creating one)
         # When each device last cut a window (or was created), on `clock`, oldest first: the front is the least
@@ -123,6 +125,7 @@ class DeviceTable:
             burst_s=self.burst_s,
             warm_crop_s=self.warm_crop_s,
             follow_beats=self.follow_beats,
+            beats_without_ecg=self.beats_without_ecg,
         )
         stream.opener = self._open  # its first message opens its session (DeviceStream.push)
         self.streams[msg.device] = stream

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from p2p_stream.beats.device_beats import BeatFeatures, DeviceBeats
+from p2p_stream.beats.device_beats import KEEP_MARGIN_S, BeatFeatures, DeviceBeats
 from p2p_stream.config.daemon import Limits
 from p2p_stream.ppg.crops import crop_length, crop_starts
 from p2p_stream.stream.ingest.budget import TokenBucket
@@ -133,12 +133,14 @@ class DeviceStream:
         burst_s: float = Limits().burst_s,
         warm_crop_s: float = 0.0,
         follow_beats: bool = False,
+        beats_without_ecg: bool = True,
     ):
         """Windows of `window_s` every `hop_s` seconds, chunks of at most `max_chunk` samples, a time gap above
         `gap_tolerance_s` breaks the run; samples at most `rate_factor` times `fs`, sustained, plus `burst_s` seconds of
         them at once (on `push`'s arrival clock). `warm_crop_s` > 0: the crops of `warm_crop_s` seconds that the first
         window of each run holds before its last are cut ahead (`CropAhead`) as soon as their samples are in.
-        `follow_beats`: find its beats (and, once an ECG comes, R peaks) and give each window their medians."""
+        `follow_beats`: find its beats (and, once an ECG comes, R peaks) and give each window their medians; only
+        once an ECG has come, unless `beats_without_ecg` (the PPG-only features are then wanted too)."""
         self.device = device
         self.generation = generation  # given by DeviceTable, process-wide increasing; every window carries it
         self.window_s, self.hop_s, self.max_chunk, self.gap_tolerance_s = window_s, hop_s, max_chunk, gap_tolerance_s
@@ -160,7 +162,8 @@ class DeviceStream:
         self.samples = TokenBucket(burst_s, rate_factor)
         self.markers = TokenBucket(MARKER_BURST, rate_factor / hop_s)
         self.rate_factor, self.burst_s = rate_factor, burst_s
-        self.beats = DeviceBeats() if follow_beats else None
+        self.beats = DeviceBeats(keep_s=window_s + KEEP_MARGIN_S) if follow_beats else None
+        self.beats_without_ecg = beats_without_ecg
         self.ecg: EcgChannel | None = None  # its ECG channel (ecg_channel.py), from its first ECG message
 
     def _configure(self, fs: float) -> None:
@@ -218,8 +221,8 @@ class DeviceStream:
             k = cap - self.pos
             self.buf[self.pos :] = x[:k]
             self.buf[: n - k] = x[k:]
-        if self.beats is not None:  # queued for the detector, which restarts at a hole or jump on its own
-            self.beats.add_ppg(x, t0, self.fs)
+        if self.beats is not None and (self.ecg is not None or self.beats_without_ecg):
+            self.beats.add_ppg(x, t0, self.fs)  # queued for the detector, which restarts at a hole or jump on its own
         run0, taken0 = self.run, self.taken
         self.run += n
         self.taken += n
@@ -253,8 +256,8 @@ class DeviceStream:
         return windows
 
     def _features(self, t_last: float) -> BeatFeatures | None:
-        if self.beats is None:
-            return None
+        if self.beats is None or (self.ecg is None and not self.beats_without_ecg):
+            return None  # a PPG-only device where only the arrival time is wanted: no work at all
         return self.beats.features(t_last - (self.length - 1) / self.fs, t_last)
 
     def push_ecg(self, msg: Ingest, arrival: float) -> str | None:
