@@ -92,3 +92,22 @@ def test_hostile_ecg_messages_are_counted_and_dropped_and_the_good_device_loses_
     for reason, n in expected.items():
         assert rejected.get(reason, 0) == n, (reason, rejected.get(reason), n)
     assert rejected.get("ecg_duplicate", 0) == 40  # every replay of its own ECG refused, none applied
+
+
+def test_the_same_replay_again_and_again_never_resyncs_and_cycling_rates_is_shed():
+    """Found in review: any third refused message in a row resynced the channel, the same one three times too; and
+    a new rate on every message cost a filter design each (~1 ms) for nothing."""
+    from p2p_stream.beats.device_beats import DeviceBeats
+    from p2p_stream.stream.ingest.ecg_channel import EcgChannel
+    from p2p_stream.wire.protocol import Ingest
+
+    x = np.zeros(50, dtype=np.float32)
+    msg = lambda seq, t0, fs=250.0: Ingest("d", seq, t0, fs, x, None, None, None, "ecg")  # noqa: E731
+    ch = EcgChannel(DeviceBeats(), rate_factor=4.0, burst_s=60.0, resync=3)
+    assert [ch.push(msg(k, 100.0 + k * 0.2), 0.0) for k in range(10)] == [None] * 10
+    assert [ch.push(msg(2, 100.4), 0.0) for _ in range(10)] == ["duplicate"] * 10  # the same one: never accepted
+    # Three stale messages that continue each other (a device whose clock was pushed ahead by a forgery): resync.
+    assert [ch.push(msg(5 + k, 101.0 + k * 0.2), 0.0) for k in range(3)] == ["duplicate", "duplicate", None]
+    cycling = EcgChannel(DeviceBeats(), rate_factor=4.0, burst_s=60.0, resync=3)
+    dropped = [cycling.push(msg(k, 200.0 + k, fs=250.0 + k), 0.0) for k in range(200)]
+    assert dropped.count("over_budget") > 100  # a restart costs a second of the 60-s burst: about 60 get through

@@ -198,3 +198,19 @@ def test_a_replay_csv_with_an_ecg_column_is_replayed_on_both_topics(est, tmp_pat
     pat = [e["pat_ms"] for e in got if e["device"] == f.ids[0] and e["ok"] and e["pat_ms"] is not None]
     assert len(pat) >= 5 and abs(np.median(pat) - 220.0) < 12.0, pat
     assert all(e["pat_ms"] is None for e in got if e["device"] == f.ids[1])
+
+
+def test_a_cuff_reading_every_ten_seconds_keeps_no_chain_of_readings():
+    """Found in review: each reading kept the one before it until its span closed, so readings every 10 s (inside
+    the 60-s span, within the quota) built a chain that every window walked, and after ~1000 a RecursionError
+    stopped the worker. Now a replaced reading leaves only numbers (`_Before`)."""
+    cal = Calibrations(span_s=60.0, min_estimates=1, change_gain=0.0, tracker=tracker())
+    for k in range(600):  # ten minutes of 1-s windows, a reading every 10 s
+        row = cal.apply("d", float(k), np.array([120.0, 70.0]), 1, 1, np.array(REST) + [k % 7, 0, 0, 0])
+        if k % 10 == 5:
+            cal.calibrate("d", 120.0 + k % 3, 70.0, t=float(k), generation=1, session=1)
+    chain, link = 0, cal._devices["d"].active
+    while getattr(link, "previous", None) is not None:  # a `_Before` has no `previous`: the chain ends at it
+        chain, link = chain + 1, link.previous
+    assert chain <= 1  # before the fix: a link per reading whose span had not closed, here every one
+    assert row.calibrated and row.tracked == "ecg+ppg"

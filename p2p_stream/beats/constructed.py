@@ -22,6 +22,6 @@ def constructed(fs: float, seconds: float, pat_s, rr_s: float = 0.8, noise: floa
     for onset in r + pat:
         u = (t - onset) / RISE_S
         ppg += np.where((u >= 0) & (u < 1), 0.5 - 0.5 * np.cos(np.pi * u), 0.0)
-        ppg += np.where(u >= 1, np.exp(-(t - onset - RISE_S) / 0.35), 0.0)
+        ppg += np.where(u >= 1, np.exp(-np.maximum(t - onset - RISE_S, 0.0) / 0.35), 0.0)
     ppg += noise * rng.normal(size=len(t))
     return t, ecg, ppg, r, r + pat + TANGENT_FOOT_S

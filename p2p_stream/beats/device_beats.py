@@ -1,9 +1,11 @@
 """One device's beats: its PPG feet and, with an ECG, its R peaks; per window, the medians the tracking reads.
 
-Fed from the ingest thread as samples arrive (each sample filtered once); a stream that breaks (a time gap, a hole,
-a change of rate) restarts its detector, since a causal filter's state means nothing across a hole. Bounded: the
-detectors keep under a second of samples, and beats and R peaks for `keep_s` (the daemon: its window and
-`KEEP_MARGIN_S`; at most 240 a minute): about 12 kB a device with 10-s windows.
+Fed from the ingest thread as samples arrive (each sample filtered once); a stream that breaks (a time gap beyond
+`CONTINUE_S`, a hole, a change of rate) restarts its detector, since a causal filter's state means nothing across a
+hole; each detection's times are anchored on its first message's `t0`, so neither jitter nor a rate a little off
+its nominal value accumulates. Bounded: the detectors keep under a second of samples (up to `PENDING_S` more wait
+for them), and beats and R peaks for `keep_s` (the daemon: its window and `KEEP_MARGIN_S`; at most 240 a minute):
+about 12 kB a device with 10-s windows.
 
 Per window (`features`), over the beats whose foot lies in it (those of its last `SEARCH_S` are not yet found):
 
@@ -49,6 +51,9 @@ NO_FEATURES = BeatFeatures(np.nan, np.nan, np.nan, np.nan, 0)
 
 
 PENDING_S = 2.0  # samples wait to be detected at most this long (or until a window asks)
+# A message starting this close to where the last ended continues it (the daemon's default windowing.gap_tolerance_s):
+# time stamps jitter (an LSL outlet's do by milliseconds); a farther one is a hole and restarts the detector.
+CONTINUE_S = 0.2
 
 
 class _Channel:
@@ -64,9 +69,10 @@ class _Channel:
     def add(self, x: np.ndarray, t0: float, fs: float) -> list:
         """Queue `x`; the events detected now (when the queue was full or `x` does not continue it)."""
         found = []
-        continues = self.fs == fs and self.next_t is not None and abs(t0 - self.next_t) <= 1.5 / fs
-        if self.pending and not continues:
-            found = self.detect()
+        off = abs(t0 - self.next_t) if self.next_t is not None else np.inf
+        continues = self.fs == fs and off <= CONTINUE_S  # the stream's own gap tolerance: jitter is not a hole
+        if self.pending and (not continues or off > 1.5 / fs):
+            found = self.detect()  # queued samples are timed by their first's t0: a chunk off by more starts anew
         if not continues:
             self.detector, self.fs = self.make(fs), fs  # a hole, a jump or another rate: start again
         if not self.pending:
@@ -99,7 +105,7 @@ class DeviceBeats:
 
     def add_ppg(self, x: np.ndarray, t0: float, fs: float) -> None:
         """Finite PPG samples, the first at `t0`, at `fs` Hz."""
-        self.beats.extend(self.ppg.add(x, t0, fs))
+        _in_order(self.beats, self.ppg.add(x, t0, fs), lambda b: b.foot_t)
 
     def add_ecg(self, x: np.ndarray, t0: float, fs: float) -> None:
         """Finite ECG samples on the same clock as the PPG."""
@@ -107,13 +113,11 @@ class DeviceBeats:
         self._r_peaks(self.ecg.add(x, t0, fs))
 
     def _r_peaks(self, found: list[float]) -> None:
-        if found and self.r_peaks and found[0] <= self.r_peaks[-1]:  # the ECG's clock went back: start again
-            self.r_peaks.clear()
-        self.r_peaks.extend(found)
+        _in_order(self.r_peaks, found, float)
 
     def detect(self) -> None:
         """Detect the queued samples of both channels now."""
-        self.beats.extend(self.ppg.detect())
+        _in_order(self.beats, self.ppg.detect(), lambda b: b.foot_t)
         self._r_peaks(self.ecg.detect())
 
     def features(self, t_first: float, t_last: float) -> BeatFeatures:
@@ -145,6 +149,15 @@ class DeviceBeats:
         positive = [b.amplitude for b in mine if b.amplitude > 0]
         log_amplitude = _median([math.log(a) for a in positive]) if positive else np.nan
         return BeatFeatures(pat, hr, _median([b.rise_ms for b in mine]), log_amplitude, len(mine))
+
+
+def _in_order(kept: deque, found: list, time_of) -> None:
+    """Append `found` to `kept`, which stays in time order (features() searches it): an event not after the last
+    kept one means the clock went back (a restarted device, a stepped clock), and what was kept is dropped."""
+    for event in found:
+        if kept and time_of(event) <= time_of(kept[-1]):
+            kept.clear()
+        kept.append(event)
 
 
 def _median(values) -> float:

@@ -52,9 +52,9 @@ class FootDetector:
         self._slopes: list[tuple[int, float]] = []  # (index, slope) of recent steepest points
 
     def feed(self, x: np.ndarray, t0: float) -> list[PulseBeat]:
-        """Samples `x`, the first at `t0`: the beats whose search spans are now complete."""
-        if self._t0 is None:
-            self._t0 = t0
+        """Samples `x`, the first at `t0`: the beats whose search spans are now complete. Time is anchored on each
+        call's `t0`: a sensor whose rate is a little off its nominal `fs` never accumulates an error."""
+        self._t0 = t0 - (self._start + len(self._y)) / self.fs  # the time of stream index 0, as of this chunk
         y = np.concatenate([self._y, self.filter(x)])
         beats: list[PulseBeat] = []
         slope = np.diff(y) * self.fs  # slope[j]: between samples j and j + 1

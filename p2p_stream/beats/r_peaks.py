@@ -39,9 +39,9 @@ class RPeakDetector:
         self._heights: list[tuple[int, float]] = []
 
     def feed(self, x: np.ndarray, t0: float) -> list[float]:
-        """Samples `x`, the first at `t0`: the R peaks now certain."""
-        if self._t0 is None:
-            self._t0 = t0
+        """Samples `x`, the first at `t0`: the R peaks now certain. Time is anchored on each call's `t0` (the kept
+        samples before it counted back at `fs`): a clock a little off its nominal rate never accumulates."""
+        self._t0 = t0 - (self._start + len(self._y)) / self.fs  # the time of stream index 0, as of this chunk
         x = np.asarray(x, dtype=np.float64)
         self._y = np.concatenate([self._y, self.filter(x)])
         self._x = np.concatenate([self._x, x])

@@ -40,6 +40,7 @@ from p2p_stream.errors import CheckpointError
 ASSET = Path(__file__).resolve().parent.parent / "assets" / "tracking.json"
 FEATURES = ("pat_ms", "hr_bpm", "rise_ms", "log_amplitude")  # a feature vector's order (offline: ALL_FEATURES)
 SECOND_AT_MMHG = 10.0  # a second reading this far from the first measures the person's gain (offline: the same)
+MAX_CHANGE_MMHG = 60.0  # a predicted change is held to this: stress_beats' largest within a person was ~70 mmHg
 HORIZON_S = 3600.0  # tracking applies this long after a reading (validated to 64 min; not across re-wearing)
 
 
@@ -138,5 +139,5 @@ class Tracker:
         way = self.way(baseline, now)
         if way is None or elapsed_s > HORIZON_S:
             return None
-        change = shrink(gain * way.raw(baseline, now), way.tau)
+        change = min(max(shrink(gain * way.raw(baseline, now), way.tau), -MAX_CHANGE_MMHG), MAX_CHANGE_MMHG)
         return Tracked(change, way.h0 + way.k * abs(change), way.name)

@@ -73,6 +73,7 @@ if TYPE_CHECKING:
 # A hop is cut as round(hop_s * fs) samples, which at fs ≥ 20 Hz and hop_s ≥ 0.1 s (the accepted ranges) is ≥ 2
 # samples and so never shorter than 0.8 hop_s (2.5 samples → 2): windows can come that much faster than hop_s.
 HOP_SHORTENING = 0.8
+MIN_PULSE_PRESSURE = 10.0  # mmHg: tracked SBP never comes closer than this to the (untracked) DBP
 SLACK = 4  # a few estimates more than the arithmetic gives, so no rounding of t ever drops one from a span
 
 # (t in Unix s, sbp, dbp in mmHg, uncalibrated; the window's beat features in model/tracking.py's order, or None)
@@ -198,8 +199,16 @@ class _Reading:
     key: int | None = None  # its row in the state store, when there is one
     carried: bool = False  # recalled from the store: made in an earlier stream of the session
     baseline: np.ndarray | None = None  # the span's median beat features (tracking), formed with `reference`
-    previous: _Reading | None = None  # the reading it followed, whose baseline gives the person's gain
-    gain: float | None = None  # the person's gain, once both baselines are frozen
+    previous: _Before | None = None  # what is kept of the reading it followed: its person's gain is measured from it
+    gain: float | None = None  # the person's gain, once its baseline is frozen
+
+
+class _Before(NamedTuple):
+    """Of the reading a new one replaced, only what the person's gain needs: no chain of readings is kept."""
+
+    cuff: tuple[float, float]
+    baseline: np.ndarray | None
+    gain: float  # the gain it applied when it was replaced
 
 
 @dataclass
@@ -286,7 +295,7 @@ class Calibrations:
             if reading.reference is None:
                 d.pending = reading  # the previous calibration, if any, applies until this one can
                 return False
-            reading.previous, d.active, d.pending, d.version = d.active, reading, None, d.version + 1
+            reading.previous, d.active, d.pending, d.version = self._before(d.active), reading, None, d.version + 1
             self._saved(device, reading)
             return True
 
@@ -317,7 +326,8 @@ class Calibrations:
                     if reading.reference != before:
                         self._saved(device, reading)
             if d.pending is not None and d.pending.reference is not None:
-                d.pending.previous, d.active, d.pending, d.version = d.active, d.pending, None, d.version + 1
+                d.pending.previous = self._before(d.active)
+                d.active, d.pending, d.version = d.pending, None, d.version + 1
             active, version = d.active, d.version
         if active is None or active.reference is None:
             return Applied(np.asarray(row, dtype=np.float64), False, version)
@@ -332,23 +342,31 @@ class Calibrations:
         tracked = self.tracker.track(reading.baseline, features, t - reading.t, self._gain(reading))
         if tracked is None:
             return None
-        row[0] += tracked.sbp_change
+        row[0] = max(row[0] + tracked.sbp_change, row[1] + MIN_PULSE_PRESSURE)  # DBP is the cuff's: SBP stays above
         if len(row) >= 6:
             row[2], row[3] = row[0] - tracked.halfwidth, row[0] + tracked.halfwidth
         return tracked.way
 
+    def _before(self, reading: _Reading | None) -> _Before | None:
+        """What a replaced reading leaves its successor: its cuff, baseline and the gain it applied."""
+        if reading is None:
+            return None
+        return _Before(reading.cuff, reading.baseline, self._gain(reading))
+
     def _gain(self, reading: _Reading) -> float:
         """The person's own gain: from this reading and the one before it, when both baselines are known and far
-        enough apart in pressure (model/tracking.py); else the previous reading's; 1 with no history."""
+        enough apart in pressure (model/tracking.py); else the one before's; 1 with no history. Never recursive:
+        the one before is kept as numbers (`_Before`)."""
         if reading.gain is not None:
             return reading.gain
         before = reading.previous
-        inherited = self._gain(before) if before is not None else 1.0
-        if before is None or before.baseline is None or reading.baseline is None:
-            return inherited
-        measured = self.tracker.gain(before.baseline, reading.baseline, reading.cuff[0] - before.cuff[0])
-        gain = inherited if measured is None else measured
-        if reading.frozen:  # its baseline final, and the one before (no longer refined) too: so is the gain
+        if before is None or self.tracker is None:
+            return 1.0 if before is None else before.gain
+        measured = None
+        if before.baseline is not None and reading.baseline is not None:
+            measured = self.tracker.gain(before.baseline, reading.baseline, reading.cuff[0] - before.cuff[0])
+        gain = before.gain if measured is None else measured
+        if reading.frozen:  # its baseline final (the one before is no longer refined): so is the gain
             reading.gain, reading.previous = gain, None
         return gain
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from p2p_stream.disk import disk_full, free_text
 from p2p_stream.errors import ConfigError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 2000  # how long a write waits for another daemon's on a shared file
 SESSION_BLOCK = 1 << 20  # session ids each daemon start reserves at once (stream/state/sessions.py)
 SCHEMA = """
@@ -60,8 +60,9 @@ MIGRATE_1 = (
     "ALTER TABLE audit ADD COLUMN epoch INTEGER",
     "ALTER TABLE audit ADD COLUMN session INTEGER",
 )
-# Schema 2 → 3: `sessions.closed` came after the first schema-2 files were written (CREATE … IF NOT EXISTS leaves
-# an existing table as it was, so such a file lacked it and every session save failed): added where missing.
+# `sessions.closed` came after the first schema-2 files were written (CREATE … IF NOT EXISTS leaves an existing
+# table as it was, so such a file lacked it and every session save failed): added where missing, at every open. Not
+# a new schema version: a daemon of the first schema-2 build still opens the file, and ignores the column.
 ADDED_COLUMNS = {"sessions": (("closed", "REAL"),)}
 
 

@@ -9,7 +9,9 @@
 ECG, the second channel: a stream of LSL type `--ecg-type` (default ECG) that matches the same `--name` /
 `--source-id` and maps to the same device id (the same source_id, or a `--device` mapping naming both sources) is
 that device's ECG, sent on `ecg.<device>` with its own `seq` and rate, its time stamps through its own clock
-correction (so it pairs with the PPG by time); pinned like a PPG stream. `--ecg-type ''` bridges PPG only.
+correction (so it pairs with the PPG by time). A bare `--device ID` maps the PPG stream only (never every ECG on the
+network); `--pin` names the PPG's outlet, and the ECG is pinned to the first outlet that feeds it (`--pin-mode`).
+`--ecg-type ''` bridges PPG only.
 
 Which streams: those whose LSL type is `--type` (default PPG), and name `--name` and source_id `--source-id` when
 given; new ones are picked up while the bridge runs. Each becomes one device: its id is the `--device` mapping's
@@ -330,16 +332,21 @@ class Bridge:
                 self.skip[uid] = why
                 continue
             outlet = Outlet.of(info)
-            device = device_for(outlet.source_id, outlet.name, self.devices)
             kind = "ecg" if self.ecg_type and info.type() == self.ecg_type else "ppg"
+            # A bare --device ID names the one PPG stream: it must not pull in every ECG stream on the network (another
+            # person's among them), so an ECG stream maps by its own source_id, or a SOURCE=ID naming it.
+            mapping = self.devices if kind == "ppg" else {k: v for k, v in self.devices.items() if k}
+            device = device_for(outlet.source_id, outlet.name, mapping)
             feed = self.feeds.get((kind, device))
-            why = lookalike(outlet, feed and feed.trusted, self.pins.get(device), self.pin_mode)
+            pin = self.pins.get(device) if kind == "ppg" else None  # a --pin names the PPG outlet (its uid or host)
+            why = lookalike(outlet, feed and feed.trusted, pin, self.pin_mode)
             if why is not None:
                 self._refuse(outlet, label, device, why)
                 continue
             fresh.setdefault((kind, device), []).append((info, outlet, label))
         for (kind, device), candidates in fresh.items():
-            mode = "uid" if self.pin_mode == "uid" or self.pins.get(device, ("",))[0] == "uid" else "host"
+            pinned = self.pins.get(device, ("",))[0] if kind == "ppg" else ""
+            mode = "uid" if self.pin_mode == "uid" or pinned == "uid" else "host"
             if (kind, device) not in self.feeds and len({identity(o, mode) for _, o, _ in candidates}) > 1:
                 uids = {o.uid for _, o, _ in candidates}
                 if not uids <= self.unsure:
