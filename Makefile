@@ -8,9 +8,10 @@ STAMP := $(VENV)/.installed
 
 CLUSTER := $(VENV)/.installed-cluster
 
-# --no-compile: pip would byte-compile every module of torch and Ray up front (half of a fresh install's two
-# minutes: 132 s against 66 s on the 2-core VM); Python compiles the few a run imports, once, when it imports them.
-PIP_INSTALL := $(BIN)/pip install -q --no-compile -c constraints/ci.txt
+# pip byte-compiles every module up front (half of a fresh install's two minutes). Worth it: with
+# PYTHONDONTWRITEBYTECODE set, as on the CI machine, `--no-compile` left every process (each test's daemon) compiling
+# torch again at import, and the suite took 1,016 s instead of 785.
+PIP_INSTALL := $(BIN)/pip install -q -c constraints/ci.txt
 
 $(STAMP): pyproject.toml constraints/ci.txt
 	$(PY) -m venv $(VENV)
