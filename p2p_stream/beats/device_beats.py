@@ -101,7 +101,6 @@ class DeviceBeats:
         kept = int(math.ceil(MAX_RATE_HZ * keep_s))
         self.beats: deque[PulseBeat] = deque(maxlen=kept)
         self.r_peaks: deque[float] = deque(maxlen=kept)
-        self.has_ecg = False
 
     def add_ppg(self, x: np.ndarray, t0: float, fs: float) -> None:
         """Finite PPG samples, the first at `t0`, at `fs` Hz."""
@@ -109,16 +108,12 @@ class DeviceBeats:
 
     def add_ecg(self, x: np.ndarray, t0: float, fs: float) -> None:
         """Finite ECG samples on the same clock as the PPG."""
-        self.has_ecg = True
-        self._r_peaks(self.ecg.add(x, t0, fs))
-
-    def _r_peaks(self, found: list[float]) -> None:
-        _in_order(self.r_peaks, found, float)
+        _in_order(self.r_peaks, self.ecg.add(x, t0, fs), float)
 
     def detect(self) -> None:
         """Detect the queued samples of both channels now."""
         _in_order(self.beats, self.ppg.detect(), lambda b: b.foot_t)
-        self._r_peaks(self.ecg.detect())
+        _in_order(self.r_peaks, self.ecg.detect(), float)
 
     def features(self, t_first: float, t_last: float) -> BeatFeatures:
         """The medians over the beats whose foot lies in [t_first, t_last] (the samples queued detected first)."""

@@ -28,7 +28,7 @@ after `HORIZON_S` the estimate is the cuff reading with the checkpoint's interva
 from __future__ import annotations
 
 import json
-import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,18 @@ MAX_CHANGE_MMHG = 60.0  # a predicted change is held to this: stress_beats' larg
 HORIZON_S = 3600.0  # tracking applies this long after a reading (validated to 64 min; not across re-wearing)
 
 
+def median_features(vectors: list[np.ndarray]) -> np.ndarray | None:
+    """The per-feature median of windows' feature vectors, NaN for a feature none of them had (no ECG); None for
+    no vectors. A reading's baseline (stream/state/calibration.py), a session's features (offline/aist_tracking.py)."""
+    if not vectors:
+        return None
+    stacked = np.vstack(vectors)
+    stacked[~np.isfinite(stacked)] = np.nan
+    with warnings.catch_warnings():  # an all-NaN feature is NaN, as said, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(stacked, axis=0)
+
+
 def feature_vector(beats: BeatFeatures | None) -> np.ndarray | None:
     """A window's beat medians in `FEATURES` order (NaN where missing), or None when it has none."""
     if beats is None or beats.beats == 0:
@@ -51,8 +63,9 @@ def feature_vector(beats: BeatFeatures | None) -> np.ndarray | None:
     return np.array([beats.pat_ms, beats.hr_bpm, beats.rise_ms, beats.log_amplitude], dtype=np.float64)
 
 
-def shrink(x: float, tau: float) -> float:
-    return math.copysign(max(abs(x) - tau, 0.0), x)
+def shrink(change, tau: float):
+    """Soft threshold: a predicted change within ±τ is 0, beyond it is moved τ toward 0 (a number or an array)."""
+    return np.sign(change) * np.maximum(np.abs(change) - tau, 0.0)
 
 
 def person_gain(predicted: float, observed: float, lam: float) -> float:
@@ -86,8 +99,8 @@ class Tracked:
 
 
 class Tracker:
-    def __init__(self, ways: dict[str, Way], source: str = "", ppg_only: bool = True) -> None:
-        self.ways, self.source = ways, source
+    def __init__(self, ways: dict[str, Way], ppg_only: bool = True) -> None:
+        self.ways = ways
         self.ppg_only = ppg_only  # whether a window without an arrival time is tracked by the PPG-only way
 
     @classmethod
@@ -107,7 +120,7 @@ class Tracker:
             raise CheckpointError(f"tracking model {path}: {exc}") from exc
         if "ppg" not in ways:
             raise CheckpointError(f"tracking model {path}: no 'ppg' way (the one every device can use)")
-        return cls(ways, str(doc.get("fitted_on", "")), ppg_only)
+        return cls(ways, ppg_only)
 
     def way(self, baseline: np.ndarray, now: np.ndarray) -> Way | None:
         """ECG+PPG when both have an arrival time, else (`ppg_only`) PPG-only when both have one of its features, else
@@ -120,11 +133,6 @@ class Tracker:
         ppg = self.ways["ppg"]
         both = np.isfinite(baseline[list(ppg.columns)]) & np.isfinite(now[list(ppg.columns)])
         return ppg if both.any() else None
-
-    def predicted(self, baseline: np.ndarray, now: np.ndarray) -> float | None:
-        """The population's SBP change from `baseline` to `now` before the dead-band (for a second reading's gain)."""
-        way = self.way(baseline, now)
-        return None if way is None else way.raw(baseline, now)
 
     def gain(self, baseline: np.ndarray, second: np.ndarray, observed: float) -> float | None:
         """The person's gain from a second reading `observed` mmHg from the first; None when it cannot tell."""
@@ -139,5 +147,5 @@ class Tracker:
         way = self.way(baseline, now)
         if way is None or elapsed_s > HORIZON_S:
             return None
-        change = min(max(shrink(gain * way.raw(baseline, now), way.tau), -MAX_CHANGE_MMHG), MAX_CHANGE_MMHG)
+        change = float(np.clip(shrink(gain * way.raw(baseline, now), way.tau), -MAX_CHANGE_MMHG, MAX_CHANGE_MMHG))
         return Tracked(change, way.h0 + way.k * abs(change), way.name)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from p2p_stream.beats.device_beats import DeviceBeats
-from p2p_stream.model.tracking import Tracker, feature_vector
-from p2p_stream.offline.beat_tracking import mase
+from p2p_stream.model.tracking import Tracker, feature_vector, median_features
+from p2p_stream.offline.beat_tracking import mase, write_report
 from p2p_stream.offline.datasets.aist_wrist import (
     DBP_COL,
     FIRST_ROW,
@@ -43,11 +43,8 @@ def session_features(table: np.ndarray) -> np.ndarray:
         vector = feature_vector(beats.features(0.0, ROW_S))
         if vector is not None:
             rows.append(vector)
-    if not rows:
-        return np.full(4, np.nan)
-    stacked = np.vstack(rows)
-    with np.errstate(all="ignore"):
-        return np.array([np.nanmedian(c) if np.isfinite(c).any() else np.nan for c in stacked.T])
+    baseline = median_features(rows)
+    return np.full(4, np.nan) if baseline is None else baseline
 
 
 def evaluate(data: str = "../shared/data") -> dict:
@@ -108,7 +105,6 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import json
     from pathlib import Path
 
     parser = argparse.ArgumentParser(description="The shipped PPG-only tracking on AIST (at rest, four weeks).")
@@ -116,12 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the table here (markdown) and the numbers beside it (.json)")
     args = parser.parse_args(argv)
     result = evaluate(args.data)
-    text = markdown(result)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    write_report(markdown(result), result, args.out)
     return 0
 
 

@@ -34,16 +34,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from p2p_stream.model.tracking import FEATURES as FEATURE_ORDER
+from p2p_stream.model.tracking import SECOND_AT_MMHG, person_gain, shrink  # the daemon's own, fitted here
 from p2p_stream.offline.datasets.stress_beats import Beats
 
 FEATURES = {
     "ecg+ppg": ("pat_ms", "hr_bpm"),
     "ppg": ("hr_bpm", "rise_ms", "log_amplitude"),
 }
-ALL_FEATURES = ("pat_ms", "hr_bpm", "rise_ms", "log_amplitude")
+ALL_FEATURES = FEATURE_ORDER  # the daemon's feature vector: one order for the fit and for what it ships
 WINDOW_S = 30.0
 MIN_BEATS = 10
-SECOND_AT_MMHG = 10.0
 TAU_GRID = np.arange(0.0, 12.01, 0.5)  # mmHg
 LAMBDA_GRID = (1.0, 4.0, 16.0, 64.0, 256.0, 1024.0)  # mmHg²: the second reading's weight against the population
 MOVED_MMHG, STILL_MMHG = 10.0, 5.0  # a unit where SBP moved more (less) than this since calibration
@@ -139,11 +140,6 @@ def person_weights(person: np.ndarray) -> np.ndarray:
 
 def columns(names: tuple[str, ...]) -> list[int]:
     return [ALL_FEATURES.index(n) for n in names]
-
-
-def shrink(change: np.ndarray, tau: float) -> np.ndarray:
-    """Soft threshold: a predicted change within ±τ is 0, beyond it is moved τ toward 0."""
-    return np.sign(change) * np.maximum(np.abs(change) - tau, 0.0)
 
 
 @dataclass
@@ -244,12 +240,6 @@ def mase(err: np.ndarray, carry: np.ndarray, person: np.ndarray, rows: np.ndarra
         "better": int(np.sum(per_e < per_c)),
         "units": int(rows.sum()),
     }
-
-
-def person_gain(predicted: float, observed: float, lam: float) -> float:
-    """A person's own gain on the population's predicted change, from two cuff readings: least squares of the
-    observed change on the predicted one, shrunk toward 1 with weight λ (mmHg²)."""
-    return (lam + predicted * observed) / (lam + predicted * predicted)
 
 
 @dataclass
@@ -428,6 +418,17 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def write_report(text: str, result: dict, out) -> None:
+    """Print the tables; with `out` (a Path), write them there and the numbers beside it (.json)."""
+    import json
+
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
@@ -442,12 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     beats = load_stress_beats(args.data)
     result = score(beats)
-    text = markdown(result)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    write_report(markdown(result), result, args.out)
     if args.ship:
         model = shipped(beats)
         model["fitted_on"] = (f"stress_beats_zjx, {result['persons']} persons, finger PPG; "

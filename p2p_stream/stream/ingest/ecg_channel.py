@@ -37,7 +37,6 @@ class EcgChannel:
         self.fs: float | None = None
         self.refused = 0  # refused in a row that continue each other
         self.refused_end: tuple[int, float, float] | None = None  # the last refused one's (seq, end, fs)
-        self.messages = 0  # accepted
 
     def push(self, msg: Ingest, arrival: float) -> str | None:
         """Apply one validated ECG message; why it was dropped, or None."""
@@ -54,7 +53,6 @@ class EcgChannel:
         if not self.samples.take(cost, arrival):
             return "over_budget"
         self.refused, self.refused_end = 0, None
-        self.messages += 1
         self.last_seq, self.next_t0, self.fs = msg.seq, end, msg.fs
         finite = np.isfinite(x)
         if finite.all():

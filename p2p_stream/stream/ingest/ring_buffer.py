@@ -268,11 +268,15 @@ class DeviceStream:
             self.ecg = EcgChannel(self.beats, self.rate_factor, self.burst_s, RESYNC_MESSAGES)
         dropped = self.ecg.push(msg, arrival)
         if dropped is None:  # `ref` and `meta` may ride on either topic (PROTOCOL.md)
-            if msg.meta is not None:
-                self.meta, self.facts_carried = msg.meta, False
-            if msg.ref is not None:
-                self.ref = msg.ref
+            self._take_facts(msg)
         return dropped
+
+    def _take_facts(self, msg: Ingest) -> None:
+        """An accepted message's `meta` and `ref`, whichever its channel."""
+        if msg.meta is not None:
+            self.meta, self.facts_carried = msg.meta, False
+        if msg.ref is not None:
+            self.ref = msg.ref
 
     def _warm(self, end_run: int, run0: int, taken0: int, t0: float, arrival: float) -> CropAhead:
         """The crop of the run's first window that ends at run position `end_run`, cut ahead."""
@@ -358,10 +362,7 @@ class DeviceStream:
         if begin and self.opener is not None:  # windows cut from here on are the new session's
             self.opener(self, msg.wearer, msg.seq, msg.t0, fresh)
         self.last_seq = msg.seq
-        if msg.meta is not None:
-            self.meta, self.facts_carried = msg.meta, False
-        if msg.ref is not None:
-            self.ref = msg.ref
+        self._take_facts(msg)
         finite = np.isfinite(msg.ppg)
         if finite.all():
             result.windows += self._append(msg.ppg, msg.t0, arrival)

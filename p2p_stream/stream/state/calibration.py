@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -65,6 +64,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from p2p_stream.errors import CheckpointError
+from p2p_stream.model.tracking import median_features
 
 if TYPE_CHECKING:
     from p2p_stream.model.tracking import Tracker
@@ -109,24 +109,13 @@ def robust_reference(
 ) -> tuple[float, float] | None:
     """The median (SBP, DBP) of the estimates of the span (`_in_span`), or None while too few."""
     chosen = _in_span(estimates, t_cal, span_s, min_estimates)
-    if chosen is None:
-        return None
+    return None if chosen is None else _median_pressure(chosen)
+
+
+def _median_pressure(chosen: Sequence[Estimate]) -> tuple[float, float]:
     values = np.array([(e[1], e[2]) for e in chosen], dtype=np.float64)  # (n, 2)
     sbp, dbp = np.median(values, axis=0)
     return float(sbp), float(dbp)
-
-
-def feature_baseline(estimates: Sequence[Estimate], t_cal: float, span_s: float, min_estimates: int):
-    """The median feature vector of the same span (NaN where none of its windows had a feature), or None."""
-    chosen = _in_span(estimates, t_cal, span_s, min_estimates)
-    vectors = [e[3] for e in chosen or () if len(e) > 3 and e[3] is not None]
-    if not vectors:
-        return None
-    stacked = np.vstack(vectors)
-    stacked[~np.isfinite(stacked)] = np.nan
-    with warnings.catch_warnings():  # a feature no window had (no ECG): NaN, said once here, not warned
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmedian(stacked, axis=0)
 
 
 def calibrated_value(cuff: float, estimate: float, reference: float, change_gain: float = 1.0) -> float:
@@ -300,9 +289,11 @@ class Calibrations:
             return True
 
     def _form(self, reading: _Reading) -> None:
-        reading.reference = robust_reference(reading.collected, reading.t, self.span_s, self.min_estimates)
+        """The reading's reference and (tracking) feature baseline, from one choice of its span's estimates."""
+        chosen = _in_span(reading.collected, reading.t, self.span_s, self.min_estimates)
+        reading.reference = None if chosen is None else _median_pressure(chosen)
         if self.tracker is not None and not reading.carried:  # a stored reading's span is gone: no baseline
-            reading.baseline = feature_baseline(reading.collected, reading.t, self.span_s, self.min_estimates)
+            reading.baseline = median_features([e[3] for e in chosen or () if len(e) > 3 and e[3] is not None])
 
     def apply(
         self, device: str, t: float, row: np.ndarray, generation: int = 0, session: int = 0,

@@ -59,6 +59,11 @@ BASIS_LABELS = {
 UNCALIBRATED_STYLE = "dim"
 
 
+def is_tracked(e: dict) -> bool:
+    """Whether estimate `e` is a cuff reading moved by the pulse's change since (`basis` cuff+tracking)."""
+    return e.get("basis") == "cuff+tracking"
+
+
 def is_calibrated(e: dict) -> bool:
     """Whether estimate `e` rests on a cuff reading: its `basis`, or (from a daemon before `basis`) `calibrated`."""
     basis = e.get("basis")
@@ -199,7 +204,7 @@ def status_text(row: DeviceRow, now: float, full: bool) -> Text:
     category = bp_category(shown["sbp"], shown["dbp"])
     labels = FULL_LABELS if full else SHORT_LABELS
     # One character, fits 80 columns; never both (a calibration kept from before a restart applies untracked).
-    mark = CARRIED if e.get("carried") else TRACKED if e.get("basis") == "cuff+tracking" else ""
+    mark = CARRIED if e.get("carried") else TRACKED if is_tracked(e) else ""
     return Text(labels[category] + mark, style=CATEGORIES[category][0])
 
 

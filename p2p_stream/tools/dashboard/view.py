@@ -38,6 +38,7 @@ from p2p_stream.tools.dashboard.columns import (
     format_age,
     is_calibrated,
     is_stale,
+    is_tracked,
     shown_estimate,
     status_text,
 )
@@ -233,7 +234,7 @@ def _legend(layout: Layout, rows: list[DeviceRow], now: float, view: View) -> li
             entries.append((REJECTED_SHORT.strip(), "window rejected, the reason follows"))
         if any(r.latest.get("ok") and not is_calibrated(r.latest) for r in rows):
             entries.append(("prior", "not calibrated: the population's blood pressure, not the wearer's"))
-        if any(r.latest.get("ok") and r.latest.get("basis") == "cuff+tracking" for r in rows):
+        if any(r.latest.get("ok") and is_tracked(r.latest) for r in rows):
             entries.append((TRACKED, "the cuff reading, moved by the pulse's change since (tracking)"))
         if any(r.latest.get("carried") for r in rows):
             entries.append((CARRIED, "calibration or facts kept from before a restart or pause, same wearer"))
